@@ -1,0 +1,142 @@
+//! Field-level checks on a `Transaction`, shared by every door a transaction comes in by (HTTP,
+//! Kafka), so that both refuse the same things for the same reasons.
+
+use serde::Serialize;
+
+use crate::records::Transaction;
+
+/// One bad field and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Configurable bounds on what a transaction may carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransactionLimits {
+    pub max_amount: f64,
+}
+
+impl Default for TransactionLimits {
+    fn default() -> Self {
+        Self { max_amount: 1_000_000.0 }
+    }
+}
+
+const MAX_ID_LEN: usize = 128;
+
+impl Transaction {
+    /// Every field that breaks the contract, with the reason; empty when the record is valid.
+    pub fn field_errors(&self, limits: &TransactionLimits) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_id(&mut errors, "transaction_id", &self.transaction_id);
+        check_id(&mut errors, "user_id", &self.user_id);
+        if let Some(m) = &self.merchant_id {
+            check_id(&mut errors, "merchant_id", m);
+        }
+        if !self.amount.is_finite() {
+            errors.push(FieldError::new("amount", "must be a finite number"));
+        } else if self.amount <= 0.0 {
+            errors.push(FieldError::new("amount", "must be > 0"));
+        } else if self.amount > limits.max_amount {
+            errors.push(FieldError::new("amount", format!("must be at most {}", limits.max_amount)));
+        }
+        if !is_upper_code(&self.currency, 3) {
+            errors.push(FieldError::new("currency", "must be a three-letter ISO 4217 code such as USD"));
+        }
+        if let Some(c) = &self.country
+            && !is_upper_code(c, 2)
+        {
+            errors.push(FieldError::new("country", "must be a two-letter ISO 3166-1 code such as US"));
+        }
+        if self.timestamp < 0 {
+            errors.push(FieldError::new("timestamp", "must not be before 1970-01-01"));
+        }
+        errors
+    }
+}
+
+fn check_id(errors: &mut Vec<FieldError>, field: &str, value: &str) {
+    if value.trim().is_empty() {
+        errors.push(FieldError::new(field, "must not be empty"));
+    } else if value.len() > MAX_ID_LEN {
+        errors.push(FieldError::new(field, format!("must be at most {MAX_ID_LEN} bytes")));
+    } else if value.chars().any(char::is_control) {
+        errors.push(FieldError::new(field, "must not contain control characters"));
+    }
+}
+
+fn is_upper_code(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::PaymentMethod;
+
+    fn valid() -> Transaction {
+        Transaction {
+            transaction_id: "t1".into(),
+            user_id: "12345".into(),
+            amount: 149.99,
+            currency: "USD".into(),
+            payment_method: PaymentMethod::Card,
+            merchant_id: Some("merchant_42".into()),
+            country: Some("US".into()),
+            timestamp: 0,
+        }
+    }
+
+    fn fields(t: Transaction) -> Vec<String> {
+        t.field_errors(&TransactionLimits::default()).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn valid_transaction_has_no_errors() {
+        assert!(fields(valid()).is_empty());
+    }
+
+    #[test]
+    fn amount_bounds() {
+        assert_eq!(fields(Transaction { amount: 0.0, ..valid() }), ["amount"]);
+        assert_eq!(fields(Transaction { amount: -1.0, ..valid() }), ["amount"]);
+        assert_eq!(fields(Transaction { amount: f64::NAN, ..valid() }), ["amount"]);
+        assert_eq!(fields(Transaction { amount: f64::INFINITY, ..valid() }), ["amount"]);
+        assert_eq!(fields(Transaction { amount: 1_000_000.01, ..valid() }), ["amount"]);
+        assert!(fields(Transaction { amount: 1_000_000.0, ..valid() }).is_empty());
+        let tight = TransactionLimits { max_amount: 10.0 };
+        let errs = Transaction { amount: 11.0, ..valid() }.field_errors(&tight);
+        assert_eq!(errs, [FieldError::new("amount", "must be at most 10")]);
+    }
+
+    #[test]
+    fn ids_codes_and_time() {
+        let bad = Transaction {
+            transaction_id: " ".into(),
+            user_id: "x".repeat(129),
+            merchant_id: Some("a\nb".into()),
+            currency: "usd".into(),
+            country: Some("USA".into()),
+            timestamp: -1,
+            ..valid()
+        };
+        assert_eq!(
+            fields(bad),
+            ["transaction_id", "user_id", "merchant_id", "currency", "country", "timestamp"]
+        );
+    }
+}
