@@ -283,10 +283,25 @@ def main() -> None:
             {
                 "input": Xg[i].tolist(),
                 "probability": float(pipe.predict_proba(Xg[i : i + 1])[0, 1]),
-                "logit": float(clf.decision_function(Xg[i : i + 1])[0]),
+                "logit": float(pipe.decision_function(Xg[i : i + 1])[0]),
                 "contributions": (clf.coef_[0] * scaled[i]).tolist(),
+                "transaction": {
+                    "amount": float(data["amount"][g]),
+                    # Any day will do: only the UTC hour matters to the features.
+                    "timestamp": int(1_750_000_000_000 // 86_400_000 * 86_400_000 + int(data["hour"][g]) * 3_600_000 + 1234),
+                    "country": str(data["country"][g]),
+                    "payment_method": PAYMENT_METHODS[int(data["payment_method"][g])],
+                },
+                "user": {
+                    "account_age_days": float(data["account_age_days"][g]),
+                    "txn_count_1h": float(data["txn_count_1h"][g]),
+                    "txn_count_24h": float(data["txn_count_24h"][g]),
+                    "avg_amount_30d": float(data["avg_amount_30d"][g]),
+                    "chargebacks_90d": float(data["chargebacks_90d"][g]),
+                    "home_country": str(data["home_country"][g]),
+                },
             }
-            for i in range(len(g_idx))
+            for i, g in enumerate(g_idx)
         ],
     }
     (out / "golden" / "predictions.json").write_text(json.dumps(golden) + "\n")

@@ -1,0 +1,151 @@
+//! The scoring core: a batch of transactions and their users' features in, one explained
+//! `Decision` per transaction out, with a single model call per batch.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use schemas::{Decision, FeatureContribution, FeatureValue, Transaction};
+
+use crate::card::ModelCard;
+use crate::features::{FEATURE_NAMES, N_FEATURES, UserFeatures, UserLookup, feature_vector};
+use crate::model::FraudModel;
+use crate::rules::Rules;
+use crate::Result;
+
+/// How many contributions a decision explains itself with.
+pub const TOP_FEATURES: usize = 3;
+
+pub struct Scorer {
+    card: ModelCard,
+    model: FraudModel,
+    rules: Rules,
+    rows: Vec<f32>,
+}
+
+impl Scorer {
+    pub fn new(card: ModelCard, model: FraudModel, rules: Rules) -> Self {
+        Self { card, model, rules, rows: Vec::new() }
+    }
+
+    /// Loads the card's model and uses the card's thresholds.
+    pub fn from_card(card: ModelCard, intra_threads: usize) -> Result<Self> {
+        let model = FraudModel::load(&card, intra_threads)?;
+        let rules = Rules::new(card.thresholds, None)?;
+        Ok(Self::new(card, model, rules))
+    }
+
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn model_version(&self) -> &str {
+        &self.card.model_version
+    }
+
+    /// Decides every transaction with one model call. `batch_started` is when the batch arrived;
+    /// each decision reports the time from then to its decision.
+    pub fn decide_batch(
+        &mut self,
+        batch: Vec<(Transaction, UserLookup)>,
+        batch_started: Instant,
+    ) -> Result<Vec<Decision>> {
+        self.rows.clear();
+        self.rows.reserve(batch.len() * N_FEATURES);
+        for (tx, lookup) in &batch {
+            let user = match lookup {
+                UserLookup::Found(u) => u,
+                UserLookup::Missing | UserLookup::Unavailable => &self.card.default_user_features,
+            };
+            self.rows.extend_from_slice(&feature_vector(tx, user));
+        }
+        let scores = self.model.score(&self.rows)?;
+        let decided_at = now_millis();
+        let latency_ms = batch_started.elapsed().as_secs_f64() * 1e3;
+
+        let decisions = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tx, lookup))| {
+                let features = &self.rows[i * N_FEATURES..(i + 1) * N_FEATURES];
+                let probability = scores.probabilities[i];
+                let verdict = self.rules.verdict(probability, &tx);
+                Decision {
+                    decision: verdict,
+                    fraud_probability: probability,
+                    risk_level: verdict.risk_level(),
+                    model_version: self.card.model_version.clone(),
+                    features: FEATURE_NAMES
+                        .iter()
+                        .zip(features)
+                        .map(|(name, &value)| FeatureValue { name: (*name).into(), value: value.into() })
+                        .collect(),
+                    top_features: top_contributions(features, scores.contributions(i)),
+                    degraded: lookup == UserLookup::Unavailable,
+                    user_features_found: matches!(lookup, UserLookup::Found(_)),
+                    amount: tx.amount,
+                    payment_method: tx.payment_method,
+                    transaction_timestamp: tx.timestamp,
+                    decided_at,
+                    processing_latency_ms: latency_ms,
+                    transaction_id: tx.transaction_id,
+                    user_id: tx.user_id,
+                    currency: tx.currency,
+                }
+            })
+            .collect();
+        Ok(decisions)
+    }
+
+    /// Decides one transaction (a batch of one).
+    pub fn decide(&mut self, tx: Transaction, lookup: UserLookup) -> Result<Decision> {
+        let mut out = self.decide_batch(vec![(tx, lookup)], Instant::now())?;
+        Ok(out.remove(0))
+    }
+
+    /// The model card's degraded-mode user features.
+    pub fn default_user_features(&self) -> &UserFeatures {
+        &self.card.default_user_features
+    }
+}
+
+/// The `TOP_FEATURES` largest contributions to the logit, largest first: what pushed the score
+/// up the most.
+pub fn top_contributions(features: &[f32], contributions: &[f32]) -> Vec<FeatureContribution> {
+    let mut idx: [usize; N_FEATURES] = std::array::from_fn(|i| i);
+    idx.sort_unstable_by(|&a, &b| contributions[b].total_cmp(&contributions[a]).then(a.cmp(&b)));
+    idx[..TOP_FEATURES]
+        .iter()
+        .map(|&i| FeatureContribution {
+            name: FEATURE_NAMES[i].into(),
+            value: features[i].into(),
+            contribution: contributions[i].into(),
+        })
+        .collect()
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_contributions_are_the_largest_first_with_stable_ties() {
+        let features: Vec<f32> = (0..N_FEATURES).map(|i| i as f32).collect();
+        let mut c = vec![0.0f32; N_FEATURES];
+        c[4] = 2.0;
+        c[7] = -5.0;
+        c[9] = 3.0;
+        c[1] = 2.0;
+        let top = top_contributions(&features, &c);
+        let names: Vec<&str> = top.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [FEATURE_NAMES[9], FEATURE_NAMES[1], FEATURE_NAMES[4]]);
+        assert_eq!(top[0].value, 9.0);
+        assert_eq!(top[0].contribution, 3.0);
+    }
+}
