@@ -1,0 +1,3 @@
+//! fraudctl: the commands people run by hand against fraudstream.
+
+pub mod synth;

@@ -1,0 +1,164 @@
+//! The `POST /v1/predict` body: parsed field by field so that a bad request is answered with
+//! every bad field and its reason at once, not just the first.
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use schemas::{FieldError, PaymentMethod, Transaction, TransactionLimits};
+
+/// Turns a JSON object into a `Transaction`, or lists what is wrong with it. `now_ms` is the
+/// time of receipt, used when the request carries no timestamp.
+pub fn parse_transaction(
+    body: &Map<String, Value>,
+    limits: &TransactionLimits,
+    now_ms: i64,
+) -> Result<Transaction, Vec<FieldError>> {
+    let mut errors = Vec::new();
+
+    let transaction_id = required_string(body, "transaction_id", &mut errors);
+    let user_id = match body.get("user_id") {
+        None | Some(Value::Null) => missing(&mut errors, "user_id"),
+        Some(Value::String(s)) => Some(s.clone()),
+        // The seed's clients send numeric user ids; their text is the id.
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Some(_) => wrong(&mut errors, "user_id", "must be a string or an integer"),
+    };
+    let amount = match body.get("amount") {
+        None | Some(Value::Null) => missing(&mut errors, "amount"),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(_) => wrong(&mut errors, "amount", "must be a number"),
+    };
+    let payment_method = match body.get("payment_method") {
+        None | Some(Value::Null) => missing(&mut errors, "payment_method"),
+        Some(Value::String(s)) => PaymentMethod::parse(s).or_else(|| {
+            wrong(&mut errors, "payment_method", "must be one of card, bank_transfer, wallet, crypto")
+        }),
+        Some(_) => wrong(&mut errors, "payment_method", "must be a string"),
+    };
+    let merchant_id = optional_string(body, "merchant_id", &mut errors);
+    let currency = optional_string(body, "currency", &mut errors).unwrap_or_else(|| "USD".into());
+    let country = optional_string(body, "country", &mut errors);
+    let timestamp = match body.get("timestamp") {
+        None | Some(Value::Null) => Some(now_ms),
+        Some(Value::Number(n)) => n.as_i64().or_else(|| {
+            wrong(&mut errors, "timestamp", "must be whole milliseconds since the Unix epoch")
+        }),
+        Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
+            Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
+            Err(_) => wrong(&mut errors, "timestamp", "must be RFC 3339 (2026-01-15T14:30:00Z) or epoch milliseconds"),
+        },
+        Some(_) => wrong(&mut errors, "timestamp", "must be an RFC 3339 string or epoch milliseconds"),
+    };
+
+    let (Some(transaction_id), Some(user_id), Some(amount), Some(payment_method), Some(timestamp)) =
+        (transaction_id, user_id, amount, payment_method, timestamp)
+    else {
+        return Err(errors);
+    };
+    let tx = Transaction { transaction_id, user_id, amount, currency, payment_method, merchant_id, country, timestamp };
+    // Type errors first, then contract checks on the fields that did parse.
+    errors.extend(tx.field_errors(limits));
+    if errors.is_empty() { Ok(tx) } else { Err(errors) }
+}
+
+fn missing<T>(errors: &mut Vec<FieldError>, field: &str) -> Option<T> {
+    errors.push(FieldError::new(field, "is required"));
+    None
+}
+
+fn wrong<T>(errors: &mut Vec<FieldError>, field: &str, reason: &str) -> Option<T> {
+    errors.push(FieldError::new(field, reason));
+    None
+}
+
+fn required_string(body: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match body.get(field) {
+        None | Some(Value::Null) => missing(errors, field),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => wrong(errors, field, "must be a string"),
+    }
+}
+
+fn optional_string(body: &Map<String, Value>, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match body.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => wrong(errors, field, "must be a string"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Transaction, Vec<FieldError>> {
+        parse_transaction(v.as_object().unwrap(), &TransactionLimits::default(), 1_000)
+    }
+
+    fn bad_fields(v: Value) -> Vec<String> {
+        parse(v).unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn the_seed_request_parses_with_defaults() {
+        let tx = parse(json!({
+            "transaction_id": "txn_demo_001",
+            "user_id": 12345,
+            "amount": 149.99,
+            "payment_method": "card",
+            "merchant_id": "merchant_42"
+        }))
+        .unwrap();
+        assert_eq!(tx.user_id, "12345");
+        assert_eq!(tx.currency, "USD");
+        assert_eq!(tx.timestamp, 1_000, "time of receipt");
+        assert_eq!(tx.country, None);
+        assert_eq!(tx.payment_method, PaymentMethod::Card);
+    }
+
+    #[test]
+    fn timestamps_in_rfc3339_and_epoch_ms() {
+        let base = json!({"transaction_id": "t", "user_id": "u", "amount": 1, "payment_method": "wallet"});
+        let mut v = base.clone();
+        v["timestamp"] = json!("2026-01-15T14:30:00.250+01:00");
+        assert_eq!(parse(v).unwrap().timestamp, 1_768_483_800_250);
+        let mut v = base.clone();
+        v["timestamp"] = json!(1_768_483_800_250i64);
+        assert_eq!(parse(v).unwrap().timestamp, 1_768_483_800_250);
+        let mut v = base;
+        v["timestamp"] = json!("yesterday");
+        assert_eq!(bad_fields(v), ["timestamp"]);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let errors = parse(json!({
+            "user_id": 1.5,
+            "amount": "12",
+            "payment_method": "cheque",
+            "currency": 840
+        }))
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["transaction_id", "user_id", "amount", "payment_method", "currency"]);
+        assert_eq!(errors[0].reason, "is required");
+        assert!(errors[3].reason.contains("card, bank_transfer"));
+    }
+
+    #[test]
+    fn contract_checks_apply_after_parsing() {
+        let base = json!({"transaction_id": "t", "user_id": "u", "payment_method": "card"});
+        for (amount, reason) in [(json!(-5), "must be > 0"), (json!(0), "must be > 0"), (json!(1e12), "must be at most 1000000")] {
+            let mut v = base.clone();
+            v["amount"] = amount;
+            let errs = parse(v).unwrap_err();
+            assert_eq!(errs, [FieldError::new("amount", reason)]);
+        }
+        let mut v = base;
+        v["amount"] = json!(10);
+        v["country"] = json!("usa");
+        assert_eq!(bad_fields(v), ["country"]);
+    }
+}

@@ -1,0 +1,191 @@
+//! Real servers for fraudstream's tests: a Redis and a Tansu Kafka-protocol broker, each started
+//! as a child process on a free loopback port and stopped when dropped. Binaries come from
+//! `scripts/setup.sh test`; a missing one fails the test with the command to run, never skips it.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn binary(env_var: &str, fallbacks: &[PathBuf]) -> PathBuf {
+    let candidates: Vec<PathBuf> = std::env::var_os(env_var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(fallbacks.iter().cloned())
+        .collect();
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "{env_var}: no binary at {candidates:?}. Run `scripts/setup.sh test` (the README's test \
+             command does), or set {env_var}."
+        )
+    })
+}
+
+fn on_path(name: &str) -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} before listening on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{what} did not listen on port {port} within 10 s");
+}
+
+fn stop_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A private Redis on a free port, no persistence.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut s = Self { port: free_port(), child: None };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (as a crash would); its data is gone.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+
+    /// Starts the server again on the same port (empty).
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = binary("FRAUDSTREAM_REDIS_SERVER", &on_path("redis-server"));
+        let mut child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start redis-server");
+        wait_for_port(self.port, &mut child, "redis-server");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private Tansu broker (in-memory storage) on a free port.
+pub struct Broker {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// Where `scripts/setup.sh` puts the broker by default.
+pub fn default_tansu_path() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
+    cache.join("fraudstream/bin/tansu")
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let port = free_port();
+        let bin = binary("FRAUDSTREAM_TANSU", &[default_tansu_path()]);
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the tansu broker");
+        wait_for_port(port, &mut child, "tansu");
+        Self { port, child: Some(child) }
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker; every topic and record is gone with it.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A name unique to this process and call, for topics, groups and key prefixes.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn redis_starts_answers_and_restarts() {
+        let mut redis = RedisServer::start();
+        let ping = |port| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"PING\r\n").unwrap();
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).unwrap();
+            buf
+        };
+        assert_eq!(&ping(redis.port()), b"+PONG\r\n");
+        redis.stop();
+        assert!(TcpStream::connect(("127.0.0.1", redis.port())).is_err());
+        redis.restart();
+        assert_eq!(&ping(redis.port()), b"+PONG\r\n");
+    }
+
+    #[test]
+    fn broker_starts_and_stops() {
+        let mut broker = Broker::start();
+        assert!(TcpStream::connect(broker.bootstrap()).is_ok());
+        broker.stop();
+        assert!(TcpStream::connect(broker.bootstrap()).is_err());
+    }
+}
