@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/setup.sh test)"
-cargo test --workspace --locked "$@"
+if cargo nextest --version >/dev/null 2>&1; then
+  exec cargo nextest run --workspace --locked --no-fail-fast "$@"
+fi
+cargo test --workspace --locked --no-fail-fast --lib --bins --tests "$@"

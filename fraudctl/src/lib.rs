@@ -1,3 +1,5 @@
 //! fraudctl: the commands people run by hand against fraudstream.
 
+pub mod features;
 pub mod synth;
+pub mod topics;

@@ -19,6 +19,46 @@ struct Cli {
 enum Command {
     /// Score synthetic payments with the ONNX model in-process and print each decision.
     Score(ScoreArgs),
+    /// Kafka topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// The feature store.
+    #[command(subcommand)]
+    Features(FeaturesCommand),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create every fraudstream topic (existing ones are left alone).
+    Create {
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeaturesCommand {
+    /// Write user features to Redis: a synthetic population (--users) or a JSON-lines file (--file).
+    Load {
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+        redis_url: String,
+        #[arg(long, env = "FEATURE_KEY_PREFIX", default_value = "features:user:")]
+        key_prefix: String,
+        /// Synthetic users 0..N (ids 10000..10000+N), consistent with the training data.
+        #[arg(long, default_value_t = 1000, conflicts_with = "file")]
+        users: u64,
+        /// Seed of the synthetic population (use the same one for `traffic`).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// JSON lines: {"user_id": "42", "account_age_days": 12, "home_country": "US", ...}.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Model card whose defaults fill fields a file leaves out.
+        #[arg(long, env = "MODEL_CARD", default_value_os_t = ModelCard::bundled_path())]
+        model_card: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -47,7 +87,31 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Score(args) => score(args),
+        Command::Topics(TopicsCommand::Create { brokers, partitions }) => {
+            let topics = fraudctl::topics::standard(partitions);
+            runtime()?.block_on(fraudctl::topics::create(&brokers, &topics))?;
+            for (t, p) in &topics {
+                println!("topic {t} ({p} partitions)");
+            }
+            Ok(())
+        }
+        Command::Features(FeaturesCommand::Load { redis_url, key_prefix, users, seed, file, model_card }) => {
+            let mut store = fraudctl::features::store(&redis_url, &key_prefix)?;
+            let written = match file {
+                Some(path) => {
+                    let card = ModelCard::load(&model_card)?;
+                    fraudctl::features::load_file(&mut store, &path, &card.default_user_features)?
+                }
+                None => fraudctl::features::load_synthetic(&mut store, users, seed)?,
+            };
+            println!("wrote features of {written} users under {key_prefix}*");
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
 fn score(args: ScoreArgs) -> Result<()> {

@@ -2,11 +2,16 @@
 //! features, model, rules) is plain library code that tests call without a network.
 
 pub mod card;
+pub mod config;
 pub mod features;
+pub mod fx;
+pub mod metrics;
 pub mod model;
+pub mod pipeline;
 pub mod rules;
 pub mod runtime;
 pub mod scoring;
+pub mod store;
 
 pub use card::ModelCard;
 pub use features::{FEATURE_NAMES, N_FEATURES, UserFeatures, UserLookup};

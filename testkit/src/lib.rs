@@ -2,6 +2,9 @@
 //! as a child process on a free loopback port and stopped when dropped. Binaries come from
 //! `scripts/setup.sh test`; a missing one fails the test with the command to run, never skips it.
 
+pub mod kafka;
+pub mod process;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,34 @@
+//! Creating fraudstream's topics (the broker does not create them on first use).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use schemas::topics;
+
+/// Every topic of the pipeline with its partition count.
+pub fn standard(partitions: i32) -> Vec<(String, i32)> {
+    [topics::TRANSACTIONS, topics::DECISIONS, topics::BUSINESS_EVENTS, topics::LABELS, topics::DRIFT_REPORTS, topics::TRANSACTIONS_DLQ]
+        .into_iter()
+        .map(|t| (t.to_string(), partitions))
+        .collect()
+}
+
+/// Creates `topics` (name, partitions); topics that already exist are left as they are.
+pub async fn create(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}

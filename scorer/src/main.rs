@@ -1,0 +1,120 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use schemas::TransactionLimits;
+use scorer::config::{ScorerArgs, hostname, mask_url};
+use scorer::metrics::ScorerMetrics;
+use scorer::pipeline::{Pipeline, PipelineConfig};
+use scorer::store::FeatureStore;
+use scorer::{FraudModel, ModelCard, Rules, Scorer};
+use telemetry::ops::Readiness;
+
+fn main() -> Result<()> {
+    let args = ScorerArgs::parse();
+    telemetry::init_logging("scorer");
+    let transactional_id = args.transactional_id.clone().unwrap_or_else(|| format!("fraudstream-scorer-{}", hostname()));
+    tracing::info!(
+        brokers = %args.brokers,
+        group_id = %args.group_id,
+        transactional_id = %transactional_id,
+        delivery = ?args.delivery,
+        redis_url = %mask_url(&args.redis_url),
+        feature_key_prefix = %args.feature_key_prefix,
+        redis_timeout_ms = args.redis_timeout_ms,
+        model_card = %args.model_card.display(),
+        max_batch = args.max_batch,
+        max_amount = args.max_amount,
+        review_above_amount = args.review_above_amount,
+        listen = %args.listen,
+        transactions_topic = %args.transactions_topic,
+        decisions_topic = %args.decisions_topic,
+        "scorer starting"
+    );
+    if !(args.max_amount.is_finite() && args.max_amount > 0.0) {
+        bail!("--max-amount (MAX_AMOUNT) must be a positive number, got {}", args.max_amount);
+    }
+
+    let card = ModelCard::load(&args.model_card).context("loading the model card (--model-card / MODEL_CARD)")?;
+    let model = FraudModel::load(&card, args.model_intra_threads).context("loading the ONNX model")?;
+    let rules = Rules::new(card.thresholds, Some(args.review_above_amount)).context("--review-above-amount")?;
+    let registry = telemetry::metrics::registry();
+    let metrics = ScorerMetrics::new(&registry, &card.model_version);
+    let store = FeatureStore::new(
+        &args.redis_url,
+        &args.feature_key_prefix,
+        Duration::from_millis(args.redis_timeout_ms),
+        Duration::from_millis(args.redis_backoff_ms),
+        card.default_user_features.clone(),
+    )
+    .context("--redis-url (REDIS_URL)")?;
+    tracing::info!(model_version = %card.model_version, "model loaded");
+    let scorer = Scorer::new(card, model, rules);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("scorer-ops")
+        .enable_all()
+        .build()
+        .context("starting the ops runtime")?;
+    let ops = telemetry::ops::router(registry, readiness.clone());
+    let listen = args.listen;
+    let http_stop = stop.clone();
+    runtime.spawn(async move {
+        let shutdown = async move {
+            while !http_stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if let Err(e) = telemetry::ops::serve(listen, ops, shutdown).await {
+            tracing::error!(error = %e, %listen, "ops http server failed");
+        }
+    });
+    let signal_stop = stop.clone();
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: finishing the batch in hand");
+        signal_stop.store(true, Ordering::Relaxed);
+    });
+
+    let mut cfg = PipelineConfig::new(&args.brokers, &args.group_id, transactional_id);
+    cfg.input_topic = args.transactions_topic;
+    cfg.decisions_topic = args.decisions_topic;
+    cfg.events_topic = args.business_events_topic;
+    cfg.dlq_topic = args.dlq_topic;
+    cfg.delivery = args.delivery;
+    cfg.max_batch = args.max_batch as usize;
+    cfg.session_timeout_ms = args.session_timeout_ms;
+    cfg.limits = TransactionLimits { max_amount: args.max_amount };
+    cfg.kafka_overrides = args.kafka_config;
+    let mut pipeline = Pipeline::new(cfg, scorer, store, metrics).context("connecting to Kafka")?;
+    readiness.set(true);
+    tracing::info!("scorer ready");
+    let result = pipeline.run(&stop);
+    readiness.set(false);
+    stop.store(true, Ordering::Relaxed);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result.context("scoring stopped")?;
+    tracing::info!("scorer stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The scorer's consume → score → produce loop. Each poll batch is decoded, looked up in the
+//! feature store in one round trip, scored in one model call, and written to `decisions` and
+//! `business-events` (bad records to the dead-letter topic). The batch's input offsets are
+//! committed only together with (exactly-once: in the same Kafka transaction) or after
+//! (at-least-once: after every output is acknowledged) its outputs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+use schemas::{BusinessEvent, BusinessEventKind, Decision, Transaction, TransactionLimits, headers, topics};
+
+use crate::features::UserLookup;
+use crate::metrics::ScorerMetrics;
+use crate::scoring::Scorer;
+use crate::store::FeatureStore;
+
+/// How outputs and input offsets are tied together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    /// Kafka transactions: outputs and offsets commit atomically.
+    ExactlyOnce,
+    /// Offsets are committed after every output is acknowledged; a crash may repeat a batch.
+    AtLeastOnce,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub decisions_topic: String,
+    pub events_topic: String,
+    pub dlq_topic: String,
+    pub delivery: Delivery,
+    pub transactional_id: String,
+    pub max_batch: usize,
+    pub poll_timeout: Duration,
+    pub session_timeout_ms: u32,
+    pub limits: TransactionLimits,
+    /// Extra librdkafka settings (`key=value`), applied to both clients last.
+    pub kafka_overrides: Vec<(String, String)>,
+}
+
+impl PipelineConfig {
+    /// Defaults for the standard topics.
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>, transactional_id: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            input_topic: topics::TRANSACTIONS.into(),
+            decisions_topic: topics::DECISIONS.into(),
+            events_topic: topics::BUSINESS_EVENTS.into(),
+            dlq_topic: topics::TRANSACTIONS_DLQ.into(),
+            delivery: Delivery::ExactlyOnce,
+            transactional_id: transactional_id.into(),
+            max_batch: 500,
+            poll_timeout: Duration::from_millis(100),
+            session_timeout_ms: 10_000,
+            limits: TransactionLimits::default(),
+            kafka_overrides: Vec::new(),
+        }
+    }
+}
+
+/// Tracks partitions revoked while a batch is being collected, so their records are dropped
+/// from the batch instead of being committed by a consumer that no longer owns them.
+#[derive(Default)]
+pub struct PipelineContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+    assigned: AtomicBool,
+}
+
+impl ClientContext for PipelineContext {}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                self.assigned.store(true, Ordering::Relaxed);
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Counts delivery failures, so at-least-once mode knows whether a batch's outputs all landed.
+#[derive(Default)]
+pub struct DeliveryContext {
+    failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "output record not delivered");
+        }
+    }
+}
+
+/// One input record after decoding.
+struct Incoming {
+    partition: i32,
+    offset: i64,
+    kind: IncomingKind,
+}
+
+enum IncomingKind {
+    Good { tx: Transaction, trace: Vec<(String, Vec<u8>)>, record_ms: Option<i64> },
+    Bad(DeadLetter),
+}
+
+/// A record bound for the dead-letter topic: its original bytes and headers plus the reason.
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub error: String,
+    pub kind: &'static str,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The batch was rolled back and will be read again.
+    #[error("batch rolled back: {0}")]
+    Retry(String),
+    /// The client can no longer be used (fenced, fatal broker error).
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    consumer: BaseConsumer<PipelineContext>,
+    producer: ThreadedProducer<DeliveryContext>,
+    scorer: Scorer,
+    store: FeatureStore,
+    metrics: ScorerMetrics,
+    encode_buf: Vec<u8>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: PipelineConfig, scorer: Scorer, store: FeatureStore, metrics: ScorerMetrics) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut consumer_cfg = ClientConfig::new();
+        consumer_cfg
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 4).max(100).to_string())
+            // A fetch returns as soon as there is data or after 10 ms: the broker round trip,
+            // not a half-second wait, bounds both latency and throughput.
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1");
+        let mut producer_cfg = ClientConfig::new();
+        producer_cfg
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Records of a batch are produced back to back; commit/flush sends them at once, so
+            // a small linger costs nothing and fills requests between commits.
+            .set("linger.ms", "2")
+            .set("compression.type", "none");
+        if cfg.delivery == Delivery::ExactlyOnce {
+            producer_cfg.set("transactional.id", &cfg.transactional_id).set("transaction.timeout.ms", "30000");
+        }
+        for (k, v) in &cfg.kafka_overrides {
+            consumer_cfg.set(k, v);
+            producer_cfg.set(k, v);
+        }
+        let consumer: BaseConsumer<PipelineContext> =
+            consumer_cfg.create_with_context(PipelineContext::default()).context("creating the Kafka consumer")?;
+        let producer: ThreadedProducer<DeliveryContext> =
+            producer_cfg.create_with_context(DeliveryContext::default()).context("creating the Kafka producer")?;
+        if cfg.delivery == Delivery::ExactlyOnce {
+            producer
+                .init_transactions(Duration::from_secs(30))
+                .context("initialising Kafka transactions (is transactional.id unique per scorer?)")?;
+        }
+        consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
+        Ok(Self { cfg, consumer, producer, scorer, store, metrics, encode_buf: Vec::with_capacity(1024) })
+    }
+
+    pub fn has_assignment(&self) -> bool {
+        self.consumer.context().assigned.load(Ordering::Relaxed)
+    }
+
+    /// Runs until `stop` is set, then finishes the batch in hand, commits it and leaves the group.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), StepError> {
+        while !stop.load(Ordering::Relaxed) {
+            match self.step() {
+                Ok(_) => {}
+                Err(StepError::Retry(reason)) => {
+                    tracing::warn!(%reason, "batch will be read again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(fatal) => return Err(fatal),
+            }
+        }
+        self.close();
+        Ok(())
+    }
+
+    /// Leaves the consumer group so that partitions move to other scorers at once.
+    pub fn close(&mut self) {
+        self.consumer.unsubscribe();
+        self.producer.flush(Duration::from_secs(5)).ok();
+        tracing::info!("scorer left the consumer group");
+    }
+
+    /// Collects, scores and commits one batch; returns how many input records it covered.
+    pub fn step(&mut self) -> Result<usize, StepError> {
+        let batch = self.collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let n = batch.len();
+        self.metrics.batch_records.observe(n as f64);
+        let offsets = next_offsets(&self.cfg.input_topic, &batch);
+        let rewind = first_offsets(&batch);
+
+        let mut good = Vec::with_capacity(n);
+        let mut traces = Vec::with_capacity(n);
+        let mut record_times = Vec::with_capacity(n);
+        let mut dead = Vec::new();
+        for item in batch {
+            match item.kind {
+                IncomingKind::Good { tx, trace, record_ms } => {
+                    good.push(tx);
+                    traces.push(trace);
+                    record_times.push(record_ms);
+                }
+                IncomingKind::Bad(d) => dead.push((item.partition, item.offset, d)),
+            }
+        }
+
+        let fetched = self.store.fetch(good.iter().map(|t| t.user_id.as_str()));
+        self.metrics.feature_fetch_latency.observe(fetched.elapsed.as_secs_f64());
+        self.metrics.cache_hits.inc_by(fetched.hits);
+        self.metrics.cache_misses.inc_by(fetched.misses);
+        if let Some(e) = &fetched.error {
+            self.metrics.errors.with_label_values(&["feature_store"]).inc();
+            tracing::warn!(error = %e, records = good.len(), "feature store unavailable; scoring on default features");
+        }
+        let inputs: Vec<(Transaction, UserLookup)> = good.into_iter().zip(fetched.lookups).collect();
+        let inference_started = Instant::now();
+        let decisions = self.scorer.decide_batch(inputs, started).map_err(|e| StepError::Fatal(e.to_string()))?;
+        self.metrics.model_inference.observe(inference_started.elapsed().as_secs_f64());
+
+        if self.cfg.delivery == Delivery::ExactlyOnce {
+            self.producer.begin_transaction().map_err(|e| self.classify(e, &rewind))?;
+        }
+        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
+        if let Err(e) = self.produce_outputs(&decisions, &traces, &dead) {
+            return Err(self.roll_back(e, &rewind));
+        }
+        self.commit(&offsets, failures_before, &rewind)?;
+
+        let now_ms = now_millis();
+        for (d, record_ms) in decisions.iter().zip(&record_times) {
+            self.observe(d, started, *record_ms, now_ms);
+        }
+        for (partition, offset, d) in &dead {
+            self.metrics.dlq.with_label_values(&[d.kind]).inc();
+            self.metrics.errors.with_label_values(&[d.kind]).inc();
+            tracing::warn!(partition, offset, kind = d.kind, error = %d.error, "record sent to the dead-letter topic");
+        }
+        Ok(n)
+    }
+
+    /// Polls until `max_batch` records are in hand or nothing more is buffered.
+    fn collect(&mut self) -> Vec<Incoming> {
+        let mut batch = Vec::new();
+        let mut timeout = self.cfg.poll_timeout;
+        while batch.len() < self.cfg.max_batch {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(msg)) => batch.push(decode(&msg, &self.cfg.limits)),
+                Some(Err(e)) => {
+                    self.metrics.errors.with_label_values(&["consume"]).inc();
+                    tracing::warn!(error = %e, "consume error");
+                    break;
+                }
+            }
+            // Take what is already buffered, without waiting for more.
+            timeout = Duration::ZERO;
+        }
+        let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
+        if !revoked.is_empty() {
+            let before = batch.len();
+            batch.retain(|i| !revoked.iter().any(|(t, p)| *t == self.cfg.input_topic && *p == i.partition));
+            if before != batch.len() {
+                tracing::info!(dropped = before - batch.len(), "records of revoked partitions left for their new owner");
+            }
+        }
+        batch
+    }
+
+    fn produce_outputs(
+        &mut self,
+        decisions: &[Decision],
+        traces: &[Vec<(String, Vec<u8>)>],
+        dead: &[(i32, i64, DeadLetter)],
+    ) -> Result<(), KafkaError> {
+        for (d, trace) in decisions.iter().zip(traces) {
+            self.encode_buf.clear();
+            schemas::encode_into(d, &mut self.encode_buf).map_err(|e| encode_error(&e))?;
+            send(&self.producer, &self.cfg.decisions_topic, d.user_id.as_bytes(), &self.encode_buf, trace_headers(trace))?;
+            let event = business_event(d);
+            self.encode_buf.clear();
+            schemas::encode_into(&event, &mut self.encode_buf).map_err(|e| encode_error(&e))?;
+            send(&self.producer, &self.cfg.events_topic, d.user_id.as_bytes(), &self.encode_buf, trace_headers(trace))?;
+        }
+        for (partition, offset, d) in dead {
+            let mut h = OwnedHeaders::new_with_capacity(d.headers.len() + 5);
+            for (k, v) in &d.headers {
+                h = h.insert(Header { key: k, value: v.as_deref() });
+            }
+            let partition = partition.to_string();
+            let offset = offset.to_string();
+            h = h
+                .insert(Header { key: headers::ERROR, value: Some(d.error.as_bytes()) })
+                .insert(Header { key: headers::ERROR_KIND, value: Some(d.kind.as_bytes()) })
+                .insert(Header { key: headers::SOURCE_TOPIC, value: Some(self.cfg.input_topic.as_bytes()) })
+                .insert(Header { key: headers::SOURCE_PARTITION, value: Some(partition.as_bytes()) })
+                .insert(Header { key: headers::SOURCE_OFFSET, value: Some(offset.as_bytes()) });
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.dlq_topic).headers(h);
+            if let Some(k) = &d.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &d.payload {
+                record = record.payload(p.as_slice());
+            }
+            send_record(&self.producer, record)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, offsets: &TopicPartitionList, failures_before: u64, rewind: &HashMap<i32, i64>) -> Result<(), StepError> {
+        match self.cfg.delivery {
+            Delivery::ExactlyOnce => {
+                let group = self
+                    .consumer
+                    .group_metadata()
+                    .ok_or_else(|| StepError::Fatal("consumer has no group metadata".into()))?;
+                if let Err(e) = self.producer.send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT) {
+                    return Err(self.roll_back(e, rewind));
+                }
+                loop {
+                    match self.producer.commit_transaction(TXN_TIMEOUT) {
+                        Ok(()) => return Ok(()),
+                        Err(KafkaError::Transaction(ref t)) if t.is_retriable() => {
+                            tracing::warn!(error = %t, "retrying commit");
+                        }
+                        Err(e) => return Err(self.roll_back(e, rewind)),
+                    }
+                }
+            }
+            Delivery::AtLeastOnce => {
+                self.producer.flush(TXN_TIMEOUT).map_err(|e| self.roll_back(e, rewind))?;
+                let failed = self.producer.context().failures.load(Ordering::Relaxed) - failures_before;
+                if failed > 0 {
+                    return Err(self.roll_back(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut), rewind));
+                }
+                self.consumer.commit(offsets, CommitMode::Sync).map_err(|e| {
+                    self.metrics.errors.with_label_values(&["commit"]).inc();
+                    // Outputs are out but offsets are not: the batch is read again (at least once).
+                    let err = StepError::Retry(format!("offset commit failed: {e}"));
+                    self.rewind(rewind);
+                    err
+                })
+            }
+        }
+    }
+
+    /// Aborts the open transaction (exactly-once) and seeks back to the batch's first offsets, so
+    /// the batch is read and scored again.
+    fn roll_back(&mut self, e: KafkaError, rewind: &HashMap<i32, i64>) -> StepError {
+        self.metrics.errors.with_label_values(&["produce"]).inc();
+        if let KafkaError::Transaction(t) = &e
+            && t.is_fatal()
+        {
+            return StepError::Fatal(e.to_string());
+        }
+        if self.cfg.delivery == Delivery::ExactlyOnce {
+            self.metrics.transactions_aborted.inc();
+            if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                return StepError::Fatal(format!("{e}; abort failed: {abort}"));
+            }
+        }
+        self.rewind(rewind);
+        StepError::Retry(e.to_string())
+    }
+
+    fn classify(&mut self, e: KafkaError, rewind: &HashMap<i32, i64>) -> StepError {
+        self.rewind(rewind);
+        match &e {
+            KafkaError::Transaction(t) if t.is_fatal() => StepError::Fatal(e.to_string()),
+            _ => StepError::Retry(e.to_string()),
+        }
+    }
+
+    fn rewind(&mut self, rewind: &HashMap<i32, i64>) {
+        for (&partition, &offset) in rewind {
+            if let Err(e) = self.consumer.seek(&self.cfg.input_topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                tracing::warn!(partition, offset, error = %e, "seek back failed; the group's committed offset will be used after the next rebalance");
+            }
+        }
+    }
+
+    fn observe(&self, d: &Decision, batch_started: Instant, record_ms: Option<i64>, now_ms: i64) {
+        let m = &self.metrics;
+        m.predictions
+            .with_label_values(&[d.decision.as_str(), d.risk_level.as_str(), &d.model_version])
+            .inc();
+        m.prediction_score.observe(d.fraud_probability);
+        m.prediction_latency.observe(batch_started.elapsed().as_secs_f64());
+        if let Some(ts) = record_ms {
+            m.decision_latency.observe(((now_ms - ts).max(0) as f64) / 1e3);
+        }
+        if d.degraded {
+            m.degraded.inc();
+        }
+        let (usd, _) = crate::fx::to_usd(d.amount, &d.currency);
+        match BusinessEventKind::for_verdict(d.decision) {
+            BusinessEventKind::Revenue => m.revenue_usd.inc_by(usd),
+            BusinessEventKind::FraudBlocked => m.fraud_blocked_usd.inc_by(usd),
+            BusinessEventKind::ReviewQueued => m.review_queued_usd.inc_by(usd),
+        }
+    }
+}
+
+fn decode(msg: &BorrowedMessage<'_>, limits: &TransactionLimits) -> Incoming {
+    let partition = msg.partition();
+    let offset = msg.offset();
+    let payload = msg.payload().unwrap_or_default();
+    let result = schemas::decode::<Transaction>(payload)
+        .map_err(|e| (e.to_string(), e.kind()))
+        .and_then(|tx| {
+            let errors = tx.field_errors(limits);
+            if errors.is_empty() {
+                Ok(tx)
+            } else {
+                let reason = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                Err((reason, "validation"))
+            }
+        });
+    let kind = match result {
+        Ok(tx) => {
+            let mut trace = Vec::new();
+            if let Some(h) = msg.headers() {
+                for header in h.iter() {
+                    if (header.key == headers::TRACEPARENT || header.key == headers::TRACESTATE)
+                        && let Some(v) = header.value
+                    {
+                        trace.push((header.key.to_string(), v.to_vec()));
+                    }
+                }
+            }
+            IncomingKind::Good { tx, trace, record_ms: msg.timestamp().to_millis() }
+        }
+        Err((error, kind)) => IncomingKind::Bad(DeadLetter {
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers: msg
+                .headers()
+                .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec))).collect())
+                .unwrap_or_default(),
+            error,
+            kind,
+        }),
+    };
+    Incoming { partition, offset, kind }
+}
+
+fn trace_headers(trace: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    trace.iter().fold(OwnedHeaders::new_with_capacity(trace.len()), |h, (k, v)| {
+        h.insert(Header { key: k, value: Some(v.as_slice()) })
+    })
+}
+
+fn send(producer: &ThreadedProducer<DeliveryContext>, topic: &str, key: &[u8], payload: &[u8], headers: OwnedHeaders) -> Result<(), KafkaError> {
+    send_record(producer, BaseRecord::to(topic).key(key).payload(payload).headers(headers))
+}
+
+/// Enqueues a record, waiting for room when librdkafka's queue is full (backpressure, not an
+/// unbounded buffer).
+fn send_record<'a>(producer: &ThreadedProducer<DeliveryContext>, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+fn encode_error(e: &schemas::Error) -> KafkaError {
+    tracing::error!(error = %e, "cannot encode an output record");
+    KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord)
+}
+
+/// The business outcome of a decision.
+pub fn business_event(d: &Decision) -> BusinessEvent {
+    BusinessEvent {
+        transaction_id: d.transaction_id.clone(),
+        user_id: d.user_id.clone(),
+        kind: BusinessEventKind::for_verdict(d.decision),
+        amount: d.amount,
+        currency: d.currency.clone(),
+        model_version: d.model_version.clone(),
+        timestamp: d.decided_at,
+    }
+}
+
+/// Per partition, the offset after the batch's last record: what the group commits.
+fn next_offsets(topic: &str, batch: &[Incoming]) -> TopicPartitionList {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for i in batch {
+        let e = next.entry(i.partition).or_insert(i.offset + 1);
+        *e = (*e).max(i.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::with_capacity(next.len());
+    for (p, o) in next {
+        // Adding a partition to a fresh list with a valid offset cannot fail.
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+    }
+    tpl
+}
+
+/// Per partition, the batch's first offset: where to seek back to when the batch must be redone.
+fn first_offsets(batch: &[Incoming]) -> HashMap<i32, i64> {
+    let mut first: HashMap<i32, i64> = HashMap::new();
+    for i in batch {
+        let e = first.entry(i.partition).or_insert(i.offset);
+        *e = (*e).min(i.offset);
+    }
+    first
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
