@@ -12,12 +12,18 @@ use schemas::{Record, Transaction};
 
 pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let topics: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(fraudctl::topics::create(brokers, &topics))
-        .expect("create topics");
+    let brokers = brokers.to_string();
+    // A thread of its own, so that async tests can call this too.
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fraudctl::topics::create(&brokers, &topics))
+            .expect("create topics");
+    })
+    .join()
+    .expect("create topics thread");
 }
 
 /// Every standard topic, `partitions` each.

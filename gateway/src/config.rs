@@ -1,0 +1,44 @@
+//! The gateway's settings: each one a flag and an environment variable, with a local default.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", version, about = "fraudstream's HTTP API: publishes transactions to Kafka and answers with their decisions")]
+pub struct GatewayArgs {
+    /// Address to serve the API, /metrics and /health on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// How long /v1/predict waits for the decision before answering 202 pending, in ms.
+    #[arg(long, env = "DECISION_DEADLINE_MS", default_value_t = 2000)]
+    pub decision_deadline_ms: u64,
+    /// How long Kafka may take to acknowledge a transaction before the request fails with 503, in ms.
+    #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(10..=300_000))]
+    pub produce_timeout_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest amount accepted.
+    #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0)]
+    pub max_amount: f64,
+    /// Most requests waiting for a decision at once; beyond it requests get 503.
+    #[arg(long, env = "MAX_WAITERS", default_value_t = 20_000)]
+    pub max_waiters: usize,
+    /// How many recent decisions to keep for GET /v1/decisions/{id} and duplicate detection.
+    #[arg(long, env = "RECENT_DECISIONS", default_value_t = 200_000)]
+    pub recent_decisions: usize,
+    /// Extra librdkafka settings for both clients, `key=value`, repeatable (env: comma-separated).
+    #[arg(long = "kafka-config", env = "GATEWAY_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_config: Vec<(String, String)>,
+    #[arg(long, env = "TRANSACTIONS_TOPIC", default_value = schemas::topics::TRANSACTIONS)]
+    pub transactions_topic: String,
+    #[arg(long, env = "DECISIONS_TOPIC", default_value = schemas::topics::DECISIONS)]
+    pub decisions_topic: String,
+}
+
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}

@@ -1,0 +1,261 @@
+//! The HTTP API: `POST /v1/predict`, `GET /v1/decisions/{transaction_id}`, `/openapi.json`,
+//! plus the shared `/metrics` and `/health` routes. Every error body is JSON:
+//! `{"error": "<summary>", "details": [{"field": "...", "reason": "..."}]}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use schemas::{Decision, FieldError, TransactionLimits, headers as header_names};
+
+use crate::decisions::{DecisionBoard, WaitError};
+use crate::metrics::GatewayMetrics;
+use crate::request::parse_transaction;
+use crate::trace::TraceContext;
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub struct AppState {
+    pub producer: FutureProducer,
+    pub board: Arc<DecisionBoard>,
+    pub metrics: GatewayMetrics,
+    pub limits: TransactionLimits,
+    pub transactions_topic: String,
+    pub decision_deadline: Duration,
+    pub produce_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// The answer to a prediction: the seed's response shape plus the explanation.
+#[derive(Debug, Serialize)]
+pub struct PredictResponse {
+    pub transaction_id: String,
+    pub decision: &'static str,
+    pub fraud_probability: f64,
+    pub risk_level: &'static str,
+    pub latency_ms: f64,
+    pub model_version: String,
+    pub trace_id: String,
+    pub top_features: Vec<TopFeature>,
+    pub degraded: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopFeature {
+    pub name: String,
+    pub value: f64,
+    pub contribution: f64,
+}
+
+impl PredictResponse {
+    fn new(d: &Decision, latency_ms: f64, trace_id: String) -> Self {
+        Self {
+            transaction_id: d.transaction_id.clone(),
+            decision: d.decision.as_str(),
+            fraud_probability: d.fraud_probability,
+            risk_level: d.risk_level.as_str(),
+            latency_ms,
+            model_version: d.model_version.clone(),
+            trace_id,
+            top_features: d
+                .top_features
+                .iter()
+                .map(|t| TopFeature { name: t.name.clone(), value: t.value, contribution: t.contribution })
+                .collect(),
+            degraded: d.degraded,
+        }
+    }
+}
+
+pub fn error(status: StatusCode, summary: impl Into<String>, details: Vec<FieldError>) -> Response {
+    (status, axum::Json(json!({"error": summary.into(), "details": details}))).into_response()
+}
+
+pub fn router(state: Arc<AppState>, ops: Router) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/v1/predict", post(predict))
+        .route("/v1/decisions/{transaction_id}", get(get_decision))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+        .merge(ops)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(metrics, track))
+}
+
+async fn track(State(metrics): State<GatewayMetrics>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    metrics.http_duration.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route", vec![])
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on this route"), vec![])
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Withdraws a request's interest in its decision however the request ends (answered, timed
+/// out, or dropped by a disconnecting client), so waiters never leak.
+struct Waiting<'a> {
+    board: &'a DecisionBoard,
+    transaction_id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.board.forget(&self.transaction_id);
+    }
+}
+
+async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let trace = TraceContext::child_of(headers.get(header_names::TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let outcome = |o: &str| app.metrics.predictions.with_label_values(&[o]).inc();
+
+    if !is_json(&headers) {
+        outcome("rejected");
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json", vec![]);
+    }
+    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            outcome("rejected");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", app.max_body_bytes), vec![]);
+        }
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            outcome("rejected");
+            return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), vec![]);
+        }
+    };
+    let Value::Object(body) = value else {
+        outcome("rejected");
+        return error(StatusCode::BAD_REQUEST, "body must be a JSON object", vec![]);
+    };
+    let tx = match parse_transaction(&body, &app.limits, now_ms()) {
+        Ok(tx) => tx,
+        Err(details) => {
+            outcome("rejected");
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid transaction", details);
+        }
+    };
+
+    // The transaction id is the idempotency key: a retry of a decided transaction gets the same
+    // decision without publishing it twice.
+    if let Some(d) = app.board.recent(&tx.transaction_id) {
+        outcome("replayed");
+        return axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id)).into_response();
+    }
+    let rx = match app.board.wait_for(&tx.transaction_id) {
+        Ok(rx) => rx,
+        Err(WaitError::Full) => {
+            outcome("unavailable");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting for decisions; retry later", vec![]);
+        }
+    };
+    let _waiting = Waiting { board: &app.board, transaction_id: tx.transaction_id.clone() };
+    app.metrics.waiting.set(app.board.waiting() as i64);
+
+    let payload = match schemas::encode(&tx) {
+        Ok(p) => p,
+        Err(e) => {
+            outcome("unavailable");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the transaction: {e}"), vec![]);
+        }
+    };
+    let traceparent = trace.traceparent();
+    let record = FutureRecord::to(&app.transactions_topic)
+        .key(tx.user_id.as_bytes())
+        .payload(&payload)
+        .headers(OwnedHeaders::new_with_capacity(1).insert(Header { key: header_names::TRACEPARENT, value: Some(traceparent.as_bytes()) }));
+    // librdkafka checks message timeouts about once a second; the request's own bound is exact.
+    // A record that times out here may still land later: the client sees 503, retries with the
+    // same transaction id, and readers keep the first decision.
+    let acked = match tokio::time::timeout(app.produce_timeout, app.producer.send(record, Duration::from_millis(100))).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err(format!("no acknowledgement within {} ms", app.produce_timeout.as_millis())),
+    };
+    if let Err(e) = acked {
+        app.metrics.errors.with_label_values(&["produce"]).inc();
+        outcome("unavailable");
+        tracing::warn!(error = %e, transaction_id = %tx.transaction_id, "transaction not acknowledged by Kafka");
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("transaction not accepted: Kafka did not acknowledge it ({e})"), vec![]);
+    }
+
+    match tokio::time::timeout(app.decision_deadline, rx).await {
+        Ok(Ok(d)) => {
+            outcome("decided");
+            axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id)).into_response()
+        }
+        _ => {
+            outcome("pending");
+            let id = tx.transaction_id;
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({
+                    "status": "pending",
+                    "transaction_id": id,
+                    "trace_id": trace.trace_id,
+                    "decision_url": format!("/v1/decisions/{id}"),
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn get_decision(State(app): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let trace = TraceContext::child_of(headers.get(header_names::TRACEPARENT).and_then(|v| v.to_str().ok()));
+    match app.board.recent(&id) {
+        Some(d) => axum::Json(PredictResponse::new(&d, d.processing_latency_ms, trace.trace_id)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no recent decision for transaction {id}"), vec![]),
+    }
+}
+
+fn ms(started: Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}

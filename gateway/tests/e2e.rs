@@ -1,0 +1,300 @@
+//! The whole pipeline from HTTP to `decisions` and back: gateway and scorer processes against a
+//! real Tansu broker and a real Redis.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use fraudctl::synth::{Drift, Generator};
+use schemas::topics;
+use scorer::{ModelCard, Scorer, UserLookup};
+use testkit::kafka::{TestProducer, create_standard_topics, read};
+use testkit::process::Service;
+use testkit::{Broker, RedisServer, free_port, unique};
+
+const SEED: u64 = 11;
+const USERS: u64 = 100;
+
+struct Stack {
+    broker: Broker,
+    redis: RedisServer,
+    group: String,
+}
+
+impl Stack {
+    fn start() -> Self {
+        let broker = Broker::start();
+        let redis = RedisServer::start();
+        create_standard_topics(&broker.bootstrap(), 2);
+        let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
+        fraudctl::features::load_synthetic(&mut store, USERS, SEED).unwrap();
+        Self { broker, redis, group: unique("scorers") }
+    }
+
+    fn scorer(&self) -> Service {
+        let args = vec![
+            "--brokers".into(), self.broker.bootstrap(),
+            "--redis-url".into(), self.redis.url(),
+            "--group-id".into(), self.group.clone(),
+            "--transactional-id".into(), format!("{}-a", self.group),
+            "--listen".into(), format!("127.0.0.1:{}", free_port()),
+            "--session-timeout-ms".into(), "6000".into(),
+        ];
+        let mut s = Service::start("scorer", &args, &[]);
+        s.wait_for_log("scorer ready", Duration::from_secs(30));
+        s
+    }
+
+    fn gateway(&self, extra: &[&str]) -> Gateway {
+        let port = free_port();
+        let mut args = vec!["--brokers".to_string(), self.broker.bootstrap(), "--listen".into(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let service = Service::start("gateway", &args, &[]);
+        let g = Gateway { service, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+        g
+    }
+}
+
+struct Gateway {
+    service: Service,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health/ready", self.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready:\n{}", self.service.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn predict(&self, body: &Value) -> (StatusCode, Value) {
+        let r = self.http.post(format!("{}/v1/predict", self.base)).json(body).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn raw(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}")))
+    }
+
+    async fn metrics(&self) -> String {
+        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+/// Every (path, method, status) pair the spec documents.
+fn documented() -> Vec<(String, String, String)> {
+    let spec: Value = serde_json::from_str(gateway::http::OPENAPI).unwrap();
+    let mut out = Vec::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for status in op["responses"].as_object().unwrap().keys() {
+                out.push((path.clone(), method.clone(), status.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_documented(path: &str, method: &str, status: StatusCode) {
+    let status = status.as_u16().to_string();
+    let found = documented().iter().any(|(p, m, s)| {
+        // A 405 answers a method the path does not have, so it is documented on the ones it has.
+        p == path && s == &status && (m == method || status == "405")
+    });
+    assert!(found, "{path} {method} {status} is not in openapi.json");
+}
+
+fn seed_body(tx: &schemas::Transaction) -> Value {
+    json!({
+        "transaction_id": tx.transaction_id,
+        "user_id": tx.user_id.parse::<u64>().unwrap(),
+        "amount": tx.amount,
+        "payment_method": tx.payment_method.as_str(),
+        "merchant_id": tx.merchant_id,
+        "country": tx.country,
+        "timestamp": tx.timestamp,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are_decided_too() {
+    let stack = Stack::start();
+    let _scorer = stack.scorer();
+    let gw = stack.gateway(&["--decision-deadline-ms", "5000"]);
+    gw.wait_ready().await;
+
+    let mut g = Generator::new(SEED, Drift::None, &unique("http"));
+    let users: Vec<_> = (0..USERS).map(|n| Generator::user(SEED, n)).collect();
+    let txs: Vec<_> = (0..40).map(|i| g.payment(&users[i % USERS as usize], 1_764_000_000_000).transaction).collect();
+
+    let mut answers = HashMap::new();
+    for tx in &txs {
+        let (status, body) = gw.predict(&seed_body(tx)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_documented("/v1/predict", "post", status);
+        answers.insert(tx.transaction_id.clone(), body);
+    }
+
+    let card = ModelCard::load(&ModelCard::bundled_path()).unwrap();
+    let mut core = Scorer::from_card(card, 1).unwrap();
+    let batch = txs
+        .iter()
+        .map(|tx| (tx.clone(), UserLookup::Found(users[(tx.user_id.parse::<u64>().unwrap() - 10_000) as usize].features.clone())))
+        .collect();
+    for want in core.decide_batch(batch, Instant::now()).unwrap() {
+        let got = &answers[&want.transaction_id];
+        assert!((got["fraud_probability"].as_f64().unwrap() - want.fraud_probability).abs() < 1e-6);
+        assert_eq!(got["model_version"], "1.0.0");
+        assert_eq!(got["trace_id"].as_str().unwrap().len(), 32);
+        assert_eq!(got["top_features"].as_array().unwrap().len(), 3);
+        assert_eq!(got["degraded"], false);
+        assert!(got["latency_ms"].as_f64().unwrap() > 0.0);
+        if want.amount <= 10_000.0 {
+            assert_eq!(got["decision"], want.decision.as_str());
+            assert_eq!(got["risk_level"], want.risk_level.as_str());
+        }
+    }
+
+    // The trace id answered is the one carried on the transaction record.
+    let records = read(&stack.broker.bootstrap(), topics::TRANSACTIONS, txs.len(), Duration::from_secs(30), Duration::ZERO);
+    for r in &records {
+        let tx: schemas::Transaction = r.decode();
+        let trace_id = answers[&tx.transaction_id]["trace_id"].as_str().unwrap().to_string();
+        assert!(r.headers["traceparent"].contains(&trace_id));
+    }
+
+    // A retry of a decided transaction gets the same decision and is not published again.
+    let (status, again) = gw.predict(&seed_body(&txs[0])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["fraud_probability"], answers[&txs[0].transaction_id]["fraud_probability"]);
+
+    // A record produced straight to Kafka is decided and can be looked up.
+    let direct = g.payment(&users[3], 1_764_000_000_000).transaction;
+    let p = TestProducer::new(&stack.broker.bootstrap());
+    p.send_transactions(topics::TRANSACTIONS, [&direct]);
+    p.flush();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = gw.raw(reqwest::Method::GET, &format!("/v1/decisions/{}", direct.transaction_id), None, vec![]).await;
+        assert_documented("/v1/decisions/{transaction_id}", "get", status);
+        if status == StatusCode::OK {
+            assert_eq!(body["transaction_id"], direct.transaction_id.as_str());
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(Instant::now() < deadline, "direct transaction never decided");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="decided"} 40"#), "{metrics}");
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="replayed"} 1"#));
+    assert!(metrics.contains(r#"http_requests_total{method="POST",route="/v1/predict",status="200"} 41"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_json_errors_naming_the_fields() {
+    let stack = Stack::start();
+    let gw = stack.gateway(&["--max-body-bytes", "1024"]);
+    gw.wait_ready().await;
+    use reqwest::Method;
+
+    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, StatusCode)> = vec![
+        (Method::POST, "/v1/predict", Some("application/json"), b"{\"amount\": ".to_vec(), StatusCode::BAD_REQUEST),
+        (Method::POST, "/v1/predict", Some("application/json"), b"[1, 2]".to_vec(), StatusCode::BAD_REQUEST),
+        (Method::POST, "/v1/predict", Some("text/plain"), b"{}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (Method::POST, "/v1/predict", None, b"{}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (Method::POST, "/v1/predict", Some("application/json"), vec![b' '; 2048], StatusCode::PAYLOAD_TOO_LARGE),
+        (Method::GET, "/v1/predict", None, vec![], StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/v1/decisions/never-seen", None, vec![], StatusCode::NOT_FOUND),
+    ];
+    for (method, path, ct, body, want) in cases {
+        let (status, json) = gw.raw(method.clone(), path, ct, body).await;
+        assert_eq!(status, want, "{method} {path} {ct:?}: {json}");
+        assert!(json["error"].is_string() && json["details"].is_array(), "{json}");
+        let spec_path = if path.starts_with("/v1/decisions/") { "/v1/decisions/{transaction_id}" } else { path };
+        assert_documented(spec_path, &method.as_str().to_lowercase(), status);
+    }
+
+    let invalid = [
+        (json!({"user_id": 1, "amount": 10, "payment_method": "card"}), vec![("transaction_id", "is required")]),
+        (json!({"transaction_id": "t", "user_id": 1, "amount": -3, "payment_method": "card"}), vec![("amount", "must be > 0")]),
+        (json!({"transaction_id": "t", "user_id": 1, "amount": 1e9, "payment_method": "card"}), vec![("amount", "must be at most 1000000")]),
+        (json!({"transaction_id": "t", "user_id": 1, "amount": "ten", "payment_method": "card"}), vec![("amount", "must be a number")]),
+        (json!({"transaction_id": "t", "user_id": [1], "amount": 1, "payment_method": "cheque"}), vec![("user_id", "must be a string or an integer"), ("payment_method", "must be one of card, bank_transfer, wallet, crypto")]),
+        (json!({"transaction_id": "t", "user_id": "u", "amount": 1, "payment_method": "card", "timestamp": "noon"}), vec![("timestamp", "must be RFC 3339 (2026-01-15T14:30:00Z) or epoch milliseconds")]),
+    ];
+    for (body, want) in invalid {
+        let (status, json) = gw.predict(&body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(json["error"], "invalid transaction");
+        let got: Vec<(String, String)> = json["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["field"].as_str().unwrap().to_string(), d["reason"].as_str().unwrap().to_string()))
+            .collect();
+        let want: Vec<(String, String)> = want.iter().map(|(f, r)| (f.to_string(), r.to_string())).collect();
+        assert_eq!(got, want, "{body}");
+    }
+    // Nothing invalid reached Kafka.
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 11"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_503() {
+    let mut stack = Stack::start();
+    let gw = stack.gateway(&["--decision-deadline-ms", "300", "--produce-timeout-ms", "800"]);
+    gw.wait_ready().await;
+    let mut g = Generator::new(SEED, Drift::None, &unique("pending"));
+    let tx = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
+
+    // No scorer yet: accepted by Kafka, no decision within the deadline.
+    let (status, body) = gw.predict(&seed_body(&tx)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_documented("/v1/predict", "post", status);
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["transaction_id"], tx.transaction_id.as_str());
+
+    let _scorer = stack.scorer();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = gw.raw(reqwest::Method::GET, body["decision_url"].as_str().unwrap(), None, vec![]).await;
+        if status == StatusCode::OK {
+            assert!(body["decision"].is_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "pending transaction never decided");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stack.broker.stop();
+    let tx = g.payment(&Generator::user(SEED, 2), 1_764_000_000_000).transaction;
+    let started = Instant::now();
+    let (status, body) = gw.predict(&seed_body(&tx)).await;
+    let took = started.elapsed();
+    println!("broker down: {status} after {took:?}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_documented("/v1/predict", "post", status);
+    assert!(body["error"].as_str().unwrap().contains("Kafka did not acknowledge"));
+    assert!(took < Duration::from_secs(5), "the request hung for {took:?}");
+}
