@@ -1,5 +1,7 @@
 //! fraudctl: the commands people run by hand against fraudstream.
 
 pub mod features;
+pub mod stack;
 pub mod synth;
 pub mod topics;
+pub mod traffic;

@@ -1,10 +1,13 @@
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use fraudctl::synth::{Drift, Generator};
+use fraudctl::traffic::TrafficConfig;
 use schemas::{Decision, Verdict};
 use scorer::{ModelCard, Scorer, UserLookup};
 
@@ -25,6 +28,67 @@ enum Command {
     /// The feature store.
     #[command(subcommand)]
     Features(FeaturesCommand),
+    /// Send synthetic payments through the gateway and straight to Kafka, at a steady rate.
+    Traffic(TrafficArgs),
+    /// Run the whole pipeline locally (broker and Redis included unless configured) with traffic.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct TrafficShape {
+    /// Payments per second (open loop: the schedule does not wait for answers).
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Share of payments produced straight to `transactions` instead of through HTTP.
+    #[arg(long, default_value_t = 0.2)]
+    direct_share: f64,
+    /// Users the payments come from (ids 10000..10000+N; load their features with the same seed).
+    #[arg(long, default_value_t = 5000)]
+    users: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Shift the traffic away from the training distribution (drift injection).
+    #[arg(long, value_enum, default_value_t = Drift::None)]
+    drift: Drift,
+    /// Most requests in flight; payments beyond it are skipped and counted.
+    #[arg(long, default_value_t = 512)]
+    max_in_flight: usize,
+}
+
+#[derive(clap::Args)]
+struct TrafficArgs {
+    /// Gateway base URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8000")]
+    gateway: String,
+    /// Kafka brokers, for the direct path and the decision counts.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[command(flatten)]
+    shape: TrafficShape,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Use these brokers instead of starting an in-memory Tansu broker.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// Use this Redis instead of starting one.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Gateway port (another free port is used when taken).
+    #[arg(long, default_value_t = 8000)]
+    gateway_port: u16,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 2)]
+    partitions: i32,
+    /// Start the services but send no traffic.
+    #[arg(long)]
+    no_traffic: bool,
+    #[command(flatten)]
+    shape: TrafficShape,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +159,14 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Traffic(args) => {
+            let rt = runtime()?;
+            let stop = ctrl_c_flag(&rt);
+            let cfg = traffic_config(&args.shape, Some(args.gateway), Some(args.brokers));
+            rt.block_on(fraudctl::traffic::run(cfg, stop, true))?;
+            Ok(())
+        }
+        Command::Run(args) => run_stack(args),
         Command::Features(FeaturesCommand::Load { redis_url, key_prefix, users, seed, file, model_card }) => {
             let mut store = fraudctl::features::store(&redis_url, &key_prefix)?;
             let written = match file {
@@ -112,6 +184,143 @@ fn main() -> Result<()> {
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// A flag set by the first Ctrl-C (or SIGTERM).
+fn ctrl_c_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+fn traffic_config(shape: &TrafficShape, gateway: Option<String>, brokers: Option<String>) -> TrafficConfig {
+    TrafficConfig {
+        gateway,
+        brokers,
+        rate: shape.rate,
+        duration: shape.duration.map(Duration::from_secs_f64),
+        direct_share: shape.direct_share,
+        users: shape.users,
+        seed: shape.seed,
+        drift: shape.drift,
+        max_in_flight: shape.max_in_flight,
+        run_id: format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())),
+    }
+}
+
+fn run_stack(args: RunArgs) -> Result<()> {
+    use fraudctl::stack::{self, Process};
+    let rt = runtime()?;
+    let stop = ctrl_c_flag(&rt);
+    let log_dir = std::env::temp_dir().join(format!("fraudstream-run-{}", std::process::id()));
+    std::fs::create_dir_all(&log_dir)?;
+    let mut infra: Vec<Process> = Vec::new();
+
+    let brokers = match args.brokers {
+        Some(b) => {
+            println!("kafka    {b} (KAFKA_BROKERS)");
+            b
+        }
+        None => {
+            let port = stack::port(9092)?;
+            let url = format!("tcp://127.0.0.1:{port}");
+            let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"];
+            let mut p = Process::spawn("tansu", &stack::tansu()?, &args.map(String::from), &log_dir, &[])?;
+            stack::wait_for_port(port, "the Tansu broker", &mut p)?;
+            infra.push(p);
+            println!("kafka    127.0.0.1:{port} — embedded Tansu broker, in-memory, for local use only: every record is gone when this stops");
+            format!("127.0.0.1:{port}")
+        }
+    };
+    let redis_url = match args.redis_url {
+        Some(r) => {
+            println!("redis    {} (REDIS_URL)", scorer::config::mask_url(&r));
+            r
+        }
+        None => {
+            let port = stack::port(6379)?;
+            let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+            let mut p = Process::spawn("redis", &stack::redis_server()?, &args.map(String::from), &log_dir, &[])?;
+            stack::wait_for_port(port, "redis-server", &mut p)?;
+            infra.push(p);
+            println!("redis    redis://127.0.0.1:{port}/ — local, no persistence");
+            format!("redis://127.0.0.1:{port}/")
+        }
+    };
+
+    rt.block_on(fraudctl::topics::create(&brokers, &fraudctl::topics::standard(args.partitions)))?;
+    let mut store = fraudctl::features::store(&redis_url, "features:user:")?;
+    let users = fraudctl::features::load_synthetic(&mut store, args.shape.users, args.shape.seed)?;
+    println!("features {users} synthetic users loaded (ids 10000..{})", 10_000 + users);
+
+    let scorer_port = stack::port(9101)?;
+    let gateway_port = stack::port(args.gateway_port)?;
+    let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];
+    let mut services = vec![
+        Process::spawn("scorer", &stack::sibling("scorer")?, &["--listen".into(), format!("127.0.0.1:{scorer_port}")], &log_dir, &env)?,
+        Process::spawn("gateway", &stack::sibling("gateway")?, &["--listen".into(), format!("127.0.0.1:{gateway_port}")], &log_dir, &env)?,
+    ];
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{gateway}/health/ready")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            for s in services.iter_mut() {
+                s.check_running().with_context(|| format!("see {}", log_dir.display()))?;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the gateway was not ready within 60 s; logs in {}", log_dir.display());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })?;
+    println!("gateway  {gateway} — POST /v1/predict, GET /v1/decisions/{{id}}, /openapi.json, /metrics");
+    println!("scorer   http://127.0.0.1:{scorer_port}/metrics");
+    println!("logs     {}/*.log", log_dir.display());
+    println!(
+        "try      curl -s -X POST {gateway}/v1/predict -H 'Content-Type: application/json' -d '{{\"transaction_id\": \"txn_demo_001\", \"user_id\": 12345, \"amount\": 149.99, \"payment_method\": \"card\", \"merchant_id\": \"merchant_42\"}}'"
+    );
+    if args.no_traffic {
+        println!("running; Ctrl-C stops everything");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            for s in services.iter_mut() {
+                s.check_running()?;
+            }
+        }
+    } else {
+        println!(
+            "traffic  {} payments/s, {:.0} % straight to Kafka; Ctrl-C stops everything",
+            args.shape.rate,
+            args.shape.direct_share * 100.0
+        );
+        let cfg = traffic_config(&args.shape, Some(gateway.clone()), Some(brokers.clone()));
+        rt.block_on(fraudctl::traffic::run(cfg, stop.clone(), true))?;
+    }
+    println!("stopping");
+    // Services first, then what they depend on.
+    while let Some(s) = services.pop() {
+        drop(s);
+    }
+    while let Some(p) = infra.pop() {
+        drop(p);
+    }
+    Ok(())
 }
 
 fn score(args: ScoreArgs) -> Result<()> {

@@ -1,0 +1,259 @@
+//! The traffic generator: synthetic payments at a steady rate (open loop: the schedule does not
+//! wait for answers), through the gateway's HTTP API and straight to the `transactions` topic,
+//! with a live one-line summary of what came back.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tokio::sync::{Mutex, Semaphore};
+
+use schemas::{Decision, Transaction, Verdict, topics};
+
+use crate::synth::{Drift, Generator};
+
+#[derive(Debug, Clone)]
+pub struct TrafficConfig {
+    pub gateway: Option<String>,
+    pub brokers: Option<String>,
+    pub rate: f64,
+    pub duration: Option<Duration>,
+    /// Share of payments produced straight to Kafka instead of through HTTP.
+    pub direct_share: f64,
+    pub users: u64,
+    pub seed: u64,
+    pub drift: Drift,
+    pub max_in_flight: usize,
+    pub run_id: String,
+}
+
+/// Counters the summary line is made of.
+#[derive(Default)]
+pub struct TrafficStats {
+    pub sent_http: AtomicU64,
+    pub sent_direct: AtomicU64,
+    pub http_ok: AtomicU64,
+    pub http_pending: AtomicU64,
+    pub http_errors: AtomicU64,
+    pub skipped: AtomicU64,
+    pub approve: AtomicU64,
+    pub review: AtomicU64,
+    pub block: AtomicU64,
+    latencies: std::sync::Mutex<VecDeque<f64>>,
+}
+
+const LATENCY_WINDOW: usize = 5000;
+
+impl TrafficStats {
+    fn record_latency(&self, ms: f64) {
+        let mut l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() == LATENCY_WINDOW {
+            l.pop_front();
+        }
+        l.push_back(ms);
+    }
+
+    /// p50 and p99 of the last `LATENCY_WINDOW` HTTP answers, in ms.
+    pub fn percentiles(&self) -> Option<(f64, f64)> {
+        let l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        if l.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = l.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some((at(0.5), at(0.99)))
+    }
+
+    pub fn summary(&self, elapsed: Duration) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sent = get(&self.sent_http) + get(&self.sent_direct);
+        let latency = self.percentiles().map_or_else(|| "-".to_string(), |(p50, p99)| format!("p50 {p50:.1} ms p99 {p99:.1} ms"));
+        format!(
+            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {} skipped {}",
+            sent as f64 / elapsed.as_secs_f64().max(1e-9),
+            get(&self.sent_http),
+            get(&self.sent_direct),
+            get(&self.approve),
+            get(&self.review),
+            get(&self.block),
+            get(&self.http_pending),
+            get(&self.http_errors),
+            get(&self.skipped),
+        )
+    }
+}
+
+/// Runs until `duration` passes or `stop` is set; returns the final counters.
+pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Result<Arc<TrafficStats>> {
+    anyhow::ensure!(cfg.rate > 0.0 && cfg.rate.is_finite(), "--rate must be > 0");
+    anyhow::ensure!((0.0..=1.0).contains(&cfg.direct_share), "--direct-share must be within 0..1");
+    let stats = Arc::new(TrafficStats::default());
+    let producer: Option<FutureProducer> = match &cfg.brokers {
+        Some(b) => Some(
+            ClientConfig::new()
+                .set("bootstrap.servers", b)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                .create()
+                .context("creating the Kafka producer")?,
+        ),
+        None => None,
+    };
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let reader = match &cfg.brokers {
+        Some(b) => Some(spawn_decision_counter(b, stats.clone(), reader_stop.clone())?),
+        None => None,
+    };
+    let http = reqwest::Client::builder().pool_max_idle_per_host(cfg.max_in_flight).build()?;
+    let generator = Arc::new(Mutex::new(Generator::new(cfg.seed, cfg.drift, cfg.run_id.clone())));
+    let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
+
+    // On a terminal the summary is one live line; otherwise (logs, CI) a line every 5 s.
+    let bar = (live && std::io::IsTerminal::is_terminal(&std::io::stdout())).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / cfg.rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut n: u64 = 0;
+    let mut last_print = Instant::now();
+    while !stop.load(Ordering::Relaxed) && cfg.duration.is_none_or(|d| started.elapsed() < d) {
+        ticker.tick().await;
+        n += 1;
+        let user = Generator::user(cfg.seed, n % cfg.users.max(1));
+        let payment = generator.lock().await.payment(&user, now_ms());
+        let direct = (n as f64 * cfg.direct_share).floor() != ((n - 1) as f64 * cfg.direct_share).floor();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let task_stats = stats.clone();
+        match (direct, &producer, &cfg.gateway) {
+            (true, Some(p), _) | (false, Some(p), None) => {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    produce(&p, &payment.transaction, &task_stats).await;
+                });
+            }
+            (_, _, Some(gw)) => {
+                let url = format!("{gw}/v1/predict");
+                let http = http.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    post(&http, &url, &payment.transaction, &task_stats).await;
+                });
+            }
+            (_, None, None) => anyhow::bail!("nowhere to send traffic: give --gateway or --brokers"),
+        }
+        match &bar {
+            Some(bar) if last_print.elapsed() >= Duration::from_millis(500) => {
+                bar.set_message(stats.summary(started.elapsed()));
+                last_print = Instant::now();
+            }
+            None if live && last_print.elapsed() >= Duration::from_secs(5) => {
+                println!("{}", stats.summary(started.elapsed()));
+                last_print = Instant::now();
+            }
+            _ => {}
+        }
+    }
+    // Let answers in flight come back.
+    let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(cfg.max_in_flight as u32)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader_stop.store(true, Ordering::Relaxed);
+    if let Some(r) = reader {
+        let _ = tokio::task::spawn_blocking(move || r.join()).await;
+    }
+    match bar {
+        Some(bar) => bar.finish_with_message(stats.summary(started.elapsed())),
+        None if live => println!("{}", stats.summary(started.elapsed())),
+        None => {}
+    }
+    Ok(stats)
+}
+
+async fn post(http: &reqwest::Client, url: &str, tx: &Transaction, stats: &TrafficStats) {
+    stats.sent_http.fetch_add(1, Ordering::Relaxed);
+    let body = json!({
+        "transaction_id": tx.transaction_id,
+        "user_id": tx.user_id,
+        "amount": tx.amount,
+        "currency": tx.currency,
+        "payment_method": tx.payment_method.as_str(),
+        "merchant_id": tx.merchant_id,
+        "country": tx.country,
+        "timestamp": tx.timestamp,
+    });
+    let started = Instant::now();
+    match http.post(url).json(&body).timeout(Duration::from_secs(10)).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::OK => {
+            stats.http_ok.fetch_add(1, Ordering::Relaxed);
+            stats.record_latency(started.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+            stats.http_pending.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(_) | Err(_) => {
+            stats.http_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn produce(p: &FutureProducer, tx: &Transaction, stats: &TrafficStats) {
+    let Ok(payload) = schemas::encode(tx) else { return };
+    let record = FutureRecord::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload);
+    if p.send(record, Duration::from_secs(1)).await.is_ok() {
+        stats.sent_direct.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.http_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts every decision appearing on `decisions` from now on (both paths).
+fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "fraudctl-traffic")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "50")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topics::DECISIONS), Duration::from_secs(5))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topics::DECISIONS, p.id(), Offset::End)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
+                && let Ok(d) = schemas::decode::<Decision>(m.payload().unwrap_or_default())
+            {
+                let c = match d.decision {
+                    Verdict::Approve => &stats.approve,
+                    Verdict::Review => &stats.review,
+                    Verdict::Block => &stats.block,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
