@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs fraudstream locally. Installs what running needs first (scripts/setup.sh run).
+# Runs fraudstream locally: an in-memory Tansu broker and a local Redis (unless KAFKA_BROKERS /
+# REDIS_URL point elsewhere), the scorer, the gateway on :8000, and synthetic traffic with a live
+# summary. Ctrl-C stops everything it started. Extra arguments go to `fraudctl run`
+# (e.g. --rate 200, --no-traffic, --drift amount).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/setup.sh run)"
-cargo build --release --locked -p fraudctl
-exec target/release/fraudctl score "$@"
+cargo build --release --locked -p fraudctl -p scorer -p gateway
+exec target/release/fraudctl run "$@"

@@ -1,5 +1,6 @@
 //! fraudctl: the commands people run by hand against fraudstream.
 
+pub mod bench;
 pub mod features;
 pub mod stack;
 pub mod synth;

@@ -32,6 +32,27 @@ enum Command {
     Traffic(TrafficArgs),
     /// Run the whole pipeline locally (broker and Redis included unless configured) with traffic.
     Run(RunArgs),
+    /// Benchmarks that print numbers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The scorer (Redis and model included) against a passthrough with the same loop, side by side.
+    Scorer {
+        #[arg(long, default_value_t = 300_000)]
+        records: usize,
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        #[arg(long, default_value_t = 500)]
+        max_batch: u32,
+        /// exactly-once or at-least-once.
+        #[arg(long, default_value = "exactly-once")]
+        delivery: String,
+        #[arg(long, default_value_t = 5000)]
+        users: u64,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -167,6 +188,19 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(args) => run_stack(args),
+        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users }) => {
+            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users };
+            let results = fraudctl::bench::run(&b)?;
+            println!("| run | records | records/s | CPU-s per 100k records |");
+            println!("| --- | ---: | ---: | ---: |");
+            for m in &results {
+                println!("| {} | {} | {:.0} | {:.3} |", m.mode, m.records, m.rate(), m.cpu_per_100k());
+            }
+            if let [pass, score] = results.as_slice() {
+                println!("\nscorer / passthrough = {:.2} ({records} records, {partitions} partitions, max batch {max_batch}, {delivery})", score.rate() / pass.rate());
+            }
+            Ok(())
+        }
         Command::Features(FeaturesCommand::Load { redis_url, key_prefix, users, seed, file, model_card }) => {
             let mut store = fraudctl::features::store(&redis_url, &key_prefix)?;
             let written = match file {

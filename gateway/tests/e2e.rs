@@ -298,3 +298,62 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     assert!(body["error"].as_str().unwrap().contains("Kafka did not acknowledge"));
     assert!(took < Duration::from_secs(5), "the request hung for {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_decision() {
+    let stack = Stack::start();
+    let mut first = stack.scorer();
+    let gw = std::sync::Arc::new(stack.gateway(&["--decision-deadline-ms", "20000"]));
+    gw.wait_ready().await;
+
+    let mut g = Generator::new(SEED, Drift::None, &unique("kill"));
+    let txs: Vec<_> = (0..400).map(|i| g.payment(&Generator::user(SEED, i % USERS), 1_764_000_000_000).transaction).collect();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for tx in txs.clone() {
+        let gw = gw.clone();
+        let answered = answered.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = gw.predict(&seed_body(&tx)).await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (tx.transaction_id, r)
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if answered.load(std::sync::atomic::Ordering::Relaxed) == 100 && first.is_running() {
+            first.signal("KILL");
+        }
+    }
+    if first.is_running() {
+        first.signal("KILL");
+    }
+    first.wait(Duration::from_secs(10));
+    let _second = stack.scorer();
+
+    let mut answers = HashMap::new();
+    for t in tasks {
+        let (id, (status, body)) = t.await.unwrap();
+        assert!(status == StatusCode::OK || status == StatusCode::ACCEPTED, "{status}: {body}");
+        assert!(answers.insert(id, (status, body)).is_none(), "one answer per request");
+    }
+    assert_eq!(answers.len(), txs.len());
+    // Every transaction has a decision, and the gateway reports the first one consistently.
+    for (id, (status, body)) in &answers {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let found = loop {
+            let (s, b) = gw.raw(reqwest::Method::GET, &format!("/v1/decisions/{id}"), None, vec![]).await;
+            if s == StatusCode::OK {
+                break b;
+            }
+            assert!(Instant::now() < deadline, "{id} never decided");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if *status == StatusCode::OK {
+            assert_eq!(found["fraud_probability"], body["fraud_probability"], "{id}");
+            assert_eq!(found["decision"], body["decision"], "{id}");
+        }
+    }
+    let metrics = gw.metrics().await;
+    let dups = metrics.lines().find(|l| l.starts_with("duplicate_decisions_total")).unwrap_or("duplicate_decisions_total ?");
+    let pending = answers.values().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
+    println!("scorer SIGKILL under HTTP load: {} requests, {pending} answered pending, {dups}", answers.len());
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::card::ModelCard;
-use crate::pipeline::Delivery;
+use crate::pipeline::{Delivery, Work};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "scorer", version, about = "Scores transactions from Kafka: features from Redis, ONNX model, rules, explanations")]
@@ -22,6 +22,9 @@ pub struct ScorerArgs {
     /// exactly-once (Kafka transactions) or at-least-once.
     #[arg(long, env = "SCORER_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
     pub delivery: Delivery,
+    /// `passthrough` forwards records unscored (a benchmark yardstick for the same loop).
+    #[arg(long, env = "SCORER_WORK", value_enum, default_value_t = Work::Score, hide = true)]
+    pub work: Work,
     /// Feature store.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,

@@ -88,6 +88,7 @@ fn main() -> Result<()> {
     cfg.events_topic = args.business_events_topic;
     cfg.dlq_topic = args.dlq_topic;
     cfg.delivery = args.delivery;
+    cfg.work = args.work;
     cfg.max_batch = args.max_batch as usize;
     cfg.session_timeout_ms = args.session_timeout_ms;
     cfg.limits = TransactionLimits { max_amount: args.max_amount };

@@ -23,6 +23,7 @@ pub struct ScorerMetrics {
     pub errors: IntCounterVec,
     pub dlq: IntCounterVec,
     pub batch_records: Histogram,
+    pub records: IntCounter,
     pub transactions_aborted: IntCounter,
     pub build_info: IntGauge,
 }
@@ -96,6 +97,7 @@ impl ScorerMetrics {
             errors,
             dlq,
             batch_records: register(r, histogram("scorer_batch_records", "Records per poll batch.", BATCH_BUCKETS)),
+            records: register(r, IntCounter::new("scorer_records_total", "Input records processed and committed.").expect("valid metric")),
             transactions_aborted: register(r, IntCounter::new("scorer_transactions_aborted_total", "Kafka transactions aborted and their batch re-read.").expect("valid metric")),
             build_info,
         }

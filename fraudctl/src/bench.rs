@@ -1,0 +1,183 @@
+//! Benchmarks that print numbers (never pass/fail): the scorer against a plain passthrough with
+//! the same loop, client and broker.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use schemas::topics;
+
+use crate::stack::{self, Process};
+use crate::synth::{Drift, Generator};
+
+pub struct ScorerBench {
+    pub records: usize,
+    pub partitions: i32,
+    pub max_batch: u32,
+    pub delivery: String,
+    pub users: u64,
+}
+
+/// One measured run.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub mode: &'static str,
+    pub records: u64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+}
+
+impl Measured {
+    pub fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+
+    pub fn cpu_per_100k(&self) -> f64 {
+        self.cpu_seconds * 100_000.0 / self.records as f64
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
+    let dir = std::env::temp_dir().join(format!("fraudstream-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kafka_port = stack::port(0)?;
+    let url = format!("tcp://127.0.0.1:{kafka_port}");
+    let mut broker = Process::spawn(
+        "tansu",
+        &stack::tansu()?,
+        &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"].map(String::from),
+        &dir,
+        &[],
+    )?;
+    stack::wait_for_port(kafka_port, "tansu", &mut broker)?;
+    let redis_port = stack::port(0)?;
+    let mut redis = Process::spawn(
+        "redis",
+        &stack::redis_server()?,
+        &["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from),
+        &dir,
+        &[],
+    )?;
+    stack::wait_for_port(redis_port, "redis", &mut redis)?;
+    let brokers = format!("127.0.0.1:{kafka_port}");
+    let redis_url = format!("redis://127.0.0.1:{redis_port}/");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut all = crate::topics::standard(b.partitions);
+    for extra in ["bench-passthrough-out", "bench-score-decisions", "bench-score-events"] {
+        all.push((extra.to_string(), b.partitions));
+    }
+    rt.block_on(crate::topics::create(&brokers, &all))?;
+    let mut store = crate::features::store(&redis_url, "features:user:")?;
+    crate::features::load_synthetic(&mut store, b.users, 1)?;
+
+    eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
+    preload(&brokers, b.records, b.users)?;
+
+    let mut results = Vec::new();
+    for mode in ["passthrough", "score"] {
+        let port = stack::port(0)?;
+        let (decisions, events) = if mode == "passthrough" {
+            ("bench-passthrough-out", "bench-score-events")
+        } else {
+            ("bench-score-decisions", "bench-score-events")
+        };
+        let args: Vec<String> = [
+            "--work", mode,
+            "--brokers", &brokers,
+            "--redis-url", &redis_url,
+            "--group-id", &format!("bench-{mode}"),
+            "--transactional-id", &format!("bench-{mode}"),
+            "--delivery", &b.delivery,
+            "--max-batch", &b.max_batch.to_string(),
+            "--listen", &format!("127.0.0.1:{port}"),
+            "--decisions-topic", decisions,
+            "--business-events-topic", events,
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut p = Process::spawn(if mode == "score" { "scorer-score" } else { "scorer-passthrough" }, &stack::sibling("scorer")?, &args, &dir, &[("RUST_LOG", "warn".into())])?;
+        let m = rt.block_on(measure(port, b.records as u64, &mut p)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
+        eprintln!("{mode}: {:.0} records/s, {:.3} CPU-s per 100k", m.rate(), m.cpu_per_100k());
+        results.push(Measured { mode: if mode == "score" { "scorer" } else { "passthrough" }, ..m });
+        drop(p);
+    }
+    drop(redis);
+    drop(broker);
+    Ok(results)
+}
+
+fn preload(brokers: &str, n: usize, users: u64) -> Result<()> {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut g = Generator::new(1, Drift::None, "bench");
+    let now = 1_764_000_000_000;
+    let population: Vec<_> = (0..users).map(|u| Generator::user(1, u)).collect();
+    for i in 0..n {
+        let tx = g.payment(&population[i % population.len()], now).transaction;
+        let payload = schemas::encode(&tx)?;
+        let mut record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// Samples the scorer's /metrics until it processed `n` records; measures between 5 % and 95 %
+/// of them, past group joining and before the tail.
+async fn measure(port: u16, n: u64, p: &mut Process) -> Result<Measured> {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let (lo, hi) = (n / 20, n - n / 20);
+    let mut start: Option<(Instant, f64, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        p.check_running()?;
+        if Instant::now() > deadline {
+            bail!("not done within 600 s");
+        }
+        if let Ok(r) = http.get(&url).send().await
+            && let Ok(text) = r.text().await
+            && let (Some(done), Some(cpu)) = (metric(&text, "scorer_records_total"), metric(&text, "process_cpu_seconds_total"))
+        {
+            let now = Instant::now();
+            match start {
+                None if done as u64 >= lo => start = Some((now, done, cpu)),
+                Some((t0, d0, c0)) if done as u64 >= hi => {
+                    return Ok(Measured { mode: "", records: (done - d0) as u64, seconds: (now - t0).as_secs_f64(), cpu_seconds: cpu - c0 });
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_a_metric_value() {
+        let text = "# HELP x\nscorer_records_total 1500\nprocess_cpu_seconds_total 2.5\nscorer_records_total_other 9\n";
+        assert_eq!(super::metric(text, "scorer_records_total"), Some(1500.0));
+        assert_eq!(super::metric(text, "process_cpu_seconds_total"), Some(2.5));
+        assert_eq!(super::metric(text, "missing"), None);
+    }
+}
