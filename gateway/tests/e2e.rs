@@ -312,14 +312,14 @@ async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_
     let mut tasks = Vec::new();
     for tx in txs.clone() {
         let gw = gw.clone();
-        let answered = answered.clone();
+        let counter = answered.clone();
         tasks.push(tokio::spawn(async move {
             let r = gw.predict(&seed_body(&tx)).await;
-            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             (tx.transaction_id, r)
         }));
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if answered.load(std::sync::atomic::Ordering::Relaxed) == 100 && first.is_running() {
+        if answered.load(std::sync::atomic::Ordering::Relaxed) >= 100 && first.is_running() {
             first.signal("KILL");
         }
     }
