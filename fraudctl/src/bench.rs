@@ -44,7 +44,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
     let dir = std::env::temp_dir().join(format!("fraudstream-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let kafka_port = stack::port(0)?;
+    let kafka_port = stack::free_port()?;
     let url = format!("tcp://127.0.0.1:{kafka_port}");
     let mut broker = Process::spawn(
         "tansu",
@@ -54,7 +54,7 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
         &[],
     )?;
     stack::wait_for_port(kafka_port, "tansu", &mut broker)?;
-    let redis_port = stack::port(0)?;
+    let redis_port = stack::free_port()?;
     let mut redis = Process::spawn(
         "redis",
         &stack::redis_server()?,
@@ -80,7 +80,7 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
 
     let mut results = Vec::new();
     for mode in ["passthrough", "score"] {
-        let port = stack::port(0)?;
+        let port = stack::free_port()?;
         let (decisions, events) = if mode == "passthrough" {
             ("bench-passthrough-out", "bench-score-events")
         } else {

@@ -60,9 +60,14 @@ impl Drop for Process {
 
 /// `preferred` if nothing listens there, else any free port.
 pub fn port(preferred: u16) -> Result<u16> {
-    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+    if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
         return Ok(preferred);
     }
+    free_port()
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -71,7 +71,7 @@ impl PredictResponse {
             top_features: d
                 .top_features
                 .iter()
-                .map(|t| TopFeature { name: t.name.clone(), value: t.value, contribution: t.contribution })
+                .map(|t| TopFeature { name: t.name.to_string(), value: t.value, contribution: t.contribution })
                 .collect(),
             degraded: d.degraded,
         }

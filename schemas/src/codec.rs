@@ -10,6 +10,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::fast::WriteAvro;
 use crate::records::{BusinessEvent, Decision, DriftReport, Label, Transaction};
 use crate::{Error, Result};
 
@@ -76,19 +77,37 @@ pub trait Record: Serialize + DeserializeOwned {
     const NAME: &'static str;
     /// The id new records are written with.
     const SCHEMA_ID: SchemaId;
+
+    /// Writes the Avro body with a hand-written writer, for hot-path records; `false` means
+    /// "use apache-avro".
+    fn write_body(&self, _out: &mut Vec<u8>) -> bool {
+        false
+    }
 }
 
 impl Record for Transaction {
     const NAME: &'static str = "Transaction";
     const SCHEMA_ID: SchemaId = 1;
+    fn write_body(&self, out: &mut Vec<u8>) -> bool {
+        self.write_avro(out);
+        true
+    }
 }
 impl Record for Decision {
     const NAME: &'static str = "Decision";
     const SCHEMA_ID: SchemaId = 2;
+    fn write_body(&self, out: &mut Vec<u8>) -> bool {
+        self.write_avro(out);
+        true
+    }
 }
 impl Record for BusinessEvent {
     const NAME: &'static str = "BusinessEvent";
     const SCHEMA_ID: SchemaId = 3;
+    fn write_body(&self, out: &mut Vec<u8>) -> bool {
+        self.write_avro(out);
+        true
+    }
 }
 impl Record for Label {
     const NAME: &'static str = "Label";
@@ -116,6 +135,17 @@ pub fn peek_schema_id(bytes: &[u8]) -> Result<SchemaId> {
 
 /// Encodes `record` in the wire format, appending to `out` (which is not cleared).
 pub fn encode_into<T: Record>(record: &T, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    out.push(MAGIC);
+    out.extend_from_slice(&T::SCHEMA_ID.to_be_bytes());
+    if record.write_body(out) {
+        return Ok(());
+    }
+    out.truncate(start);
+    encode_with_apache_avro_into(record, out)
+}
+
+fn encode_with_apache_avro_into<T: Record>(record: &T, out: &mut Vec<u8>) -> Result<()> {
     let reg = registered(T::SCHEMA_ID).unwrap_or_else(|| {
         panic!("{} writes schema id {} which is not in KNOWN", T::NAME, T::SCHEMA_ID)
     });
@@ -127,6 +157,14 @@ pub fn encode_into<T: Record>(record: &T, out: &mut Vec<u8>) -> Result<()> {
         Error::Encode { schema: T::NAME, source: Box::new(e) }
     })?;
     Ok(())
+}
+
+/// The wire bytes as apache-avro's serializer writes them (the reference for the fast writers).
+#[cfg(test)]
+pub(crate) fn encode_with_apache_avro<T: Record>(record: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_with_apache_avro_into(record, &mut out)?;
+    Ok(out)
 }
 
 /// Encodes `record` in the wire format.

@@ -2,6 +2,7 @@
 //! Schema Registry wire codec, and the names of topics and headers that every service shares.
 
 mod codec;
+mod fast;
 mod records;
 mod validate;
 

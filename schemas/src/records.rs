@@ -1,6 +1,8 @@
 //! The Rust side of every Avro schema in `schemas/avro/`. Field names and order follow the
 //! `.avsc` files exactly; enum symbols are the lowercase wire symbols.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,15 +94,16 @@ impl RiskLevel {
     }
 }
 
+/// Feature names are usually the model card's static names, so they are borrowed, not copied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureValue {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub value: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureContribution {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub value: f64,
     /// This feature's additive share of the logit (coefficient × scaled value).
     pub contribution: f64,

@@ -80,7 +80,7 @@ impl Scorer {
                     features: FEATURE_NAMES
                         .iter()
                         .zip(features)
-                        .map(|(name, &value)| FeatureValue { name: (*name).into(), value: value.into() })
+                        .map(|(name, &value)| FeatureValue { name: std::borrow::Cow::Borrowed(*name), value: value.into() })
                         .collect(),
                     top_features: top_contributions(features, scores.contributions(i)),
                     degraded: lookup == UserLookup::Unavailable,
@@ -119,7 +119,7 @@ pub fn top_contributions(features: &[f32], contributions: &[f32]) -> Vec<Feature
     idx[..TOP_FEATURES]
         .iter()
         .map(|&i| FeatureContribution {
-            name: FEATURE_NAMES[i].into(),
+            name: std::borrow::Cow::Borrowed(FEATURE_NAMES[i]),
             value: features[i].into(),
             contribution: contributions[i].into(),
         })
@@ -143,7 +143,7 @@ mod tests {
         c[9] = 3.0;
         c[1] = 2.0;
         let top = top_contributions(&features, &c);
-        let names: Vec<&str> = top.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = top.iter().map(|t| &*t.name).collect();
         assert_eq!(names, [FEATURE_NAMES[9], FEATURE_NAMES[1], FEATURE_NAMES[4]]);
         assert_eq!(top[0].value, 9.0);
         assert_eq!(top[0].contribution, 3.0);

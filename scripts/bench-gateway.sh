@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Benchmarks the synchronous path (HTTP → Kafka → scorer → Kafka → HTTP) under open-loop load
+# with oha (-q fixed rate, --latency-correction against coordinated omission), against the local
+# stack of `fraudctl run --no-traffic`. Prints oha's summary per rate. Not a test: no pass/fail.
+#
+#   scripts/bench-gateway.sh [RATE ...]     default rates: 500 1000 2000; DURATION=20s by default
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+eval "$(scripts/setup.sh run)"
+OHA_ROOT=${FRAUDSTREAM_CACHE:-$HOME/.cache/fraudstream}/oha
+if [[ ! -x $OHA_ROOT/bin/oha ]]; then
+  echo "[bench] installing oha (HTTP load generator) into $OHA_ROOT" >&2
+  cargo install oha --version 1.16.0 --locked --root "$OHA_ROOT" >&2
+fi
+cargo build --release --locked -p fraudctl -p scorer -p gateway >&2
+rates=("$@"); ((${#rates[@]})) || rates=(500 1000 2000)
+duration=${DURATION:-20s}
+work=$(mktemp -d)
+trap 'kill $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null; rm -rf "$work"' EXIT
+
+# Every request a distinct transaction (oha picks body lines at random; enough lines keep repeats,
+# which the gateway answers from its cache without Kafka, to about 1 %).
+python3 - "$work/bodies.jsonl" <<'PY'
+import json, random, sys
+rnd = random.Random(1)
+methods = ["card"] * 6 + ["bank_transfer"] * 2 + ["wallet"] * 2 + ["crypto"]
+with open(sys.argv[1], "w") as f:
+    for i in range(1_500_000):
+        f.write(json.dumps({"transaction_id": f"bench-{i}", "user_id": 10000 + rnd.randrange(5000),
+                            "amount": round(rnd.lognormvariate(4.0, 0.9), 2), "payment_method": rnd.choice(methods),
+                            "merchant_id": f"merchant_{rnd.randrange(500)}", "country": "US"}) + "\n")
+PY
+
+target/release/fraudctl run --no-traffic --gateway-port 8000 > "$work/stack.log" 2>&1 &
+stack_pid=$!
+for _ in $(seq 1 300); do
+  curl -sf http://127.0.0.1:8000/health/ready >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -sf http://127.0.0.1:8000/health/ready >/dev/null || { cat "$work/stack.log"; exit 1; }
+sleep 5  # past the scorer's first group join
+
+for rate in "${rates[@]}"; do
+  echo "=== $rate requests/s for $duration ==="
+  "$OHA_ROOT/bin/oha" --no-tui -q "$rate" --latency-correction -z "$duration" -c 500 \
+    -m POST -H "content-type: application/json" -Z "$work/bodies.jsonl" \
+    http://127.0.0.1:8000/v1/predict | sed -n '/Summary/,/Details/p'
+  curl -s http://127.0.0.1:8000/metrics | grep -E '^gateway_predictions_total'
+done
