@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod features;
+pub mod labels;
 pub mod stack;
 pub mod synth;
 pub mod topics;

@@ -32,6 +32,17 @@ enum Command {
     Traffic(TrafficArgs),
     /// Run the whole pipeline locally (broker and Redis included unless configured) with traffic.
     Run(RunArgs),
+    /// Publish delayed ground-truth labels for payments recorded by `traffic --truth-file`.
+    Labels {
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The truth file written by `fraudctl traffic --truth-file`.
+        #[arg(long)]
+        truth_file: PathBuf,
+        /// Seconds between a payment being sent and its label.
+        #[arg(long, default_value_t = 30.0)]
+        delay: f64,
+    },
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -77,6 +88,12 @@ struct TrafficShape {
     /// Most requests in flight; payments beyond it are skipped and counted.
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
+    /// Publish each payment's ground truth to `labels` this many seconds after sending it.
+    #[arg(long)]
+    label_delay: Option<f64>,
+    /// Append each payment's ground truth to this JSON-lines file (input of `fraudctl labels`).
+    #[arg(long)]
+    truth_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +125,10 @@ struct RunArgs {
     /// Start the services but send no traffic.
     #[arg(long)]
     no_traffic: bool,
+    /// The drift job's window, in seconds (shorter than production's 5 minutes so that the local
+    /// run shows PSI soon).
+    #[arg(long, default_value_t = 60)]
+    drift_window: u64,
     #[command(flatten)]
     shape: TrafficShape,
 }
@@ -188,6 +209,28 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Run(args) => run_stack(args),
+        Command::Labels { brokers, truth_file, delay } => {
+            let truths = fraudctl::labels::read_truth(&truth_file)?;
+            let total = truths.len();
+            let mut labeler = fraudctl::labels::Labeler::new(Duration::from_secs_f64(delay), total.max(1));
+            for t in truths {
+                labeler.push(t);
+            }
+            let sink = fraudctl::labels::LabelSink::new(&brokers)?;
+            let mut sent = 0;
+            while !labeler.is_empty() {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+                let due = labeler.due(now);
+                sink.send(&due)?;
+                sent += due.len();
+                if !labeler.is_empty() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            sink.flush()?;
+            println!("published {sent} labels to {}", schemas::topics::LABELS);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users }) => {
             let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users };
             let results = fraudctl::bench::run(&b)?;
@@ -225,15 +268,7 @@ fn ctrl_c_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        telemetry::ops::shutdown_signal().await;
         flag.store(true, Ordering::Relaxed);
     });
     stop
@@ -250,6 +285,8 @@ fn traffic_config(shape: &TrafficShape, gateway: Option<String>, brokers: Option
         seed: shape.seed,
         drift: shape.drift,
         max_in_flight: shape.max_in_flight,
+        label_delay: shape.label_delay.map(Duration::from_secs_f64),
+        truth_file: shape.truth_file.clone(),
         run_id: format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())),
     }
 }
@@ -300,11 +337,19 @@ fn run_stack(args: RunArgs) -> Result<()> {
     println!("features {users} synthetic users loaded (ids 10000..{})", 10_000 + users);
 
     let scorer_port = stack::port(9101)?;
+    let drift_port = stack::port(9102)?;
     let gateway_port = stack::port(args.gateway_port)?;
     let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];
     let mut services = vec![
         Process::spawn("scorer", &stack::sibling("scorer")?, &["--listen".into(), format!("127.0.0.1:{scorer_port}")], &log_dir, &env)?,
         Process::spawn("gateway", &stack::sibling("gateway")?, &["--listen".into(), format!("127.0.0.1:{gateway_port}")], &log_dir, &env)?,
+        Process::spawn(
+            "drift-job",
+            &stack::sibling("drift-job")?,
+            &["--listen".into(), format!("127.0.0.1:{drift_port}"), "--window-seconds".into(), args.drift_window.to_string()],
+            &log_dir,
+            &env,
+        )?,
     ];
     let gateway = format!("http://127.0.0.1:{gateway_port}");
     rt.block_on(async {
@@ -325,6 +370,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
     })?;
     println!("gateway  {gateway} — POST /v1/predict, GET /v1/decisions/{{id}}, /openapi.json, /metrics");
     println!("scorer   http://127.0.0.1:{scorer_port}/metrics");
+    println!("drift    http://127.0.0.1:{drift_port}/metrics (feature_psi every {} s, model_performance from labels)", args.drift_window);
     println!("logs     {}/*.log", log_dir.display());
     println!(
         "try      curl -s -X POST {gateway}/v1/predict -H 'Content-Type: application/json' -d '{{\"transaction_id\": \"txn_demo_001\", \"user_id\": 12345, \"amount\": 149.99, \"payment_method\": \"card\", \"merchant_id\": \"merchant_42\"}}'"
@@ -343,7 +389,9 @@ fn run_stack(args: RunArgs) -> Result<()> {
             args.shape.rate,
             args.shape.direct_share * 100.0
         );
-        let cfg = traffic_config(&args.shape, Some(gateway.clone()), Some(brokers.clone()));
+        let mut cfg = traffic_config(&args.shape, Some(gateway.clone()), Some(brokers.clone()));
+        // Labels 10 s after each payment by default, so that model quality shows up locally.
+        cfg.label_delay = cfg.label_delay.or(Some(Duration::from_secs(10)));
         rt.block_on(fraudctl::traffic::run(cfg, stop.clone(), true))?;
     }
     println!("stopping");

@@ -33,6 +33,10 @@ pub struct TrafficConfig {
     pub drift: Drift,
     pub max_in_flight: usize,
     pub run_id: String,
+    /// Publish each payment's ground truth to `labels` this long after sending it.
+    pub label_delay: Option<Duration>,
+    /// Append each payment's ground truth to this file (for `fraudctl labels`).
+    pub truth_file: Option<std::path::PathBuf>,
 }
 
 /// Counters the summary line is made of.
@@ -44,6 +48,7 @@ pub struct TrafficStats {
     pub http_pending: AtomicU64,
     pub http_errors: AtomicU64,
     pub skipped: AtomicU64,
+    pub labels: AtomicU64,
     pub approve: AtomicU64,
     pub review: AtomicU64,
     pub block: AtomicU64,
@@ -78,7 +83,7 @@ impl TrafficStats {
         let sent = get(&self.sent_http) + get(&self.sent_direct);
         let latency = self.percentiles().map_or_else(|| "-".to_string(), |(p50, p99)| format!("p50 {p50:.1} ms p99 {p99:.1} ms"));
         format!(
-            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {} skipped {}",
+            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {} skipped {} | labels {}",
             sent as f64 / elapsed.as_secs_f64().max(1e-9),
             get(&self.sent_http),
             get(&self.sent_direct),
@@ -88,6 +93,7 @@ impl TrafficStats {
             get(&self.http_pending),
             get(&self.http_errors),
             get(&self.skipped),
+            get(&self.labels),
         )
     }
 }
@@ -113,6 +119,33 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
         Some(b) => Some(spawn_decision_counter(b, stats.clone(), reader_stop.clone())?),
         None => None,
     };
+    let labeler = cfg.label_delay.map(|d| Arc::new(std::sync::Mutex::new(crate::labels::Labeler::new(d, 1_000_000))));
+    let label_task = match (&labeler, &cfg.brokers) {
+        (Some(l), Some(b)) => {
+            let sink = crate::labels::LabelSink::new(b)?;
+            let l = l.clone();
+            let stats = stats.clone();
+            let stop = reader_stop.clone();
+            Some(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let due = l.lock().unwrap_or_else(|p| p.into_inner()).due(now_ms());
+                    if let Err(e) = sink.send(&due) {
+                        tracing::warn!(error = %e, "labels not sent");
+                    } else {
+                        stats.labels.fetch_add(due.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                let _ = sink.flush();
+            }))
+        }
+        (Some(_), None) => anyhow::bail!("--label-delay needs --brokers"),
+        _ => None,
+    };
+    let mut truth_file = match &cfg.truth_file {
+        Some(p) => Some(crate::labels::TruthFile::create(p)?),
+        None => None,
+    };
     let http = reqwest::Client::builder().pool_max_idle_per_host(cfg.max_in_flight).build()?;
     let generator = Arc::new(Mutex::new(Generator::new(cfg.seed, cfg.drift, cfg.run_id.clone())));
     let permits = Arc::new(Semaphore::new(cfg.max_in_flight));
@@ -133,6 +166,13 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
         n += 1;
         let user = Generator::user(cfg.seed, n % cfg.users.max(1));
         let payment = generator.lock().await.payment(&user, now_ms());
+        let truth = crate::labels::Truth { transaction_id: payment.transaction.transaction_id.clone(), is_fraud: payment.is_fraud, sent_at: now_ms() };
+        if let Some(f) = truth_file.as_mut() {
+            f.write(&truth)?;
+        }
+        if let Some(l) = &labeler {
+            l.lock().unwrap_or_else(|p| p.into_inner()).push(truth);
+        }
         let direct = (n as f64 * cfg.direct_share).floor() != ((n - 1) as f64 * cfg.direct_share).floor();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -173,6 +213,12 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
     let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(cfg.max_in_flight as u32)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     reader_stop.store(true, Ordering::Relaxed);
+    if let Some(f) = truth_file.as_mut() {
+        f.flush()?;
+    }
+    if let Some(t) = label_task {
+        let _ = t.await;
+    }
     if let Some(r) = reader {
         let _ = tokio::task::spawn_blocking(move || r.join()).await;
     }

@@ -101,26 +101,11 @@ async fn main() -> Result<()> {
         max_body_bytes: args.max_body_bytes,
     });
     let app = router(state, telemetry::ops::router(registry, readiness));
-    telemetry::ops::serve(args.listen, app, shutdown_signal()).await.with_context(|| format!("serving on {}", args.listen))?;
+    telemetry::ops::serve(args.listen, app, telemetry::ops::shutdown_signal()).await.with_context(|| format!("serving on {}", args.listen))?;
 
     tracing::info!("gateway stopping");
     stop.store(true, Ordering::Relaxed);
     let _ = producer.flush(Duration::from_secs(5));
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -66,18 +66,13 @@ fn main() -> Result<()> {
     let listen = args.listen;
     let http_stop = stop.clone();
     runtime.spawn(async move {
-        let shutdown = async move {
-            while !http_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        if let Err(e) = telemetry::ops::serve(listen, ops, shutdown).await {
+        if let Err(e) = telemetry::ops::serve(listen, ops, telemetry::ops::stopped(http_stop)).await {
             tracing::error!(error = %e, %listen, "ops http server failed");
         }
     });
     let signal_stop = stop.clone();
     runtime.spawn(async move {
-        shutdown_signal().await;
+        telemetry::ops::shutdown_signal().await;
         tracing::info!("shutdown requested: finishing the batch in hand");
         signal_stop.store(true, Ordering::Relaxed);
     });
@@ -103,19 +98,4 @@ fn main() -> Result<()> {
     result.context("scoring stopped")?;
     tracing::info!("scorer stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -47,14 +47,11 @@ impl FraudModel {
         let path = card.onnx_path();
         let shown = path.display().to_string();
         let err = |source| Error::ModelLoad { path: shown.clone(), source };
-        let session = Session::builder(env)
-            .map_err(err)?
-            .with_intra_threads(intra_threads.max(1))
-            .and_then(|b| b.with_inter_threads(1))
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
-            .map_err(|e| err(e.into()))?
-            .commit_from_file(&path)
-            .map_err(err)?;
+        let builder = Session::builder(env).map_err(err)?;
+        let builder = builder.with_intra_threads(intra_threads.max(1)).map_err(|e| err(e.into()))?;
+        let builder = builder.with_inter_threads(1).map_err(|e| err(e.into()))?;
+        let mut builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| err(e.into()))?;
+        let session = builder.commit_from_file(&path).map_err(err)?;
         Ok(Self {
             session,
             input: card.onnx_input.clone(),

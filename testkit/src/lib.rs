@@ -2,6 +2,8 @@
 //! as a child process on a free loopback port and stopped when dropped. Binaries come from
 //! `scripts/setup.sh test`; a missing one fails the test with the command to run, never skips it.
 
+#![allow(clippy::unwrap_used)] // test support: a failed setup step should fail the test loudly
+
 pub mod kafka;
 pub mod process;
 

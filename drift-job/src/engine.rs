@@ -1,0 +1,133 @@
+//! The drift job's state machine, without Kafka: decisions feed the drift windows and the label
+//! join, labels feed the join, `tick` closes due windows and expires join state. Tests and
+//! benchmarks drive it directly; `main` drives it from Kafka.
+
+use std::collections::HashMap;
+
+use schemas::{Decision, DriftReport, DriftSeverity, Label, Verdict};
+
+use crate::metrics::DriftMetrics;
+use crate::quality::{Joined, LabelJoin, Outcome, QualityWindow, Threshold, Unmatched};
+use crate::window::{PsiWindow, Reference, window_of};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub window_ms: i64,
+    pub min_samples: u64,
+    pub join_max_entries: usize,
+    pub join_ttl_ms: i64,
+    pub quality_window: usize,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    references: HashMap<String, Reference>,
+    windows: HashMap<String, PsiWindow>,
+    join: LabelJoin,
+    quality: HashMap<String, QualityWindow>,
+    metrics: DriftMetrics,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, references: Vec<Reference>, metrics: DriftMetrics) -> Self {
+        let join = LabelJoin::new(cfg.join_max_entries, cfg.join_ttl_ms);
+        Self {
+            references: references.into_iter().map(|r| (r.model_version.clone(), r)).collect(),
+            windows: HashMap::new(),
+            join,
+            quality: HashMap::new(),
+            metrics,
+            cfg,
+        }
+    }
+
+    /// A decision read at `now_ms` (processing time decides its window).
+    pub fn on_decision(&mut self, d: &Decision, now_ms: i64) {
+        let Some(reference) = self.references.get(&d.model_version) else {
+            self.metrics.decisions.with_label_values(&[d.model_version.as_str(), "unknown_model"]).inc();
+            return;
+        };
+        self.metrics.decisions.with_label_values(&[d.model_version.as_str(), "known"]).inc();
+        let (start, end) = window_of(now_ms, self.cfg.window_ms);
+        let window = self.windows.entry(d.model_version.clone()).or_insert_with(|| PsiWindow::new(reference, start, end));
+        if !window.observe(reference, d) {
+            tracing::warn!(model_version = %d.model_version, transaction_id = %d.transaction_id, "decision's features do not match its model card; not counted for drift");
+        }
+        let (usd, _) = scorer::fx::to_usd(d.amount, &d.currency);
+        let outcome = Outcome { model_version: d.model_version.clone(), verdict: d.decision, amount_usd: usd, decided_at_ms: d.decided_at };
+        let (joined, evicted) = self.join.decision(&d.transaction_id, outcome, now_ms);
+        self.unmatched(evicted, 1);
+        if let Some(j) = joined {
+            self.record(j);
+        }
+    }
+
+    pub fn on_label(&mut self, l: &Label, now_ms: i64) {
+        let (joined, evicted) = self.join.label(&l.transaction_id, l.is_fraud, l.labelled_at, now_ms);
+        self.unmatched(evicted, 1);
+        if let Some(j) = joined {
+            self.record(j);
+        }
+    }
+
+    fn unmatched(&self, reason: Option<Unmatched>, n: u64) {
+        if let Some(r) = reason {
+            self.metrics.labels_unmatched.with_label_values(&[r.as_str()]).inc_by(n);
+        }
+    }
+
+    fn record(&mut self, j: Joined) {
+        let m = &self.metrics;
+        m.labels_joined.inc();
+        m.label_delay.observe(((j.labelled_at_ms - j.outcome.decided_at_ms).max(0) as f64) / 1e3);
+        let version = j.outcome.model_version.as_str();
+        match (j.outcome.verdict, j.is_fraud) {
+            (Verdict::Block, false) => m.false_positive_blocked_usd.with_label_values(&[version]).inc_by(j.outcome.amount_usd),
+            (Verdict::Approve, true) => m.fraud_missed_usd.with_label_values(&[version]).inc_by(j.outcome.amount_usd),
+            _ => {}
+        }
+        let window = self.quality.entry(version.to_string()).or_insert_with(|| QualityWindow::new(self.cfg.quality_window));
+        window.push(j.outcome.verdict, j.is_fraud);
+        m.labelled.with_label_values(&[version]).set(window.len() as i64);
+        for t in Threshold::ALL {
+            let c = window.confusion(t);
+            for (metric, value) in [("precision", c.precision()), ("recall", c.recall()), ("f1", c.f1()), ("false_positive_rate", c.false_positive_rate())] {
+                m.model_performance.with_label_values(&[metric, version, t.as_str()]).set(value);
+            }
+            for (outcome, n) in [("tp", c.tp), ("fp", c.fp), ("fn", c.fn_), ("tn", c.tn)] {
+                m.confusion.with_label_values(&[outcome, version, t.as_str()]).set(n as i64);
+            }
+        }
+    }
+
+    /// Closes every window that ended by `now_ms` and expires old join state; returns the drift
+    /// reports of the closed windows that had enough samples.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<DriftReport> {
+        let (decisions, labels) = self.join.expire(now_ms);
+        self.unmatched(Some(Unmatched::DecisionExpired).filter(|_| decisions > 0), decisions);
+        self.unmatched(Some(Unmatched::LabelExpired).filter(|_| labels > 0), labels);
+
+        let due: Vec<String> = self.windows.iter().filter(|(_, w)| w.end_ms <= now_ms).map(|(v, _)| v.clone()).collect();
+        let mut out = Vec::new();
+        for version in due {
+            let Some(window) = self.windows.remove(&version) else { continue };
+            let Some(reference) = self.references.get(&version) else { continue };
+            for f in &reference.features {
+                self.metrics.feature_psi_samples.with_label_values(&[f.name.as_str(), version.as_str()]).set(window.samples as i64);
+            }
+            if window.samples < self.cfg.min_samples {
+                tracing::info!(model_version = %version, samples = window.samples, min_samples = self.cfg.min_samples, "drift window closed with too few decisions; PSI not reported");
+                continue;
+            }
+            self.metrics.window_end.with_label_values(&[version.as_str()]).set(window.end_ms as f64 / 1e3);
+            for report in window.reports(reference) {
+                self.metrics.feature_psi.with_label_values(&[report.feature.as_str(), version.as_str()]).set(report.psi);
+                if report.severity == DriftSeverity::Significant {
+                    tracing::warn!(feature = %report.feature, model_version = %version, psi = report.psi, samples = report.samples, "significant feature drift");
+                }
+                out.push(report);
+            }
+        }
+        out
+    }
+}

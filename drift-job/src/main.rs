@@ -1,0 +1,191 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::{ClientConfig, Message};
+
+use drift_job::engine::{Engine, EngineConfig};
+use drift_job::metrics::DriftMetrics;
+use drift_job::window::Reference;
+use schemas::{Decision, Label, topics};
+use scorer::ModelCard;
+use telemetry::ops::Readiness;
+
+#[derive(Debug, Parser)]
+#[command(name = "drift-job", version, about = "PSI per feature against the training reference, and model quality from delayed labels")]
+struct Args {
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, env = "DRIFT_GROUP_ID", default_value = "fraudstream-drift-job")]
+    group_id: String,
+    /// Model cards whose decisions are monitored (repeatable; env: comma-separated).
+    #[arg(long = "model-card", env = "MODEL_CARDS", value_delimiter = ',', default_values_os_t = vec![ModelCard::bundled_path()])]
+    model_cards: Vec<PathBuf>,
+    /// Length of a tumbling drift window, in seconds.
+    #[arg(long, env = "DRIFT_WINDOW_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    window_seconds: u64,
+    /// Fewest decisions in a window for its PSI to be reported.
+    #[arg(long, env = "DRIFT_MIN_SAMPLES", default_value_t = 500)]
+    min_samples: u64,
+    /// Most decisions (and, separately, labels) waiting for their partner.
+    #[arg(long, env = "LABEL_JOIN_MAX_ENTRIES", default_value_t = 1_000_000)]
+    join_max_entries: usize,
+    /// How long a decision or label waits for its partner, in seconds.
+    #[arg(long, env = "LABEL_JOIN_TTL_SECONDS", default_value_t = 7 * 86_400)]
+    join_ttl_seconds: u64,
+    /// Labelled decisions per model version that quality is computed over.
+    #[arg(long, env = "QUALITY_WINDOW", default_value_t = 10_000)]
+    quality_window: usize,
+    /// Consumer group session timeout, in ms (a shorter one also makes the broker settle the
+    /// group faster).
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u32,
+    #[arg(long, env = "DRIFT_LISTEN", default_value = "0.0.0.0:9102")]
+    listen: std::net::SocketAddr,
+    #[arg(long, env = "DECISIONS_TOPIC", default_value = topics::DECISIONS)]
+    decisions_topic: String,
+    #[arg(long, env = "LABELS_TOPIC", default_value = topics::LABELS)]
+    labels_topic: String,
+    #[arg(long, env = "DRIFT_REPORTS_TOPIC", default_value = topics::DRIFT_REPORTS)]
+    drift_reports_topic: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    telemetry::init_logging("drift-job");
+    tracing::info!(
+        brokers = %args.brokers,
+        group_id = %args.group_id,
+        model_cards = ?args.model_cards,
+        window_seconds = args.window_seconds,
+        min_samples = args.min_samples,
+        join_max_entries = args.join_max_entries,
+        join_ttl_seconds = args.join_ttl_seconds,
+        quality_window = args.quality_window,
+        listen = %args.listen,
+        "drift-job starting"
+    );
+    let mut references = Vec::new();
+    for path in &args.model_cards {
+        let card = ModelCard::load(path).with_context(|| format!("--model-card {}", path.display()))?;
+        references.push(Reference::from_card(&card));
+    }
+    let versions: Vec<String> = references.iter().map(|r| r.model_version.clone()).collect();
+    let registry = telemetry::metrics::registry();
+    let metrics = DriftMetrics::new(&registry, &versions);
+    let mut engine = Engine::new(
+        EngineConfig {
+            window_ms: (args.window_seconds * 1000) as i64,
+            min_samples: args.min_samples,
+            join_max_entries: args.join_max_entries,
+            join_ttl_ms: (args.join_ttl_seconds * 1000) as i64,
+            quality_window: args.quality_window,
+        },
+        references,
+        metrics.clone(),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let ops = telemetry::ops::router(registry, readiness.clone());
+    let listen = args.listen;
+    let http_stop = stop.clone();
+    runtime.spawn(async move {
+        if let Err(e) = telemetry::ops::serve(listen, ops, telemetry::ops::stopped(http_stop)).await {
+            tracing::error!(error = %e, "ops http server failed");
+        }
+    });
+    let signal_stop = stop.clone();
+    runtime.spawn(async move {
+        telemetry::ops::shutdown_signal().await;
+        signal_stop.store(true, Ordering::Relaxed);
+    });
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", &args.group_id)
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "latest")
+        .set("session.timeout.ms", args.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (args.session_timeout_ms / 4).max(100).to_string())
+        // The job's state is in memory and rebuilt from new traffic after a restart; committing
+        // as it goes only avoids re-reading what it already counted.
+        .set("enable.auto.commit", "true")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .context("creating the Kafka consumer")?;
+    consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .context("creating the Kafka producer")?;
+    readiness.set(true);
+    tracing::info!("drift-job ready");
+
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => {
+                metrics.errors.with_label_values(&["consume"]).inc();
+                tracing::warn!(error = %e, "consume error");
+            }
+            Some(Ok(msg)) => {
+                let payload = msg.payload().unwrap_or_default();
+                let now = now_ms();
+                if msg.topic() == args.labels_topic {
+                    match schemas::decode::<Label>(payload) {
+                        Ok(l) => engine.on_label(&l, now),
+                        Err(e) => {
+                            metrics.errors.with_label_values(&["decode"]).inc();
+                            tracing::warn!(error = %e, topic = msg.topic(), offset = msg.offset(), "undecodable label skipped");
+                        }
+                    }
+                } else {
+                    match schemas::decode::<Decision>(payload) {
+                        Ok(d) => engine.on_decision(&d, now),
+                        Err(e) => {
+                            metrics.errors.with_label_values(&["decode"]).inc();
+                            tracing::warn!(error = %e, topic = msg.topic(), offset = msg.offset(), "undecodable decision skipped");
+                        }
+                    }
+                }
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(500) {
+            last_tick = Instant::now();
+            for report in engine.tick(now_ms()) {
+                match schemas::encode(&report) {
+                    Ok(bytes) => {
+                        let record = BaseRecord::<str, [u8]>::to(&args.drift_reports_topic).key(report.feature.as_str()).payload(&bytes);
+                        if let Err((e, _)) = producer.send(record) {
+                            metrics.errors.with_label_values(&["produce"]).inc();
+                            tracing::warn!(error = %e, "drift report not sent");
+                        } else {
+                            metrics.reports.inc();
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode a drift report"),
+                }
+            }
+        }
+    }
+    tracing::info!("drift-job stopping");
+    readiness.set(false);
+    consumer.unsubscribe();
+    let _ = producer.flush(Duration::from_secs(5));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}

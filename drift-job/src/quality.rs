@@ -1,0 +1,311 @@
+//! Model quality from delayed labels: decisions and labels are joined by transaction id in
+//! bounded state (labels may come before or long after their decision), and each model version
+//! keeps a sliding window of its labelled decisions from which precision, recall, F1 and the
+//! false-positive rate are computed at both thresholds.
+
+use std::collections::{HashMap, VecDeque};
+
+use schemas::Verdict;
+
+/// What a decision contributes to quality once labelled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub model_version: String,
+    pub verdict: Verdict,
+    pub amount_usd: f64,
+    pub decided_at_ms: i64,
+}
+
+/// A joined pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub outcome: Outcome,
+    pub is_fraud: bool,
+    pub labelled_at_ms: i64,
+}
+
+/// Why an entry left the join state without a partner (`labels_unmatched_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    DecisionExpired,
+    DecisionEvicted,
+    LabelExpired,
+    LabelEvicted,
+}
+
+impl Unmatched {
+    pub const ALL: [Unmatched; 4] =
+        [Unmatched::DecisionExpired, Unmatched::DecisionEvicted, Unmatched::LabelExpired, Unmatched::LabelEvicted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmatched::DecisionExpired => "decision_expired",
+            Unmatched::DecisionEvicted => "decision_evicted",
+            Unmatched::LabelExpired => "label_expired",
+            Unmatched::LabelEvicted => "label_evicted",
+        }
+    }
+}
+
+/// Entries waiting for their partner, oldest first, bounded in count and age.
+struct Pending<T> {
+    by_id: HashMap<String, (T, i64)>,
+    order: VecDeque<(String, i64)>,
+}
+
+impl<T> Pending<T> {
+    fn new() -> Self {
+        Self { by_id: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn insert(&mut self, id: String, value: T, now_ms: i64) {
+        if self.by_id.insert(id.clone(), (value, now_ms)).is_none() {
+            self.order.push_back((id, now_ms));
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<T> {
+        // Its `order` entry is skipped when it reaches the front.
+        self.by_id.remove(id).map(|(v, _)| v)
+    }
+
+    /// Removes the oldest live entry; returns whether one was removed.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((id, at)) = self.order.pop_front() {
+            if self.by_id.get(&id).is_some_and(|(_, t)| *t == at) {
+                self.by_id.remove(&id);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Removes entries older than `cutoff_ms`; returns how many.
+    fn expire(&mut self, cutoff_ms: i64) -> u64 {
+        let mut n = 0;
+        while let Some((id, at)) = self.order.front() {
+            if *at >= cutoff_ms {
+                break;
+            }
+            if self.by_id.get(id).is_some_and(|(_, t)| t == at) {
+                self.by_id.remove(id);
+                n += 1;
+            }
+            self.order.pop_front();
+        }
+        n
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// The bounded join of decisions and labels.
+pub struct LabelJoin {
+    decisions: Pending<Outcome>,
+    labels: Pending<(bool, i64)>,
+    max_entries: usize,
+    ttl_ms: i64,
+}
+
+impl LabelJoin {
+    pub fn new(max_entries: usize, ttl_ms: i64) -> Self {
+        Self { decisions: Pending::new(), labels: Pending::new(), max_entries: max_entries.max(1), ttl_ms }
+    }
+
+    /// A decision arrived; returns the join if its label was waiting, and any entry evicted to
+    /// make room.
+    pub fn decision(&mut self, transaction_id: &str, outcome: Outcome, now_ms: i64) -> (Option<Joined>, Option<Unmatched>) {
+        if let Some((is_fraud, labelled_at_ms)) = self.labels.take(transaction_id) {
+            return (Some(Joined { outcome, is_fraud, labelled_at_ms }), None);
+        }
+        let evicted = (self.decisions.len() >= self.max_entries && self.decisions.evict_oldest()).then_some(Unmatched::DecisionEvicted);
+        self.decisions.insert(transaction_id.to_string(), outcome, now_ms);
+        (None, evicted)
+    }
+
+    /// A label arrived; returns the join if its decision was waiting.
+    pub fn label(&mut self, transaction_id: &str, is_fraud: bool, labelled_at_ms: i64, now_ms: i64) -> (Option<Joined>, Option<Unmatched>) {
+        if let Some(outcome) = self.decisions.take(transaction_id) {
+            return (Some(Joined { outcome, is_fraud, labelled_at_ms }), None);
+        }
+        let evicted = (self.labels.len() >= self.max_entries && self.labels.evict_oldest()).then_some(Unmatched::LabelEvicted);
+        self.labels.insert(transaction_id.to_string(), (is_fraud, labelled_at_ms), now_ms);
+        (None, evicted)
+    }
+
+    /// Drops entries older than the TTL; returns (decisions expired, labels expired).
+    pub fn expire(&mut self, now_ms: i64) -> (u64, u64) {
+        let cutoff = now_ms - self.ttl_ms;
+        (self.decisions.expire(cutoff), self.labels.expire(cutoff))
+    }
+
+    pub fn pending(&self) -> (usize, usize) {
+        (self.decisions.len(), self.labels.len())
+    }
+}
+
+/// Confusion counts and the rates derived from them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Confusion {
+    pub tp: u64,
+    pub fp: u64,
+    pub fn_: u64,
+    pub tn: u64,
+}
+
+impl Confusion {
+    pub fn add(&mut self, predicted_fraud: bool, is_fraud: bool) {
+        match (predicted_fraud, is_fraud) {
+            (true, true) => self.tp += 1,
+            (true, false) => self.fp += 1,
+            (false, true) => self.fn_ += 1,
+            (false, false) => self.tn += 1,
+        }
+    }
+
+    fn ratio(a: u64, b: u64) -> f64 {
+        if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    }
+
+    pub fn precision(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fp)
+    }
+
+    pub fn recall(&self) -> f64 {
+        Self::ratio(self.tp, self.tp + self.fn_)
+    }
+
+    pub fn f1(&self) -> f64 {
+        Self::ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
+    }
+
+    pub fn false_positive_rate(&self) -> f64 {
+        Self::ratio(self.fp, self.fp + self.tn)
+    }
+}
+
+/// The two operating points of `model_performance{threshold}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    /// Positive = review or block.
+    Review,
+    /// Positive = block.
+    Block,
+}
+
+impl Threshold {
+    pub const ALL: [Threshold; 2] = [Threshold::Review, Threshold::Block];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Threshold::Review => "review",
+            Threshold::Block => "block",
+        }
+    }
+
+    pub fn positive(self, v: Verdict) -> bool {
+        match self {
+            Threshold::Review => v != Verdict::Approve,
+            Threshold::Block => v == Verdict::Block,
+        }
+    }
+}
+
+/// The last `capacity` labelled decisions of one model version.
+pub struct QualityWindow {
+    entries: VecDeque<(Verdict, bool)>,
+    capacity: usize,
+}
+
+impl QualityWindow {
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: VecDeque::with_capacity(capacity.min(1 << 16)), capacity: capacity.max(1) }
+    }
+
+    pub fn push(&mut self, verdict: Verdict, is_fraud: bool) {
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((verdict, is_fraud));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn confusion(&self, threshold: Threshold) -> Confusion {
+        let mut c = Confusion::default();
+        for (v, f) in &self.entries {
+            c.add(threshold.positive(*v), *f);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(v: Verdict) -> Outcome {
+        Outcome { model_version: "1".into(), verdict: v, amount_usd: 10.0, decided_at_ms: 0 }
+    }
+
+    #[test]
+    fn joins_in_either_order() {
+        let mut j = LabelJoin::new(10, 1000);
+        assert_eq!(j.decision("a", outcome(Verdict::Block), 0), (None, None));
+        let (joined, _) = j.label("a", true, 50, 60);
+        assert_eq!(joined.unwrap().outcome.verdict, Verdict::Block);
+        assert_eq!(j.label("b", false, 70, 70), (None, None));
+        let (joined, _) = j.decision("b", outcome(Verdict::Approve), 80);
+        assert!(!joined.unwrap().is_fraud);
+        assert_eq!(j.pending(), (0, 0));
+    }
+
+    #[test]
+    fn state_is_bounded_by_count_and_age() {
+        let mut j = LabelJoin::new(2, 1000);
+        j.decision("a", outcome(Verdict::Approve), 0);
+        j.decision("b", outcome(Verdict::Approve), 10);
+        let (_, evicted) = j.decision("c", outcome(Verdict::Approve), 20);
+        assert_eq!(evicted, Some(Unmatched::DecisionEvicted));
+        assert_eq!(j.label("a", true, 0, 30).0, None, "a was evicted");
+        assert_eq!(j.expire(1015), (1, 0), "b is older than the TTL");
+        assert_eq!(j.pending(), (1, 1));
+        assert_eq!(j.expire(5000), (1, 1));
+        assert_eq!(j.pending(), (0, 0));
+    }
+
+    #[test]
+    fn a_joined_entry_is_not_expired_later() {
+        let mut j = LabelJoin::new(10, 100);
+        j.decision("a", outcome(Verdict::Approve), 0);
+        assert!(j.label("a", false, 1, 1).0.is_some());
+        j.decision("a", outcome(Verdict::Review), 50);
+        assert_eq!(j.expire(120), (0, 0), "the joined entry from 0 is gone; the new one from 50 is young");
+        assert_eq!(j.expire(151), (1, 0));
+    }
+
+    #[test]
+    fn thresholds_and_rates() {
+        let mut w = QualityWindow::new(3);
+        w.push(Verdict::Approve, true); // evicted by the fourth push
+        w.push(Verdict::Block, true);
+        w.push(Verdict::Review, false);
+        w.push(Verdict::Approve, false);
+        let review = w.confusion(Threshold::Review);
+        assert_eq!(review, Confusion { tp: 1, fp: 1, fn_: 0, tn: 1 });
+        let block = w.confusion(Threshold::Block);
+        assert_eq!(block, Confusion { tp: 1, fp: 0, fn_: 0, tn: 2 });
+        assert_eq!(review.precision(), 0.5);
+        assert_eq!(review.f1(), 2.0 / 3.0);
+        assert_eq!(block.false_positive_rate(), 0.0);
+        assert_eq!(Confusion::default().precision(), 0.0, "no positives: 0, as sklearn with zero_division=0");
+    }
+}

@@ -1,0 +1,167 @@
+//! The drift job on a real broker: decisions from the real scorer, a window of traffic like the
+//! training data, then a window with one feature shifted; then delayed labels.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fraudctl::labels::LabelSink;
+use fraudctl::synth::{Drift, Generator};
+use schemas::{Decision, DriftReport, DriftSeverity, Label, topics};
+use testkit::kafka::{Received, TestProducer, create_standard_topics, read};
+use testkit::process::Service;
+use testkit::{Broker, RedisServer, free_port, unique};
+
+const SEED: u64 = 5;
+const USERS: u64 = 2000;
+const WINDOW_S: i64 = 4;
+
+fn metrics(port: u16) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap() })
+}
+
+/// `name{labels...}` → value, for every series of `name` whose labels contain `filter`.
+fn series(text: &str, name: &str, filter: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(filter))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            Some((head.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn psi_by_feature(text: &str) -> HashMap<String, f64> {
+    series(text, "feature_psi", "")
+        .into_iter()
+        .map(|(head, v)| {
+            let feature = head.split("feature=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+            (feature, v)
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Sleeps until just after the next window boundary, so one phase fills one window.
+fn wait_for_window_start() {
+    let len = WINDOW_S * 1000;
+    let next = (now_ms() / len + 1) * len;
+    std::thread::sleep(Duration::from_millis((next - now_ms() + 100) as u64));
+}
+
+/// Waits until the drift job reports a window that ended after `after_ms`.
+fn wait_for_report(port: u16, after_ms: i64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = metrics(port);
+        if let Some((_, end)) = series(&text, "drift_window_end_timestamp_seconds", "").first()
+            && (*end * 1000.0) as i64 > after_ms
+        {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no drift window reported after {after_ms}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
+    let broker = Broker::start();
+    let redis = RedisServer::start();
+    create_standard_topics(&broker.bootstrap(), 2);
+    let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
+    fraudctl::features::load_synthetic(&mut store, USERS, SEED).unwrap();
+    let group = unique("scorer");
+    let mut scorer = Service::start(
+        "scorer",
+        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
+            .map(String::from),
+        &[],
+    );
+    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    let drift_port = free_port();
+    let mut drift = Service::start(
+        "drift-job",
+        &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{drift_port}"), "--window-seconds", &WINDOW_S.to_string(), "--min-samples", "1000", "--group-id", &unique("drift")]
+            .map(String::from),
+        &[],
+    );
+    drift.wait_for_log("drift-job ready", Duration::from_secs(30));
+    let p = TestProducer::new(&broker.bootstrap());
+    let users: Vec<_> = (0..USERS).map(|n| Generator::user(SEED, n)).collect();
+
+    // Let both consumers join their groups before the first window starts.
+    p.send_transactions(topics::TRANSACTIONS, [&Generator::new(SEED, Drift::None, "warmup").payment(&users[0], now_ms()).transaction]);
+    p.flush();
+    read(&broker.bootstrap(), topics::DECISIONS, 1, Duration::from_secs(60), Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(8));
+
+    let mut truth = Vec::new();
+    let mut phase = |drift: Drift, run: &str| {
+        wait_for_window_start();
+        let started = now_ms();
+        let mut g = Generator::new(SEED, drift, run);
+        for i in 0..2500 {
+            let pay = g.payment(&users[i % users.len()], now_ms());
+            truth.push((pay.transaction.transaction_id.clone(), pay.is_fraud));
+            p.send_transactions(topics::TRANSACTIONS, [&pay.transaction]);
+        }
+        p.flush();
+        wait_for_report(drift_port, started)
+    };
+
+    let baseline = psi_by_feature(&phase(Drift::None, "normal"));
+    println!("PSI, traffic like training: {baseline:?}");
+    assert!(baseline.len() >= 8, "{baseline:?}");
+    for (feature, psi) in &baseline {
+        assert!(*psi < 0.1, "{feature} drifted without a shift: {psi}");
+    }
+
+    let shifted = psi_by_feature(&phase(Drift::Night, "night"));
+    println!("PSI, most payments at night: {shifted:?}");
+    assert!(shifted["is_night"] > 0.25, "{shifted:?}");
+    for (feature, psi) in &shifted {
+        if feature != "is_night" {
+            assert!(*psi < 0.25, "{feature} reported as drifted: {psi}");
+        }
+    }
+    let reports: Vec<DriftReport> = read(&broker.bootstrap(), topics::DRIFT_REPORTS, 2 * baseline.len(), Duration::from_secs(30), Duration::from_millis(500))
+        .iter()
+        .map(Received::decode)
+        .collect();
+    let night = reports.iter().filter(|r| r.feature == "is_night").max_by_key(|r| r.window_end).unwrap();
+    assert_eq!(night.severity, DriftSeverity::Significant);
+    assert!(night.samples >= 1000 && night.bins.len() == 2, "{night:?}");
+    assert!(drift.logs().contains("significant feature drift"));
+
+    // Labels for the decided transactions move model quality.
+    let decided: Vec<Decision> = read(&broker.bootstrap(), topics::DECISIONS, truth.len() + 1, Duration::from_secs(60), Duration::from_millis(500))
+        .iter()
+        .map(Received::decode)
+        .collect();
+    assert!(decided.len() > truth.len());
+    let sink = LabelSink::new(&broker.bootstrap()).unwrap();
+    let labels: Vec<Label> = truth.iter().map(|(id, f)| Label { transaction_id: id.clone(), is_fraud: *f, labelled_at: now_ms() }).collect();
+    sink.send(&labels).unwrap();
+    sink.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = metrics(drift_port);
+        if series(&text, "model_performance_samples", "").first().is_some_and(|(_, v)| *v as usize >= labels.len()) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "labels not joined:\n{}", text.lines().filter(|l| l.contains("label")).collect::<Vec<_>>().join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains(&format!("labels_joined_total {}", labels.len())));
+    let perf = series(&text, "model_performance", "threshold=\"review\"");
+    assert_eq!(perf.len(), 4, "{perf:?}");
+    let precision = perf.iter().find(|(h, _)| h.contains("metric=\"precision\"")).unwrap().1;
+    let recall = perf.iter().find(|(h, _)| h.contains("metric=\"recall\"")).unwrap().1;
+    println!("quality at review: precision {precision:.3} recall {recall:.3}");
+    assert!(precision > 0.2 && recall > 0.2, "{perf:?}");
+    drop(scorer);
+}
