@@ -356,15 +356,17 @@ fn run_stack(args: RunArgs) -> Result<()> {
         let http = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = http.get(format!("{gateway}/health/ready")).send().await
-                && r.status().is_success()
-            {
+            let mut ready = true;
+            for url in [format!("{gateway}/health/ready"), format!("http://127.0.0.1:{scorer_port}/health/ready")] {
+                ready &= http.get(url).send().await.is_ok_and(|r| r.status().is_success());
+            }
+            if ready {
                 return Ok(());
             }
             for s in services.iter_mut() {
                 s.check_running().with_context(|| format!("see {}", log_dir.display()))?;
             }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "the gateway was not ready within 60 s; logs in {}", log_dir.display());
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the gateway and scorer were not ready within 60 s; logs in {}", log_dir.display());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })?;

@@ -89,9 +89,9 @@ fn main() -> Result<()> {
     cfg.limits = TransactionLimits { max_amount: args.max_amount };
     cfg.kafka_overrides = args.kafka_config;
     let mut pipeline = Pipeline::new(cfg, scorer, store, metrics).context("connecting to Kafka")?;
-    readiness.set(true);
+    // Ready for traffic (`/health/ready`) once the group assigns partitions, a few seconds later.
     tracing::info!("scorer ready");
-    let result = pipeline.run(&stop);
+    let result = pipeline.run(&stop, &readiness);
     readiness.set(false);
     stop.store(true, Ordering::Relaxed);
     runtime.shutdown_timeout(Duration::from_secs(2));

@@ -223,8 +223,12 @@ impl Pipeline {
     }
 
     /// Runs until `stop` is set, then finishes the batch in hand, commits it and leaves the group.
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), StepError> {
+    /// `readiness` turns true once the consumer group has given this scorer its partitions.
+    pub fn run(&mut self, stop: &AtomicBool, readiness: &telemetry::ops::Readiness) -> Result<(), StepError> {
         while !stop.load(Ordering::Relaxed) {
+            if !readiness.is_ready() && self.has_assignment() {
+                readiness.set(true);
+            }
             match self.step() {
                 Ok(_) => {}
                 Err(StepError::Retry(reason)) => {

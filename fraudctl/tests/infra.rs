@@ -1,0 +1,79 @@
+//! The operations configuration, checked with the real tools: Prometheus rules and their unit
+//! tests (promtool), the Prometheus and Alertmanager configs (promtool, amtool), and a runbook
+//! for every alert.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a tool that `scripts/setup.sh test` installs; a missing tool fails the test.
+fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} not runnable ({e}); run scripts/setup.sh test"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{tool} {args:?} failed:\n{text}");
+    text
+}
+
+fn rules_text() -> String {
+    std::fs::read_to_string(root().join("infra/prometheus/rules/fraudstream.yml")).unwrap()
+}
+
+fn alert_names() -> Vec<String> {
+    rules_text()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn rules_are_valid_and_their_unit_tests_pass() {
+    let out = run("promtool", &["check", "rules", "infra/prometheus/rules/fraudstream.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let out = run(
+        "promtool",
+        &["test", "rules", "infra/prometheus/tests/fraudstream_test.yml", "infra/prometheus/tests/fraudstream_daily_test.yml"],
+    );
+    assert_eq!(out.matches("SUCCESS").count(), 2, "{out}");
+}
+
+#[test]
+fn prometheus_and_alertmanager_configs_are_valid() {
+    run("promtool", &["check", "config", "--syntax-only", "infra/prometheus/prometheus.yml"]);
+    let out = run("amtool", &["check-config", "infra/alertmanager.yml"]);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn every_alert_is_complete_has_a_runbook_and_fires_and_stays_quiet_in_tests() {
+    let names = alert_names();
+    assert!(names.len() >= 20, "{} alerts", names.len());
+    let rules = rules_text();
+    let tests = ["fraudstream_test.yml", "fraudstream_daily_test.yml"]
+        .map(|f| std::fs::read_to_string(root().join("infra/prometheus/tests").join(f)).unwrap())
+        .join("\n");
+    for name in &names {
+        let start = rules.find(&format!("- alert: {name}\n")).unwrap();
+        let block = &rules[start..];
+        let block = &block[..block[1..].find("- alert: ").map_or(block.len(), |i| i + 1)];
+        for key in ["severity: ", "summary: ", "description: ", "runbook_url: "] {
+            assert!(block.contains(key), "{name} has no {key}");
+        }
+        assert!(block.contains("severity: page") || block.contains("severity: ticket"), "{name}: severity is page or ticket");
+        let runbook = format!("runbooks/{name}.md");
+        assert!(block.contains(&format!("runbook_url: {runbook}")), "{name}: runbook_url is not {runbook}");
+        let page = std::fs::read_to_string(root().join(&runbook)).unwrap_or_else(|_| panic!("{runbook} missing"));
+        for section in ["## What it means", "## Confirm", "## Likely causes", "## Mitigation", "## Rollback", "## Escalation"] {
+            assert!(page.contains(section), "{runbook} has no {section}");
+        }
+        assert!(tests.contains(&format!("name: {name} fires")), "no firing test for {name}");
+        assert!(tests.contains(&format!("name: {name} stays quiet")), "no quiet test for {name}");
+    }
+}
