@@ -3,7 +3,7 @@
 # already there. Idempotent.
 #
 #   scripts/setup.sh run    what running needs: the ONNX Runtime library, Redis, the Tansu broker
-#   scripts/setup.sh test   the above plus what the tests need: Prometheus tools (promtool, amtool)
+#   scripts/setup.sh test   the above plus what the tests need: promtool, amtool, docker-compose (config checks)
 #
 # Prints `export` lines for the paths it set up when called with --print-env.
 set -euo pipefail
@@ -94,7 +94,7 @@ case $mode in
     ensure_tansu
     ;;
   test)
-    ensure_apt unzip:unzip redis-server:redis-server promtool:prometheus amtool:prometheus-alertmanager
+    ensure_apt unzip:unzip redis-server:redis-server promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
     ensure_onnxruntime
     ensure_tansu
     ;;

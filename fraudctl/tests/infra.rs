@@ -77,3 +77,41 @@ fn every_alert_is_complete_has_a_runbook_and_fires_and_stays_quiet_in_tests() {
         assert!(tests.contains(&format!("name: {name} stays quiet")), "no quiet test for {name}");
     }
 }
+
+#[test]
+fn compose_file_is_valid() {
+    run("docker-compose", &["-f", "docker-compose.yml", "config", "-q"]);
+}
+
+/// Every PromQL expression of the dashboards, as Grafana would send it.
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let dir = root().join("infra/grafana/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                out.push((format!("{} / {}", d["title"].as_str().unwrap(), p["title"].as_str().unwrap()), t["expr"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_three_dashboards_exist_and_every_expression_parses() {
+    let exprs = dashboard_exprs();
+    let titles: std::collections::BTreeSet<&str> = exprs.iter().map(|(t, _)| t.split(" / ").next().unwrap()).collect();
+    assert_eq!(titles.into_iter().collect::<Vec<_>>(), ["Business", "ML Model Performance", "Service Health & SLO"]);
+    // promtool parses rule expressions: check the dashboards' as recording rules.
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    for (i, (_, expr)) in exprs.iter().enumerate() {
+        rules.push_str(&format!("      - record: dashboard:expr_{i}\n        expr: {}\n", serde_json::to_string(expr).unwrap()));
+    }
+    let path = std::env::temp_dir().join(format!("dashboard-exprs-{}.yml", std::process::id()));
+    std::fs::write(&path, rules).unwrap();
+    let out = run("promtool", &["check", "rules", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(out.contains(&format!("SUCCESS: {} rules found", exprs.len())), "{out}");
+}
