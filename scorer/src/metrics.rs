@@ -24,6 +24,7 @@ pub struct ScorerMetrics {
     pub dlq: IntCounterVec,
     pub batch_records: Histogram,
     pub records: IntCounter,
+    pub consumer_lag: prometheus::IntGaugeVec,
     pub transactions_aborted: IntCounter,
     pub build_info: IntGauge,
 }
@@ -97,6 +98,7 @@ impl ScorerMetrics {
             errors,
             dlq,
             batch_records: register(r, histogram("scorer_batch_records", "Records per poll batch.", BATCH_BUCKETS)),
+            consumer_lag: register(r, prometheus::IntGaugeVec::new(Opts::new("kafka_consumer_lag", "Records between the scorer's position and the partition's end, from librdkafka statistics (every 5 s)."), &["topic", "partition"]).expect("valid metric")),
             records: register(r, IntCounter::new("scorer_records_total", "Input records processed and committed.").expect("valid metric")),
             transactions_aborted: register(r, IntCounter::new("scorer_transactions_aborted_total", "Kafka transactions aborted and their batch re-read.").expect("valid metric")),
             build_info,

@@ -84,14 +84,34 @@ impl PipelineConfig {
 }
 
 /// Tracks partitions revoked while a batch is being collected, so their records are dropped
-/// from the batch instead of being committed by a consumer that no longer owns them.
-#[derive(Default)]
+/// from the batch instead of being committed by a consumer that no longer owns them; turns
+/// librdkafka's statistics into the consumer lag gauge.
 pub struct PipelineContext {
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: AtomicBool,
+    lag: prometheus::IntGaugeVec,
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        // The high watermark comes from fetch responses (right even where ListOffsets is not);
+        // lag is measured to the application's position, because offsets are committed through
+        // the producer's transactions, which librdkafka's own `consumer_lag` does not see.
+        // Only partitions this consumer currently fetches; revoked ones leave the gauge.
+        self.lag.reset();
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || !p.desired {
+                    continue;
+                }
+                let lag = if p.hi_offset >= 0 && p.app_offset >= 0 { (p.hi_offset - p.app_offset).max(0) } else { p.consumer_lag };
+                if lag >= 0 {
+                    self.lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -188,7 +208,8 @@ impl Pipeline {
             // A fetch returns as soon as there is data or after 10 ms: the broker round trip,
             // not a half-second wait, bounds both latency and throughput.
             .set("fetch.wait.max.ms", "10")
-            .set("fetch.min.bytes", "1");
+            .set("fetch.min.bytes", "1")
+            .set("statistics.interval.ms", "5000");
         let mut producer_cfg = ClientConfig::new();
         producer_cfg
             .set("bootstrap.servers", &cfg.brokers)
@@ -206,7 +227,13 @@ impl Pipeline {
             producer_cfg.set(k, v);
         }
         let consumer: BaseConsumer<PipelineContext> =
-            consumer_cfg.create_with_context(PipelineContext::default()).context("creating the Kafka consumer")?;
+            consumer_cfg
+                .create_with_context(PipelineContext {
+                    revoked: Mutex::new(Vec::new()),
+                    assigned: AtomicBool::new(false),
+                    lag: metrics.consumer_lag.clone(),
+                })
+                .context("creating the Kafka consumer")?;
         let producer: ThreadedProducer<DeliveryContext> =
             producer_cfg.create_with_context(DeliveryContext::default()).context("creating the Kafka producer")?;
         if cfg.delivery == Delivery::ExactlyOnce {

@@ -1,0 +1,174 @@
+//! The dashboards' and rules' PromQL against a real Prometheus that scrapes the running pipeline
+//! (gateway, scorer, drift job on a real broker and Redis, with traffic and labels): every
+//! expression parses and evaluates, and every dashboard query and recording rule has data. Also
+//! lints each service's /metrics with `promtool check metrics`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use fraudctl::synth::Drift;
+use fraudctl::traffic::TrafficConfig;
+use testkit::kafka::create_standard_topics;
+use testkit::process::Service;
+use testkit::{Broker, RedisServer, free_port, unique};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn get(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}
+
+fn query(prom: u16, expr: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let url = reqwest::Url::parse_with_params(&format!("http://127.0.0.1:{prom}/api/v1/query"), &[("query", expr)]).unwrap();
+        reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
+/// (where, expression, must have data) for every PromQL expression of the rules — as the running
+/// Prometheus loaded them — and of the dashboards.
+fn expressions(prom: u16) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    let rules: serde_json::Value = serde_json::from_str(&get(&format!("http://127.0.0.1:{prom}/api/v1/rules"))).unwrap();
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let name = rule["name"].as_str().unwrap();
+            let expr = rule["query"].as_str().unwrap().to_string();
+            if rule["type"] == "recording" {
+                out.push((format!("record {name}"), expr, true));
+                // The recorded series itself must exist too.
+                out.push((format!("recorded {name}"), name.to_string(), true));
+            } else {
+                // Alerts are quiet in a healthy run: they must parse and evaluate, not return data.
+                out.push((format!("alert {name}"), expr, false));
+            }
+        }
+    }
+    for entry in std::fs::read_dir(root().join("infra/grafana/dashboards")).unwrap() {
+        let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                out.push((format!("{} / {}", d["title"].as_str().unwrap(), p["title"].as_str().unwrap()), t["expr"].as_str().unwrap().to_string(), true));
+            }
+        }
+    }
+    out
+}
+
+/// Series that a healthy local run cannot produce, and why.
+const NO_DATA_EXPECTED: &[(&str, &str)] = &[];
+
+#[test]
+fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
+    let broker = Broker::start();
+    let redis = RedisServer::start();
+    create_standard_topics(&broker.bootstrap(), 2);
+    let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
+    fraudctl::features::load_synthetic(&mut store, 500, 1).unwrap();
+    let (gw_port, sc_port, dj_port, prom_port) = (free_port(), free_port(), free_port(), free_port());
+    let group = unique("scorer");
+    let mut scorer = Service::start(
+        "scorer",
+        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{sc_port}")].map(String::from),
+        &[],
+    );
+    let _gateway = Service::start("gateway", &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{gw_port}")].map(String::from), &[]);
+    let mut drift = Service::start(
+        "drift-job",
+        &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{dj_port}"), "--window-seconds", "2", "--min-samples", "20", "--group-id", &unique("drift")].map(String::from),
+        &[],
+    );
+    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    drift.wait_for_log("drift-job ready", Duration::from_secs(30));
+
+    // Prometheus with fraudstream's rules, scraping the three services every second.
+    let dir = std::env::temp_dir().join(unique("prometheus"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{rules:?}]\nscrape_configs:\n  - {{job_name: gateway, static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]}}\n  - {{job_name: scorer, static_configs: [{{targets: ['127.0.0.1:{sc_port}']}}]}}\n  - {{job_name: drift-job, static_configs: [{{targets: ['127.0.0.1:{dj_port}']}}]}}\n",
+        rules = root().join("infra/prometheus/rules/fraudstream.yml").canonicalize().unwrap().display().to_string(),
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus not runnable; run scripts/setup.sh test");
+
+    // Traffic through HTTP and straight to Kafka, with labels a second later.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !get(&format!("http://127.0.0.1:{sc_port}/health/ready")).contains("\"ready\"") {
+        assert!(Instant::now() < deadline, "scorer never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cfg = TrafficConfig {
+        gateway: Some(format!("http://127.0.0.1:{gw_port}")),
+        brokers: Some(broker.bootstrap()),
+        rate: 100.0,
+        duration: Some(Duration::from_secs(20)),
+        direct_share: 0.2,
+        users: 600,
+        seed: 1,
+        drift: Drift::None,
+        max_in_flight: 64,
+        run_id: unique("live"),
+        label_delay: Some(Duration::from_secs(1)),
+        truth_file: None,
+    };
+    let stats = rt.block_on(fraudctl::traffic::run(cfg, Arc::new(AtomicBool::new(false)), false)).unwrap();
+    assert!(stats.http_ok.load(std::sync::atomic::Ordering::Relaxed) > 1000);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every service's exposition passes promtool's lint.
+    for (job, port) in [("gateway", gw_port), ("scorer", sc_port), ("drift-job", dj_port)] {
+        let text = get(&format!("http://127.0.0.1:{port}/metrics"));
+        let mut lint = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = lint.wait_with_output().unwrap();
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && report.trim().is_empty(), "{job} /metrics fails promtool check metrics:\n{report}");
+    }
+
+    // Recording rules run every 30 s: wait for an evaluation that saw the traffic.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(prom_port, "slo:decision_latency:error_ratio_rate5m")["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+        assert!(Instant::now() < deadline, "recording rules never evaluated");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let up = query(prom_port, "sum(up)");
+    assert_eq!(up["data"]["result"][0]["value"][1], "3", "all three services scraped: {up}");
+    let mut missing = Vec::new();
+    let exprs = expressions(prom_port);
+    assert!(exprs.len() > 80, "{} expressions", exprs.len());
+    for (what, expr, data) in &exprs {
+        let r = query(prom_port, expr);
+        assert_eq!(r["status"], "success", "{what}: `{expr}` failed: {r}");
+        let empty = r["data"]["result"].as_array().is_none_or(Vec::is_empty);
+        if *data && empty && !NO_DATA_EXPECTED.iter().any(|(e, _)| expr.contains(e)) {
+            missing.push(format!("{what}: {expr}"));
+        }
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(missing.is_empty(), "queries without data:\n{}", missing.join("\n"));
+}
