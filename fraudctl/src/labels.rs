@@ -80,17 +80,8 @@ impl LabelSink {
     pub fn send(&self, labels: &[Label]) -> Result<()> {
         for l in labels {
             let bytes = schemas::encode(l)?;
-            let mut record = BaseRecord::<str, [u8]>::to(topics::LABELS).key(l.transaction_id.as_str()).payload(&bytes);
-            loop {
-                match self.0.send(record) {
-                    Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(e).context("sending a label"),
-                }
-            }
+            let record = BaseRecord::<[u8], [u8]>::to(topics::LABELS).key(l.transaction_id.as_bytes()).payload(&bytes);
+            scorer::pipeline::send_record(&self.0, record).context("sending a label")?;
         }
         Ok(())
     }

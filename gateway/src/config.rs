@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use telemetry::config::parse_key_value;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "gateway", version, about = "fraudstream's HTTP API: publishes transactions to Kafka and answers with their decisions")]
 pub struct GatewayArgs {
@@ -38,7 +40,3 @@ pub struct GatewayArgs {
     pub decisions_topic: String,
 }
 
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
-    Ok((k.trim().to_string(), v.trim().to_string()))
-}

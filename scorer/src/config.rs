@@ -71,46 +71,12 @@ pub struct ScorerArgs {
     pub dlq_topic: String,
 }
 
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not key=value"))?;
-    Ok((k.trim().to_string(), v.trim().to_string()))
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`, for printing.
-pub fn mask_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// This machine's name, for default instance ids.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
+pub use telemetry::config::{hostname, mask_url, parse_key_value};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn secrets_are_masked() {
-        assert_eq!(mask_url("redis://default:hunter2@redis:6379/0"), "redis://default:***@redis:6379/0");
-        assert_eq!(mask_url("redis://token@redis:6379"), "redis://***@redis:6379");
-        assert_eq!(mask_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
-    }
 
     #[test]
     fn flags_parse_and_invalid_values_name_the_setting() {

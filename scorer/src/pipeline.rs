@@ -608,7 +608,10 @@ fn send(producer: &ThreadedProducer<DeliveryContext>, topic: &str, key: &[u8], p
 
 /// Enqueues a record, waiting for room when librdkafka's queue is full (backpressure, not an
 /// unbounded buffer).
-fn send_record<'a>(producer: &ThreadedProducer<DeliveryContext>, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), KafkaError> {
+pub fn send_record<'a, C: ProducerContext<DeliveryOpaque = ()>>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, [u8], [u8]>,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

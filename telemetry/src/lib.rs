@@ -1,6 +1,7 @@
 //! Telemetry start-up shared by every fraudstream service: JSON logs on stdout, the Prometheus
 //! registry and its histogram buckets, and the operational HTTP routes (metrics, health).
 
+pub mod config;
 pub mod metrics;
 pub mod ops;
 

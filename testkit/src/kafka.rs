@@ -55,17 +55,7 @@ impl TestProducer {
         if let Some(k) = key {
             record = record.key(k);
         }
-        let mut record = record;
-        loop {
-            match self.0.send(record) {
-                Ok(()) => return,
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        }
+        scorer::pipeline::send_record(&self.0, record).expect("produce");
     }
 
     pub fn send_transactions<'a>(&self, topic: &str, txs: impl IntoIterator<Item = &'a Transaction>) {
