@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -55,9 +55,6 @@ struct Args {
     drift_reports_topic: String,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -144,7 +141,7 @@ fn main() -> Result<()> {
             }
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
-                let now = now_ms();
+                let now = schemas::now_millis();
                 if msg.topic() == args.labels_topic {
                     match schemas::decode::<Label>(payload) {
                         Ok(l) => engine.on_label(&l, now),
@@ -166,7 +163,7 @@ fn main() -> Result<()> {
         }
         if last_tick.elapsed() >= Duration::from_millis(500) {
             last_tick = Instant::now();
-            for report in engine.tick(now_ms()) {
+            for report in engine.tick(schemas::now_millis()) {
                 match schemas::encode(&report) {
                     Ok(bytes) => {
                         let record = BaseRecord::<str, [u8]>::to(&args.drift_reports_topic).key(report.feature.as_str()).payload(&bytes);

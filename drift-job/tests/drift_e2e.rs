@@ -2,7 +2,7 @@
 //! training data, then a window with one feature shifted; then delayed labels.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fraudctl::labels::LabelSink;
 use fraudctl::synth::{Drift, Generator};
@@ -41,15 +41,12 @@ fn psi_by_feature(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
 
 /// Sleeps until just after the next window boundary, so one phase fills one window.
 fn wait_for_window_start() {
     let len = WINDOW_S * 1000;
-    let next = (now_ms() / len + 1) * len;
-    std::thread::sleep(Duration::from_millis((next - now_ms() + 100) as u64));
+    let next = (schemas::now_millis() / len + 1) * len;
+    std::thread::sleep(Duration::from_millis((next - schemas::now_millis() + 100) as u64));
 }
 
 /// Waits until the drift job reports a window that ended after `after_ms`.
@@ -94,7 +91,7 @@ fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
     let users: Vec<_> = (0..USERS).map(|n| Generator::user(SEED, n)).collect();
 
     // Let both consumers join their groups before the first window starts.
-    p.send_transactions(topics::TRANSACTIONS, [&Generator::new(SEED, Drift::None, "warmup").payment(&users[0], now_ms()).transaction]);
+    p.send_transactions(topics::TRANSACTIONS, [&Generator::new(SEED, Drift::None, "warmup").payment(&users[0], schemas::now_millis()).transaction]);
     p.flush();
     read(&broker.bootstrap(), topics::DECISIONS, 1, Duration::from_secs(60), Duration::ZERO);
     std::thread::sleep(Duration::from_secs(8));
@@ -102,10 +99,10 @@ fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
     let mut truth = Vec::new();
     let mut phase = |drift: Drift, run: &str| {
         wait_for_window_start();
-        let started = now_ms();
+        let started = schemas::now_millis();
         let mut g = Generator::new(SEED, drift, run);
         for i in 0..2500 {
-            let pay = g.payment(&users[i % users.len()], now_ms());
+            let pay = g.payment(&users[i % users.len()], schemas::now_millis());
             truth.push((pay.transaction.transaction_id.clone(), pay.is_fraud));
             p.send_transactions(topics::TRANSACTIONS, [&pay.transaction]);
         }
@@ -144,7 +141,7 @@ fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
         .collect();
     assert!(decided.len() > truth.len());
     let sink = LabelSink::new(&broker.bootstrap()).unwrap();
-    let labels: Vec<Label> = truth.iter().map(|(id, f)| Label { transaction_id: id.clone(), is_fraud: *f, labelled_at: now_ms() }).collect();
+    let labels: Vec<Label> = truth.iter().map(|(id, f)| Label { transaction_id: id.clone(), is_fraud: *f, labelled_at: schemas::now_millis() }).collect();
     sink.send(&labels).unwrap();
     sink.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -219,8 +219,7 @@ fn main() -> Result<()> {
             let sink = fraudctl::labels::LabelSink::new(&brokers)?;
             let mut sent = 0;
             while !labeler.is_empty() {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-                let due = labeler.due(now);
+                let due = labeler.due(schemas::now_millis());
                 sink.send(&due)?;
                 sent += due.len();
                 if !labeler.is_empty() {
@@ -287,7 +286,7 @@ fn traffic_config(shape: &TrafficShape, gateway: Option<String>, brokers: Option
         max_in_flight: shape.max_in_flight,
         label_delay: shape.label_delay.map(Duration::from_secs_f64),
         truth_file: shape.truth_file.clone(),
-        run_id: format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())),
+        run_id: format!("{:x}", schemas::now_millis()),
     }
 }
 
@@ -411,7 +410,7 @@ fn score(args: ScoreArgs) -> Result<()> {
     let card = ModelCard::load(&args.model_card).context("loading the model card")?;
     let mut scorer = Scorer::from_card(card, 1).context("loading the model")?;
     let mut generator = Generator::new(args.seed, args.drift, "demo");
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now_ms = schemas::now_millis();
 
     let mut batch = Vec::with_capacity(args.count);
     let mut truth = Vec::with_capacity(args.count);

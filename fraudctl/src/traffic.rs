@@ -129,7 +129,7 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
             Some(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    let due = l.lock().unwrap_or_else(|p| p.into_inner()).due(now_ms());
+                    let due = l.lock().unwrap_or_else(|p| p.into_inner()).due(schemas::now_millis());
                     if let Err(e) = sink.send(&due) {
                         tracing::warn!(error = %e, "labels not sent");
                     } else {
@@ -165,8 +165,8 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
         ticker.tick().await;
         n += 1;
         let user = Generator::user(cfg.seed, n % cfg.users.max(1));
-        let payment = generator.lock().await.payment(&user, now_ms());
-        let truth = crate::labels::Truth { transaction_id: payment.transaction.transaction_id.clone(), is_fraud: payment.is_fraud, sent_at: now_ms() };
+        let payment = generator.lock().await.payment(&user, schemas::now_millis());
+        let truth = crate::labels::Truth { transaction_id: payment.transaction.transaction_id.clone(), is_fraud: payment.is_fraud, sent_at: schemas::now_millis() };
         if let Some(f) = truth_file.as_mut() {
             f.write(&truth)?;
         }
@@ -300,6 +300,3 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
     }))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}

@@ -3,7 +3,7 @@
 //! `{"error": "<summary>", "details": [{"field": "...", "reason": "..."}]}`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub decision_deadline: Duration,
     pub produce_timeout: Duration,
     pub max_body_bytes: usize,
+    /// At most one "not acknowledged" line a second while Kafka is down.
+    pub produce_warnings: telemetry::logs::Throttle,
 }
 
 /// The answer to a prediction: the seed's response shape plus the explanation.
@@ -131,9 +133,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Withdraws a request's interest in its decision however the request ends (answered, timed
 /// out, or dropped by a disconnecting client), so waiters never leak.
@@ -175,7 +174,7 @@ async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bod
         outcome("rejected");
         return error(StatusCode::BAD_REQUEST, "body must be a JSON object", vec![]);
     };
-    let tx = match parse_transaction(&body, &app.limits, now_ms()) {
+    let tx = match parse_transaction(&body, &app.limits, schemas::now_millis()) {
         Ok(tx) => tx,
         Err(details) => {
             outcome("rejected");
@@ -222,7 +221,9 @@ async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     if let Err(e) = acked {
         app.metrics.errors.with_label_values(&["produce"]).inc();
         outcome("unavailable");
-        tracing::warn!(error = %e, transaction_id = %tx.transaction_id, "transaction not acknowledged by Kafka");
+        if let Some(suppressed) = app.produce_warnings.allow() {
+            tracing::warn!(error = %e, transaction_id = %tx.transaction_id, trace_id = %trace.trace_id, span_id = %trace.span_id, suppressed, "transaction not acknowledged by Kafka");
+        }
         return error(StatusCode::SERVICE_UNAVAILABLE, format!("transaction not accepted: Kafka did not acknowledge it ({e})"), vec![]);
     }
 

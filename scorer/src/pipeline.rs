@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -183,6 +183,8 @@ pub enum StepError {
 const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Pipeline {
+    store_warnings: telemetry::logs::Throttle,
+    dlq_warnings: telemetry::logs::Throttle,
     cfg: PipelineConfig,
     consumer: BaseConsumer<PipelineContext>,
     producer: ThreadedProducer<DeliveryContext>,
@@ -242,7 +244,17 @@ impl Pipeline {
                 .context("initialising Kafka transactions (is transactional.id unique per scorer?)")?;
         }
         consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
-        Ok(Self { cfg, consumer, producer, scorer, store, metrics, encode_buf: Vec::with_capacity(1024) })
+        Ok(Self {
+            store_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+            dlq_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+            cfg,
+            consumer,
+            producer,
+            scorer,
+            store,
+            metrics,
+            encode_buf: Vec::with_capacity(1024),
+        })
     }
 
     pub fn has_assignment(&self) -> bool {
@@ -312,7 +324,9 @@ impl Pipeline {
         self.metrics.cache_misses.inc_by(fetched.misses);
         if let Some(e) = &fetched.error {
             self.metrics.errors.with_label_values(&["feature_store"]).inc();
-            tracing::warn!(error = %e, records = good.len(), "feature store unavailable; scoring on default features");
+            if let Some(suppressed) = self.store_warnings.allow() {
+                tracing::warn!(error = %e, records = good.len(), suppressed, "feature store unavailable; scoring on default features");
+            }
         }
         let inputs: Vec<(Transaction, UserLookup)> = good.into_iter().zip(fetched.lookups).collect();
         let inference_started = Instant::now();
@@ -328,15 +342,18 @@ impl Pipeline {
         }
         self.commit(&offsets, failures_before, &rewind)?;
 
-        let now_ms = now_millis();
-        for (d, record_ms) in decisions.iter().zip(&record_times) {
+        let now_ms = schemas::now_millis();
+        for ((d, record_ms), trace) in decisions.iter().zip(&record_times).zip(&traces) {
             self.observe(d, started, *record_ms, now_ms);
+            log_decision(d, trace);
         }
         self.metrics.records.inc_by(n as u64);
         for (partition, offset, d) in &dead {
             self.metrics.dlq.with_label_values(&[d.kind]).inc();
             self.metrics.errors.with_label_values(&[d.kind]).inc();
-            tracing::warn!(partition, offset, kind = d.kind, error = %d.error, "record sent to the dead-letter topic");
+            if let Some(suppressed) = self.dlq_warnings.allow() {
+                tracing::warn!(partition, offset, kind = d.kind, error = %d.error, suppressed, "record sent to the dead-letter topic");
+            }
         }
         Ok(n)
     }
@@ -553,6 +570,24 @@ impl Pipeline {
     }
 }
 
+/// Reviews and blocks are logged at info with their explanation (an auditor's or a customer's
+/// "why"); approvals, the bulk, at debug. The trace id is the request's, from its traceparent.
+fn log_decision(d: &Decision, trace: &[(String, Vec<u8>)]) {
+    let traceparent = trace
+        .iter()
+        .find(|(k, _)| k == headers::TRACEPARENT)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .unwrap_or("");
+    let mut parts = traceparent.split('-').skip(1);
+    let (trace_id, span_id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if d.decision == schemas::Verdict::Approve {
+        tracing::debug!(trace_id, span_id, transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), fraud_probability = d.fraud_probability, model_version = %d.model_version, degraded = d.degraded, "decision");
+    } else {
+        let top: Vec<String> = d.top_features.iter().map(|t| format!("{}={:.3} ({:+.3})", t.name, t.value, t.contribution)).collect();
+        tracing::info!(trace_id, span_id, transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), fraud_probability = d.fraud_probability, model_version = %d.model_version, degraded = d.degraded, top_features = %top.join(", "), "decision");
+    }
+}
+
 fn decode(msg: &BorrowedMessage<'_>, limits: &TransactionLimits) -> Incoming {
     let partition = msg.partition();
     let offset = msg.offset();
@@ -681,6 +716,3 @@ fn first_offsets(batch: &[Incoming]) -> HashMap<i32, i64> {
     first
 }
 
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}

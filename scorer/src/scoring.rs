@@ -1,7 +1,7 @@
 //! The scoring core: a batch of transactions and their users' features in, one explained
 //! `Decision` per transaction out, with a single model call per batch.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use schemas::{Decision, FeatureContribution, FeatureValue, Transaction};
 
@@ -62,7 +62,7 @@ impl Scorer {
             self.rows.extend_from_slice(&feature_vector(tx, user));
         }
         let scores = self.model.score(&self.rows)?;
-        let decided_at = now_millis();
+        let decided_at = schemas::now_millis();
         let latency_ms = batch_started.elapsed().as_secs_f64() * 1e3;
 
         let decisions = batch
@@ -126,9 +126,6 @@ pub fn top_contributions(features: &[f32], contributions: &[f32]) -> Vec<Feature
         .collect()
 }
 
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 #[cfg(test)]
 mod tests {

@@ -100,7 +100,7 @@ fn first_per_transaction(ds: Vec<Decision>) -> (HashMap<String, Decision>, usize
 #[test]
 fn every_transaction_is_decided_like_the_scoring_core_and_events_add_up() {
     let stack = Stack::start(2);
-    let _scorer = stack.scorer("a", &[]);
+    let scorer = stack.scorer("a", &[]);
     let txs = payments(300, "e2e");
     let p = stack.producer();
     for (tx, _) in &txs {
@@ -153,6 +153,21 @@ fn every_transaction_is_decided_like_the_scoring_core_and_events_add_up() {
         assert!((from_events - from_decisions).abs() < 1e-6, "{kind:?}: {from_events} vs {from_decisions}");
     }
     assert!(events.iter().any(|e| e.kind == BusinessEventKind::Revenue));
+
+    // Logs: one JSON object per line; reviews and blocks are logged with their explanation and
+    // the trace id of the request they belong to.
+    let logs = scorer.logs();
+    let lines: Vec<serde_json::Value> = logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let flagged = by_id.values().filter(|d| d.decision != Verdict::Approve).count();
+    let logged: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "decision").collect();
+    assert!(flagged > 0);
+    assert_eq!(logged.len(), flagged, "one info line per review or block");
+    for l in logged {
+        assert_eq!(l["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(l["level"], "INFO");
+        assert!(l["top_features"].as_str().unwrap().contains('='), "{l}");
+        assert!(l["timestamp"].is_string() && l["target"].is_string());
+    }
 }
 
 #[test]
