@@ -45,24 +45,9 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
     let dir = std::env::temp_dir().join(format!("fraudstream-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let kafka_port = stack::free_port()?;
-    let url = format!("tcp://127.0.0.1:{kafka_port}");
-    let mut broker = Process::spawn(
-        "tansu",
-        &stack::tansu()?,
-        &["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"].map(String::from),
-        &dir,
-        &[],
-    )?;
-    stack::wait_for_port(kafka_port, "tansu", &mut broker)?;
+    let broker = stack::start_tansu(kafka_port, &dir)?;
     let redis_port = stack::free_port()?;
-    let mut redis = Process::spawn(
-        "redis",
-        &stack::redis_server()?,
-        &["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from),
-        &dir,
-        &[],
-    )?;
-    stack::wait_for_port(redis_port, "redis", &mut redis)?;
+    let redis = stack::start_redis(redis_port, &dir)?;
     let brokers = format!("127.0.0.1:{kafka_port}");
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
 

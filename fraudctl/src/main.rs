@@ -305,11 +305,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
         }
         None => {
             let port = stack::port(9092)?;
-            let url = format!("tcp://127.0.0.1:{port}");
-            let args = ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"];
-            let mut p = Process::spawn("tansu", &stack::tansu()?, &args.map(String::from), &log_dir, &[])?;
-            stack::wait_for_port(port, "the Tansu broker", &mut p)?;
-            infra.push(p);
+            infra.push(stack::start_tansu(port, &log_dir)?);
             println!("kafka    127.0.0.1:{port} — embedded Tansu broker, in-memory, for local use only: every record is gone when this stops");
             format!("127.0.0.1:{port}")
         }
@@ -321,10 +317,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
         }
         None => {
             let port = stack::port(6379)?;
-            let args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-            let mut p = Process::spawn("redis", &stack::redis_server()?, &args.map(String::from), &log_dir, &[])?;
-            stack::wait_for_port(port, "redis-server", &mut p)?;
-            infra.push(p);
+            infra.push(stack::start_redis(port, &log_dir)?);
             println!("redis    redis://127.0.0.1:{port}/ — local, no persistence");
             format!("redis://127.0.0.1:{port}/")
         }

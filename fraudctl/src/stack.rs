@@ -81,26 +81,60 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The Tansu broker binary fetched by `scripts/setup.sh`.
-pub fn tansu() -> Result<PathBuf> {
-    let candidates: Vec<PathBuf> = std::env::var_os("FRAUDSTREAM_TANSU")
+/// Where `scripts/setup.sh` puts the broker unless told otherwise.
+pub fn default_tansu_path() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .into_iter()
-        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fraudstream/bin/tansu")))
-        .collect();
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("the Tansu broker is not installed: run scripts/setup.sh run, or set KAFKA_BROKERS to use another broker")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
+    cache.join("fraudstream/bin/tansu")
 }
 
+/// The Tansu broker binary fetched by `scripts/setup.sh`: `FRAUDSTREAM_TANSU`, else its default place.
+pub fn tansu() -> Result<PathBuf> {
+    std::env::var_os("FRAUDSTREAM_TANSU")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([default_tansu_path()])
+        .find(|p| p.is_file())
+        .context("the Tansu broker is not installed: run scripts/setup.sh, or set KAFKA_BROKERS to use another broker")
+}
+
+/// `redis-server`: `FRAUDSTREAM_REDIS_SERVER`, else the one on `PATH`.
 pub fn redis_server() -> Result<PathBuf> {
     std::env::var_os("FRAUDSTREAM_REDIS_SERVER")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .into_iter()
         .chain(std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).collect::<Vec<_>>()))
         .find(|p| p.is_file())
-        .context("redis-server is not installed: run scripts/setup.sh run, or set REDIS_URL to use another Redis")
+        .context("redis-server is not installed: run scripts/setup.sh, or set REDIS_URL to use another Redis")
+}
+
+/// Arguments for an in-memory Tansu broker on loopback `port`.
+pub fn tansu_args(port: u16) -> Vec<String> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"].map(String::from).to_vec()
+}
+
+/// Arguments for a Redis on loopback `port` that keeps nothing on disk.
+pub fn redis_args(port: u16) -> Vec<String> {
+    ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(String::from).to_vec()
+}
+
+/// An in-memory Tansu broker on `port`, listening when this returns.
+pub fn start_tansu(port: u16, log_dir: &Path) -> Result<Process> {
+    let mut p = Process::spawn("tansu", &tansu()?, &tansu_args(port), log_dir, &[])?;
+    wait_for_port(port, "the Tansu broker", &mut p)?;
+    Ok(p)
+}
+
+/// A Redis on `port`, listening when this returns.
+pub fn start_redis(port: u16, log_dir: &Path) -> Result<Process> {
+    let mut p = Process::spawn("redis", &redis_server()?, &redis_args(port), log_dir, &[])?;
+    wait_for_port(port, "redis-server", &mut p)?;
+    Ok(p)
 }
 
 /// Waits until something accepts connections on `port`.

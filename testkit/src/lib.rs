@@ -7,38 +7,19 @@
 pub mod kafka;
 pub mod process;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    fraudctl::stack::free_port().expect("no free loopback port")
 }
 
-fn binary(env_var: &str, fallbacks: &[PathBuf]) -> PathBuf {
-    let candidates: Vec<PathBuf> = std::env::var_os(env_var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(fallbacks.iter().cloned())
-        .collect();
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "{env_var}: no binary at {candidates:?}. Run `scripts/setup.sh test` (the README's test \
-             command does), or set {env_var}."
-        )
-    })
-}
-
-fn on_path(name: &str) -> Vec<PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
-        .unwrap_or_default()
+/// A server binary from `scripts/setup.sh`; a missing one fails the test, never skips it.
+fn binary(found: anyhow::Result<PathBuf>) -> PathBuf {
+    found.unwrap_or_else(|e| panic!("{e:#} (the README's test command runs `scripts/setup.sh test`)"))
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
@@ -91,9 +72,8 @@ impl RedisServer {
     /// Starts the server again on the same port (empty).
     pub fn restart(&mut self) {
         self.stop();
-        let bin = binary("FRAUDSTREAM_REDIS_SERVER", &on_path("redis-server"));
-        let mut child = Command::new(bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut child = Command::new(binary(fraudctl::stack::redis_server()))
+            .args(fraudctl::stack::redis_args(self.port))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -115,22 +95,11 @@ pub struct Broker {
     child: Option<Child>,
 }
 
-/// Where `scripts/setup.sh` puts the broker by default.
-pub fn default_tansu_path() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
-    cache.join("fraudstream/bin/tansu")
-}
-
 impl Broker {
     pub fn start() -> Self {
         let port = free_port();
-        let bin = binary("FRAUDSTREAM_TANSU", &[default_tansu_path()]);
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        let mut child = Command::new(binary(fraudctl::stack::tansu()))
+            .args(fraudctl::stack::tansu_args(port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
