@@ -300,8 +300,12 @@ impl Pipeline {
         let started = Instant::now();
         let n = batch.len();
         self.metrics.batch_records.observe(n as f64);
-        let offsets = next_offsets(&self.cfg.input_topic, &batch);
-        let rewind = first_offsets(&batch);
+        let mut bounds = BatchOffsets::default();
+        for i in &batch {
+            bounds.add(i.partition, i.offset);
+        }
+        let offsets = bounds.to_commit(&self.cfg.input_topic);
+        let rewind = bounds.rewind();
 
         let mut good = Vec::with_capacity(n);
         let mut traces = Vec::with_capacity(n);
@@ -360,7 +364,7 @@ impl Pipeline {
 
     /// The passthrough loop: poll a batch, produce every record as it is, commit like `step`.
     fn step_passthrough(&mut self) -> Result<usize, StepError> {
-        let mut offsets: HashMap<i32, (i64, i64)> = HashMap::new();
+        let mut bounds = BatchOffsets::default();
         let mut n = 0;
         let mut timeout = self.cfg.poll_timeout;
         let mut began = false;
@@ -378,9 +382,7 @@ impl Pipeline {
                 self.producer.begin_transaction().map_err(|e| StepError::Fatal(e.to_string()))?;
                 began = true;
             }
-            let e = offsets.entry(msg.partition()).or_insert((msg.offset(), msg.offset()));
-            e.0 = e.0.min(msg.offset());
-            e.1 = e.1.max(msg.offset());
+            bounds.add(msg.partition(), msg.offset());
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.decisions_topic).payload(msg.payload().unwrap_or_default());
             if let Some(k) = msg.key() {
                 record = record.key(k);
@@ -394,13 +396,8 @@ impl Pipeline {
         if n == 0 {
             return Ok(0);
         }
-        let rewind: HashMap<i32, i64> = offsets.iter().map(|(p, (first, _))| (*p, *first)).collect();
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for (p, (_, last)) in &offsets {
-            let _ = tpl.add_partition_offset(&self.cfg.input_topic, *p, Offset::Offset(last + 1));
-        }
         let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
-        self.commit(&tpl, failures_before, &rewind)?;
+        self.commit(&bounds.to_commit(&self.cfg.input_topic), failures_before, &bounds.rewind())?;
         self.metrics.records.inc_by(n as u64);
         Ok(n)
     }
@@ -691,28 +688,47 @@ pub fn business_event(d: &Decision) -> BusinessEvent {
     }
 }
 
-/// Per partition, the offset after the batch's last record: what the group commits.
-fn next_offsets(topic: &str, batch: &[Incoming]) -> TopicPartitionList {
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for i in batch {
-        let e = next.entry(i.partition).or_insert(i.offset + 1);
-        *e = (*e).max(i.offset + 1);
+/// The first and last offset a batch holds per partition.
+#[derive(Default)]
+struct BatchOffsets(HashMap<i32, (i64, i64)>);
+
+impl BatchOffsets {
+    fn add(&mut self, partition: i32, offset: i64) {
+        let e = self.0.entry(partition).or_insert((offset, offset));
+        e.0 = e.0.min(offset);
+        e.1 = e.1.max(offset);
     }
-    let mut tpl = TopicPartitionList::with_capacity(next.len());
-    for (p, o) in next {
-        // Adding a partition to a fresh list with a valid offset cannot fail.
-        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+
+    /// Per partition, the offset after the batch's last record: what the group commits.
+    fn to_commit(&self, topic: &str) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::with_capacity(self.0.len());
+        for (&p, &(_, last)) in &self.0 {
+            // Adding a partition to a fresh list with a valid offset cannot fail.
+            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(last + 1));
+        }
+        tpl
     }
-    tpl
+
+    /// Per partition, the batch's first offset: where to seek back to when the batch must be redone.
+    fn rewind(&self) -> HashMap<i32, i64> {
+        self.0.iter().map(|(&p, &(first, _))| (p, first)).collect()
+    }
 }
 
-/// Per partition, the batch's first offset: where to seek back to when the batch must be redone.
-fn first_offsets(batch: &[Incoming]) -> HashMap<i32, i64> {
-    let mut first: HashMap<i32, i64> = HashMap::new();
-    for i in batch {
-        let e = first.entry(i.partition).or_insert(i.offset);
-        *e = (*e).min(i.offset);
-    }
-    first
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
+    #[test]
+    fn batch_offsets_commit_after_the_last_and_rewind_to_the_first() {
+        let mut b = BatchOffsets::default();
+        for (p, o) in [(0, 7), (1, 3), (0, 5), (0, 9), (1, 4)] {
+            b.add(p, o);
+        }
+        assert_eq!(b.rewind(), HashMap::from([(0, 5), (1, 3)]));
+        let tpl = b.to_commit("t");
+        let mut commit: Vec<(i32, Offset)> = tpl.elements().iter().map(|e| (e.partition(), e.offset())).collect();
+        commit.sort_by_key(|(p, _)| *p);
+        assert_eq!(commit, [(0, Offset::Offset(10)), (1, Offset::Offset(5))]);
+    }
+}
