@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -31,4 +32,19 @@ pub async fn create(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Assigns every partition of `topic` to `consumer` (no consumer group), each starting at
+/// `start`; returns how many there are. A topic without partitions is an error.
+pub fn assign_all(consumer: &BaseConsumer, topic: &str, start: Offset, timeout: Duration) -> anyhow::Result<usize> {
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), start)?;
+        }
+    }
+    anyhow::ensure!(tpl.count() > 0, "topic {topic} has no partitions");
+    consumer.assign(&tpl)?;
+    Ok(tpl.count())
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde_json::json;
 use tokio::sync::{Mutex, Semaphore};
 
@@ -276,14 +276,7 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "50")
         .create()?;
-    let md = consumer.fetch_metadata(Some(topics::DECISIONS), Duration::from_secs(5))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topics::DECISIONS, p.id(), Offset::End)?;
-        }
-    }
-    consumer.assign(&tpl)?;
+    crate::topics::assign_all(&consumer, topics::DECISIONS, Offset::End, Duration::from_secs(5))?;
     Ok(std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))

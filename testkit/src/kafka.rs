@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset};
 
 use schemas::{Record, Transaction};
 
@@ -96,14 +96,7 @@ pub fn read(brokers: &str, topic: &str, min: usize, timeout: Duration, settle: D
         .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-    assert!(partitions > 0, "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).expect("assign");
+    fraudctl::topics::assign_all(&consumer, topic, Offset::Beginning, Duration::from_secs(10)).expect("assign every partition");
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut last_new = Instant::now();
