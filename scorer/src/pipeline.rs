@@ -570,6 +570,10 @@ impl Pipeline {
 /// Reviews and blocks are logged at info with their explanation (an auditor's or a customer's
 /// "why"); approvals, the bulk, at debug. The trace id is the request's, from its traceparent.
 fn log_decision(d: &Decision, trace: &[(String, Vec<u8>)]) {
+    // Approvals are most decisions: skip the trace-id parsing unless their debug line is wanted.
+    if d.decision == schemas::Verdict::Approve && !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let traceparent = trace
         .iter()
         .find(|(k, _)| k == headers::TRACEPARENT)
