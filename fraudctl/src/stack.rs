@@ -22,6 +22,9 @@ impl Process {
         let err = log.try_clone()?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdout(log).stderr(err).stdin(Stdio::null());
+        // A process group of its own: Ctrl-C reaches only fraudctl, which then stops the
+        // services before the broker and Redis they are still committing to.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         for (k, v) in env {
             cmd.env(k, v);
         }
