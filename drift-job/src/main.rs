@@ -78,6 +78,8 @@ fn main() -> Result<()> {
     }
     let versions: Vec<String> = references.iter().map(|r| r.model_version.clone()).collect();
     let registry = telemetry::metrics::registry();
+    // No spans of its own yet; the same start-up gives it the propagator and export metrics.
+    let _tracing = telemetry::init_tracing("drift-job", &registry)?;
     let metrics = DriftMetrics::new(&registry, &versions);
     let mut engine = Engine::new(
         EngineConfig {

@@ -7,22 +7,25 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::Extension;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rdkafka::message::{Header, OwnedHeaders};
+use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
-use schemas::{Decision, FieldError, TransactionLimits, headers as header_names};
+use schemas::{Decision, FieldError, TransactionLimits};
+use telemetry::trace::{Span as _, SpanIds, Status, TraceHeaders, Tracer as _};
 
 use crate::decisions::{DecisionBoard, WaitError};
 use crate::metrics::GatewayMetrics;
 use crate::request::parse_transaction;
-use crate::trace::TraceContext;
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -37,6 +40,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// At most one "not acknowledged" line a second while Kafka is down.
     pub produce_warnings: telemetry::logs::Throttle,
+    /// At most one "pending" line a second when the scorers fall behind.
+    pub pending_notices: telemetry::logs::Throttle,
 }
 
 /// The answer to a prediction: the seed's response shape plus the explanation.
@@ -97,11 +102,50 @@ pub fn router(state: Arc<AppState>, ops: Router) -> Router {
         .layer(middleware::from_fn_with_state(metrics, track))
 }
 
-async fn track(State(metrics): State<GatewayMetrics>, req: Request, next: Next) -> Response {
+/// The request's server span, as a context for its children. API routes only: scrapes and
+/// health checks are not traced.
+#[derive(Clone)]
+pub struct RequestTrace(pub Context);
+
+impl RequestTrace {
+    pub fn trace_id(&self) -> String {
+        self.0.span().span_context().trace_id().to_string()
+    }
+}
+
+async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
-    let response = next.run(req).await;
+    let response = if route.starts_with("/v1/") {
+        // Continue the caller's trace (W3C headers) or start one; a bad header starts one.
+        let parent = telemetry::trace::extract_from_http(req.headers());
+        let span = telemetry::trace::tracer()
+            .span_builder(format!("{method} {route}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("http.route", route.clone()),
+                KeyValue::new("url.path", req.uri().path().to_string()),
+                KeyValue::new("url.scheme", "http"),
+            ])
+            .start_with_context(telemetry::trace::tracer(), &parent);
+        let ids = SpanIds::of(span.span_context());
+        let cx = parent.with_span(span);
+        req.extensions_mut().insert(RequestTrace(cx.clone()));
+        let log_span = tracing::info_span!("request", trace_id = %ids.trace_id, span_id = %ids.span_id);
+        let response = next.run(req).instrument(log_span).await;
+        let status = response.status();
+        let span = cx.span();
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+        if status.is_server_error() {
+            span.set_status(Status::error(status.canonical_reason().unwrap_or("server error")));
+        }
+        span.end();
+        response
+    } else {
+        next.run(req).await
+    };
     metrics
         .http_requests
         .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
@@ -147,9 +191,8 @@ impl Drop for Waiting<'_> {
     }
 }
 
-async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let trace = TraceContext::child_of(headers.get(header_names::TRACEPARENT).and_then(|v| v.to_str().ok()));
     let outcome = |o: &str| app.metrics.predictions.with_label_values(&[o]).inc();
 
     if !is_json(&headers) {
@@ -186,7 +229,7 @@ async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     // decision without publishing it twice.
     if let Some(d) = app.board.recent(&tx.transaction_id) {
         outcome("replayed");
-        return axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id)).into_response();
+        return axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id())).into_response();
     }
     let rx = match app.board.wait_for(&tx.transaction_id) {
         Ok(rx) => rx,
@@ -205,42 +248,76 @@ async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bod
             return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the transaction: {e}"), vec![]);
         }
     };
-    let traceparent = trace.traceparent();
+    // The record carries the producer span's context, so the scorer's spans continue this trace.
+    let mut send_span = telemetry::trace::tracer()
+        .span_builder(format!("send {}", app.transactions_topic))
+        .with_kind(SpanKind::Producer)
+        .start_with_context(telemetry::trace::tracer(), &trace.0);
+    if send_span.is_recording() {
+        send_span.set_attributes([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.operation.name", "send"),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.destination.name", app.transactions_topic.clone()),
+            KeyValue::new("messaging.kafka.message.key", tx.user_id.clone()),
+            KeyValue::new("fraudstream.transaction_id", tx.transaction_id.clone()),
+        ]);
+    }
     let record = FutureRecord::to(&app.transactions_topic)
         .key(tx.user_id.as_bytes())
         .payload(&payload)
-        .headers(OwnedHeaders::new_with_capacity(1).insert(Header { key: header_names::TRACEPARENT, value: Some(traceparent.as_bytes()) }));
+        .headers(TraceHeaders::of_span(send_span.span_context()).to_kafka());
     // librdkafka checks message timeouts about once a second; the request's own bound is exact.
     // A record that times out here may still land later: the client sees 503, retries with the
     // same transaction id, and readers keep the first decision.
     let acked = match tokio::time::timeout(app.produce_timeout, app.producer.send(record, Duration::from_millis(100))).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(delivery)) => Ok(delivery),
         Ok(Err((e, _))) => Err(e.to_string()),
         Err(_) => Err(format!("no acknowledgement within {} ms", app.produce_timeout.as_millis())),
     };
+    match &acked {
+        Ok(delivery) => send_span.set_attributes([
+            KeyValue::new("messaging.destination.partition.id", delivery.partition.to_string()),
+            KeyValue::new("messaging.kafka.offset", delivery.offset),
+        ]),
+        Err(e) => send_span.set_status(Status::error(e.clone())),
+    }
+    send_span.end();
     if let Err(e) = acked {
         app.metrics.errors.with_label_values(&["produce"]).inc();
         outcome("unavailable");
         if let Some(suppressed) = app.produce_warnings.allow() {
-            tracing::warn!(error = %e, transaction_id = %tx.transaction_id, trace_id = %trace.trace_id, span_id = %trace.span_id, suppressed, "transaction not acknowledged by Kafka");
+            tracing::warn!(error = %e, transaction_id = %tx.transaction_id, suppressed, "transaction not acknowledged by Kafka");
         }
         return error(StatusCode::SERVICE_UNAVAILABLE, format!("transaction not accepted: Kafka did not acknowledge it ({e})"), vec![]);
     }
 
+    let server_span = trace.0.span();
+    server_span.set_attribute(KeyValue::new("fraudstream.transaction_id", tx.transaction_id.clone()));
     match tokio::time::timeout(app.decision_deadline, rx).await {
         Ok(Ok(d)) => {
             outcome("decided");
-            axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id)).into_response()
+            server_span.set_attributes([
+                KeyValue::new("fraudstream.decision", d.decision.as_str()),
+                KeyValue::new("fraudstream.model_version", d.model_version.clone()),
+                KeyValue::new("fraudstream.degraded", d.degraded),
+            ]);
+            tracing::debug!(transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), model_version = %d.model_version, degraded = d.degraded, latency_ms = ms(started), "decision returned");
+            axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id())).into_response()
         }
         _ => {
             outcome("pending");
             let id = tx.transaction_id;
+            server_span.set_attribute(KeyValue::new("fraudstream.decision", "pending"));
+            if let Some(suppressed) = app.pending_notices.allow() {
+                tracing::info!(transaction_id = %id, deadline_ms = app.decision_deadline.as_millis() as u64, suppressed, "no decision by the deadline; answered pending");
+            }
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({
                     "status": "pending",
                     "transaction_id": id,
-                    "trace_id": trace.trace_id,
+                    "trace_id": trace.trace_id(),
                     "decision_url": format!("/v1/decisions/{id}"),
                 })),
             )
@@ -249,10 +326,9 @@ async fn predict(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     }
 }
 
-async fn get_decision(State(app): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let trace = TraceContext::child_of(headers.get(header_names::TRACEPARENT).and_then(|v| v.to_str().ok()));
+async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, Path(id): Path<String>) -> Response {
     match app.board.recent(&id) {
-        Some(d) => axum::Json(PredictResponse::new(&d, d.processing_latency_ms, trace.trace_id)).into_response(),
+        Some(d) => axum::Json(PredictResponse::new(&d, d.processing_latency_ms, trace.trace_id())).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no recent decision for transaction {id}"), vec![]),
     }
 }

@@ -6,4 +6,3 @@ pub mod http;
 pub mod metrics;
 pub mod reader;
 pub mod request;
-pub mod trace;

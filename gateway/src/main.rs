@@ -19,6 +19,8 @@ use telemetry::ops::Readiness;
 async fn main() -> Result<()> {
     let args = GatewayArgs::parse();
     telemetry::init_logging("gateway");
+    let registry = telemetry::metrics::registry();
+    let _tracing = telemetry::init_tracing("gateway", &registry)?;
     tracing::info!(
         listen = %args.listen,
         brokers = %args.brokers,
@@ -36,7 +38,6 @@ async fn main() -> Result<()> {
         bail!("--max-amount (MAX_AMOUNT) must be a positive number, got {}", args.max_amount);
     }
 
-    let registry = telemetry::metrics::registry();
     let metrics = GatewayMetrics::new(&registry);
     let board = Arc::new(DecisionBoard::new(args.max_waiters, args.recent_decisions));
 
@@ -100,6 +101,7 @@ async fn main() -> Result<()> {
         produce_timeout: Duration::from_millis(args.produce_timeout_ms),
         max_body_bytes: args.max_body_bytes,
         produce_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+        pending_notices: telemetry::logs::Throttle::new(Duration::from_secs(1)),
     });
     let app = router(state, telemetry::ops::router(registry, readiness));
     telemetry::ops::serve(args.listen, app, telemetry::ops::shutdown_signal()).await.with_context(|| format!("serving on {}", args.listen))?;

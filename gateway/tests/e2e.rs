@@ -10,94 +10,11 @@ use serde_json::{Value, json};
 use fraudctl::synth::{Drift, Generator};
 use schemas::topics;
 use scorer::{ModelCard, Scorer, UserLookup};
-use testkit::kafka::{TestProducer, create_standard_topics, read};
-use testkit::process::Service;
-use testkit::{Broker, RedisServer, free_port, unique};
+use testkit::kafka::{TestProducer, read};
+use testkit::unique;
 
-const SEED: u64 = 11;
-const USERS: u64 = 100;
-
-struct Stack {
-    broker: Broker,
-    redis: RedisServer,
-    group: String,
-}
-
-impl Stack {
-    fn start() -> Self {
-        let broker = Broker::start();
-        let redis = RedisServer::start();
-        create_standard_topics(&broker.bootstrap(), 2);
-        let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
-        fraudctl::features::load_synthetic(&mut store, USERS, SEED).unwrap();
-        Self { broker, redis, group: unique("scorers") }
-    }
-
-    fn scorer(&self) -> Service {
-        let args = vec![
-            "--brokers".into(), self.broker.bootstrap(),
-            "--redis-url".into(), self.redis.url(),
-            "--group-id".into(), self.group.clone(),
-            "--transactional-id".into(), format!("{}-a", self.group),
-            "--listen".into(), format!("127.0.0.1:{}", free_port()),
-            "--session-timeout-ms".into(), "6000".into(),
-        ];
-        let mut s = Service::start("scorer", &args, &[]);
-        s.wait_for_log("scorer ready", Duration::from_secs(30));
-        s
-    }
-
-    fn gateway(&self, extra: &[&str]) -> Gateway {
-        let port = free_port();
-        let mut args = vec!["--brokers".to_string(), self.broker.bootstrap(), "--listen".into(), format!("127.0.0.1:{port}")];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let service = Service::start("gateway", &args, &[]);
-        let g = Gateway { service, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-        g
-    }
-}
-
-struct Gateway {
-    service: Service,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Gateway {
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/health/ready", self.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "gateway not ready:\n{}", self.service.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn predict(&self, body: &Value) -> (StatusCode, Value) {
-        let r = self.http.post(format!("{}/v1/predict", self.base)).json(body).send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap())
-    }
-
-    async fn raw(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}")))
-    }
-
-    async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap()
-    }
-}
+mod common;
+use common::{SEED, Stack, USERS, seed_body};
 
 /// Every (path, method, status) pair the spec documents.
 fn documented() -> Vec<(String, String, String)> {
@@ -120,18 +37,6 @@ fn assert_documented(path: &str, method: &str, status: StatusCode) {
         p == path && s == &status && (m == method || status == "405")
     });
     assert!(found, "{path} {method} {status} is not in openapi.json");
-}
-
-fn seed_body(tx: &schemas::Transaction) -> Value {
-    json!({
-        "transaction_id": tx.transaction_id,
-        "user_id": tx.user_id.parse::<u64>().unwrap(),
-        "amount": tx.amount,
-        "payment_method": tx.payment_method.as_str(),
-        "merchant_id": tx.merchant_id,
-        "country": tx.country,
-        "timestamp": tx.timestamp,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

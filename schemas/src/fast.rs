@@ -154,8 +154,8 @@ mod tests {
             top_features: (0..(i % 4))
                 .map(|j| FeatureContribution { name: format!("c{j}").into(), value: j as f64, contribution: -(j as f64) })
                 .collect(),
-            degraded: i % 2 == 0,
-            user_features_found: i % 3 == 0,
+            degraded: i.is_multiple_of(2),
+            user_features_found: i.is_multiple_of(3),
             amount: 0.01 * i as f64,
             currency: "EUR".into(),
             payment_method: PaymentMethod::ALL[i % 4],

@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod rules;
 pub mod runtime;
 pub mod scoring;
+pub mod spans;
 pub mod store;
 
 pub use card::ModelCard;

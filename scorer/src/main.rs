@@ -16,6 +16,8 @@ use telemetry::ops::Readiness;
 fn main() -> Result<()> {
     let args = ScorerArgs::parse();
     telemetry::init_logging("scorer");
+    let registry = telemetry::metrics::registry();
+    let tracing_guard = telemetry::init_tracing("scorer", &registry)?;
     let transactional_id = args.transactional_id.clone().unwrap_or_else(|| format!("fraudstream-scorer-{}", hostname()));
     tracing::info!(
         brokers = %args.brokers,
@@ -41,7 +43,6 @@ fn main() -> Result<()> {
     let card = ModelCard::load(&args.model_card).context("loading the model card (--model-card / MODEL_CARD)")?;
     let model = FraudModel::load(&card, args.model_intra_threads).context("loading the ONNX model")?;
     let rules = Rules::new(card.thresholds, Some(args.review_above_amount)).context("--review-above-amount")?;
-    let registry = telemetry::metrics::registry();
     let metrics = ScorerMetrics::new(&registry, &card.model_version);
     let store = FeatureStore::new(
         &args.redis_url,
@@ -95,6 +96,7 @@ fn main() -> Result<()> {
     readiness.set(false);
     stop.store(true, Ordering::Relaxed);
     runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(tracing_guard);
     result.context("scoring stopped")?;
     tracing::info!("scorer stopped");
     Ok(())

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -15,12 +15,14 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use telemetry::trace::SpanIds;
 
 use schemas::{BusinessEvent, BusinessEventKind, Decision, Transaction, TransactionLimits, headers, topics};
 
 use crate::features::UserLookup;
 use crate::metrics::ScorerMetrics;
 use crate::scoring::Scorer;
+use crate::spans::{BatchSpans, RecordSource, SpanNaming};
 use crate::store::FeatureStore;
 
 /// How outputs and input offsets are tied together.
@@ -156,7 +158,8 @@ struct Incoming {
 }
 
 enum IncomingKind {
-    Good { tx: Transaction, trace: Vec<(String, Vec<u8>)>, record_ms: Option<i64> },
+    /// `parent`: the trace context from the record's headers (empty when it had none).
+    Good { tx: Transaction, parent: opentelemetry::Context, record_ms: Option<i64> },
     Bad(DeadLetter),
 }
 
@@ -298,6 +301,7 @@ impl Pipeline {
             return Ok(0);
         }
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let n = batch.len();
         self.metrics.batch_records.observe(n as f64);
         let mut bounds = BatchOffsets::default();
@@ -308,21 +312,33 @@ impl Pipeline {
         let rewind = bounds.rewind();
 
         let mut good = Vec::with_capacity(n);
-        let mut traces = Vec::with_capacity(n);
+        let mut parents = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
         let mut record_times = Vec::with_capacity(n);
         let mut dead = Vec::new();
         for item in batch {
             match item.kind {
-                IncomingKind::Good { tx, trace, record_ms } => {
+                IncomingKind::Good { tx, parent, record_ms } => {
                     good.push(tx);
-                    traces.push(trace);
+                    parents.push(parent);
+                    positions.push((item.partition, item.offset));
                     record_times.push(record_ms);
                 }
                 IncomingKind::Bad(d) => dead.push((item.partition, item.offset, d)),
             }
         }
+        let sources: Vec<RecordSource<'_>> = good
+            .iter()
+            .zip(&positions)
+            .map(|(tx, &(partition, offset))| RecordSource { partition, offset, key: &tx.user_id, transaction_id: &tx.transaction_id })
+            .collect();
+        let naming = SpanNaming { input_topic: &self.cfg.input_topic, output_topic: &self.cfg.decisions_topic, group: &self.cfg.group_id };
+        let mut spans = BatchSpans::start(started_at, &sources, &parents, &naming);
+        drop((sources, parents));
 
+        let fetch_started = SystemTime::now();
         let fetched = self.store.fetch(good.iter().map(|t| t.user_id.as_str()));
+        let fetch_times = (fetch_started, SystemTime::now());
         self.metrics.feature_fetch_latency.observe(fetched.elapsed.as_secs_f64());
         self.metrics.cache_hits.inc_by(fetched.hits);
         self.metrics.cache_misses.inc_by(fetched.misses);
@@ -334,23 +350,26 @@ impl Pipeline {
         }
         let inputs: Vec<(Transaction, UserLookup)> = good.into_iter().zip(fetched.lookups).collect();
         let inference_started = Instant::now();
-        let decisions = self.scorer.decide_batch(inputs, started).map_err(|e| StepError::Fatal(e.to_string()))?;
+        let decisions = match self.scorer.decide_batch(inputs, started) {
+            Ok(d) => d,
+            Err(e) => {
+                spans.fail(&e.to_string());
+                return Err(StepError::Fatal(e.to_string()));
+            }
+        };
         self.metrics.model_inference.observe(inference_started.elapsed().as_secs_f64());
 
-        if self.cfg.delivery == Delivery::ExactlyOnce {
-            self.producer.begin_transaction().map_err(|e| self.classify(e, &rewind))?;
+        if let Err(e) = self.write_and_commit(&decisions, &mut spans, &dead, &offsets, &rewind) {
+            spans.fail(&e.to_string());
+            return Err(e);
         }
-        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
-        if let Err(e) = self.produce_outputs(&decisions, &traces, &dead) {
-            return Err(self.roll_back(e, &rewind));
-        }
-        self.commit(&offsets, failures_before, &rewind)?;
 
         let now_ms = schemas::now_millis();
-        for ((d, record_ms), trace) in decisions.iter().zip(&record_times).zip(&traces) {
+        for (i, (d, record_ms)) in decisions.iter().zip(&record_times).enumerate() {
             self.observe(d, started, *record_ms, now_ms);
-            log_decision(d, trace);
+            log_decision(d, || spans.ids(i));
         }
+        spans.finish(&decisions, fetch_times, self.scorer.last_stages(), SystemTime::now());
         self.metrics.records.inc_by(n as u64);
         for (partition, offset, d) in &dead {
             self.metrics.dlq.with_label_values(&[d.kind]).inc();
@@ -430,20 +449,35 @@ impl Pipeline {
         batch
     }
 
-    fn produce_outputs(
+    /// Produces the batch's outputs and commits them with its input offsets.
+    fn write_and_commit(
         &mut self,
         decisions: &[Decision],
-        traces: &[Vec<(String, Vec<u8>)>],
+        spans: &mut BatchSpans,
         dead: &[(i32, i64, DeadLetter)],
-    ) -> Result<(), KafkaError> {
-        for (d, trace) in decisions.iter().zip(traces) {
+        offsets: &TopicPartitionList,
+        rewind: &HashMap<i32, i64>,
+    ) -> Result<(), StepError> {
+        if self.cfg.delivery == Delivery::ExactlyOnce {
+            self.producer.begin_transaction().map_err(|e| self.classify(e, rewind))?;
+        }
+        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
+        if let Err(e) = self.produce_outputs(decisions, spans, dead) {
+            return Err(self.roll_back(e, rewind));
+        }
+        self.commit(offsets, failures_before, rewind)
+    }
+
+    fn produce_outputs(&mut self, decisions: &[Decision], spans: &mut BatchSpans, dead: &[(i32, i64, DeadLetter)]) -> Result<(), KafkaError> {
+        for (i, d) in decisions.iter().enumerate() {
+            let trace = spans.output_headers(i, &d.user_id);
             self.encode_buf.clear();
             schemas::encode_into(d, &mut self.encode_buf).map_err(|e| encode_error(&e))?;
-            send(&self.producer, &self.cfg.decisions_topic, d.user_id.as_bytes(), &self.encode_buf, trace_headers(trace))?;
+            send(&self.producer, &self.cfg.decisions_topic, d.user_id.as_bytes(), &self.encode_buf, trace.clone())?;
             let event = business_event(d);
             self.encode_buf.clear();
             schemas::encode_into(&event, &mut self.encode_buf).map_err(|e| encode_error(&e))?;
-            send(&self.producer, &self.cfg.events_topic, d.user_id.as_bytes(), &self.encode_buf, trace_headers(trace))?;
+            send(&self.producer, &self.cfg.events_topic, d.user_id.as_bytes(), &self.encode_buf, trace)?;
         }
         for (partition, offset, d) in dead {
             let mut h = OwnedHeaders::new_with_capacity(d.headers.len() + 5);
@@ -568,19 +602,14 @@ impl Pipeline {
 }
 
 /// Reviews and blocks are logged at info with their explanation (an auditor's or a customer's
-/// "why"); approvals, the bulk, at debug. The trace id is the request's, from its traceparent.
-fn log_decision(d: &Decision, trace: &[(String, Vec<u8>)]) {
-    // Approvals are most decisions: skip the trace-id parsing unless their debug line is wanted.
+/// "why"); approvals, the bulk, at debug. The ids are those of the record's `process` span, in
+/// the trace the request started.
+fn log_decision(d: &Decision, ids: impl FnOnce() -> SpanIds) {
+    // Approvals are most decisions: skip formatting the ids unless their debug line is wanted.
     if d.decision == schemas::Verdict::Approve && !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let traceparent = trace
-        .iter()
-        .find(|(k, _)| k == headers::TRACEPARENT)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .unwrap_or("");
-    let mut parts = traceparent.split('-').skip(1);
-    let (trace_id, span_id) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let SpanIds { trace_id, span_id } = ids();
     if d.decision == schemas::Verdict::Approve {
         tracing::debug!(trace_id, span_id, transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), fraud_probability = d.fraud_probability, model_version = %d.model_version, degraded = d.degraded, "decision");
     } else {
@@ -605,19 +634,7 @@ fn decode(msg: &BorrowedMessage<'_>, limits: &TransactionLimits) -> Incoming {
             }
         });
     let kind = match result {
-        Ok(tx) => {
-            let mut trace = Vec::new();
-            if let Some(h) = msg.headers() {
-                for header in h.iter() {
-                    if (header.key == headers::TRACEPARENT || header.key == headers::TRACESTATE)
-                        && let Some(v) = header.value
-                    {
-                        trace.push((header.key.to_string(), v.to_vec()));
-                    }
-                }
-            }
-            IncomingKind::Good { tx, trace, record_ms: msg.timestamp().to_millis() }
-        }
+        Ok(tx) => IncomingKind::Good { tx, parent: telemetry::trace::extract_from_kafka(msg.headers()), record_ms: msg.timestamp().to_millis() },
         Err((error, kind)) => IncomingKind::Bad(DeadLetter {
             key: msg.key().map(<[u8]>::to_vec),
             payload: msg.payload().map(<[u8]>::to_vec),
@@ -630,12 +647,6 @@ fn decode(msg: &BorrowedMessage<'_>, limits: &TransactionLimits) -> Incoming {
         }),
     };
     Incoming { partition, offset, kind }
-}
-
-fn trace_headers(trace: &[(String, Vec<u8>)]) -> OwnedHeaders {
-    trace.iter().fold(OwnedHeaders::new_with_capacity(trace.len()), |h, (k, v)| {
-        h.insert(Header { key: k, value: Some(v.as_slice()) })
-    })
 }
 
 fn send(producer: &ThreadedProducer<DeliveryContext>, topic: &str, key: &[u8], payload: &[u8], headers: OwnedHeaders) -> Result<(), KafkaError> {

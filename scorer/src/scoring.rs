@@ -1,7 +1,7 @@
 //! The scoring core: a batch of transactions and their users' features in, one explained
 //! `Decision` per transaction out, with a single model call per batch.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use schemas::{Decision, FeatureContribution, FeatureValue, Transaction};
 
@@ -19,11 +19,19 @@ pub struct Scorer {
     model: FraudModel,
     rules: Rules,
     rows: Vec<f32>,
+    last_stages: StageTimes,
+}
+
+/// When the last batch's model call and business rules ran, for its trace spans.
+#[derive(Debug, Clone, Copy)]
+pub struct StageTimes {
+    pub inference: (SystemTime, SystemTime),
+    pub rules: (SystemTime, SystemTime),
 }
 
 impl Scorer {
     pub fn new(card: ModelCard, model: FraudModel, rules: Rules) -> Self {
-        Self { card, model, rules, rows: Vec::new() }
+        Self { card, model, rules, rows: Vec::new(), last_stages: StageTimes { inference: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH), rules: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH) } }
     }
 
     /// Loads the card's model and uses the card's thresholds.
@@ -45,6 +53,11 @@ impl Scorer {
         &self.card.model_version
     }
 
+    /// The stage times of the last `decide_batch`.
+    pub fn last_stages(&self) -> StageTimes {
+        self.last_stages
+    }
+
     /// Decides every transaction with one model call. `batch_started` is when the batch arrived;
     /// each decision reports the time from then to its decision.
     pub fn decide_batch(
@@ -52,6 +65,7 @@ impl Scorer {
         batch: Vec<(Transaction, UserLookup)>,
         batch_started: Instant,
     ) -> Result<Vec<Decision>> {
+        let inference_started = SystemTime::now();
         self.rows.clear();
         self.rows.reserve(batch.len() * N_FEATURES);
         for (tx, lookup) in &batch {
@@ -62,6 +76,7 @@ impl Scorer {
             self.rows.extend_from_slice(&feature_vector(tx, user));
         }
         let scores = self.model.score(&self.rows)?;
+        let rules_started = SystemTime::now();
         let decided_at = schemas::now_millis();
         let latency_ms = batch_started.elapsed().as_secs_f64() * 1e3;
 
@@ -96,6 +111,7 @@ impl Scorer {
                 }
             })
             .collect();
+        self.last_stages = StageTimes { inference: (inference_started, rules_started), rules: (rules_started, SystemTime::now()) };
         Ok(decisions)
     }
 

@@ -1,11 +1,13 @@
-//! Telemetry start-up shared by every fraudstream service: JSON logs on stdout, the Prometheus
-//! registry and its histogram buckets, and the operational HTTP routes (metrics, health).
+//! Telemetry start-up shared by every fraudstream service: JSON logs on stdout, OpenTelemetry
+//! traces over OTLP with W3C context in Kafka and HTTP headers, the Prometheus registry and its
+//! histogram buckets, and the operational HTTP routes (metrics, health).
 
 pub mod config;
 pub mod logs;
 pub mod metrics;
 pub mod ops;
 pub mod scrub;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -22,4 +24,15 @@ pub fn init_logging(service: &'static str) {
         .with(tracing_subscriber::fmt::layer().event_format(logs::JsonLines).with_writer(std::io::stdout))
         .try_init();
     tracing::debug!(service, "logging started");
+}
+
+/// Sets up tracing (see [`trace::init_tracing`]) and logs what it made of the environment.
+/// Keep the guard until the service stops: dropping it exports the spans still queued.
+pub fn init_tracing(service: &'static str, registry: &prometheus::Registry) -> Result<trace::TracingGuard, trace::TraceConfigError> {
+    let (guard, settings) = trace::init_tracing(service, registry)?;
+    match &settings.endpoint {
+        Some(endpoint) => tracing::info!(otlp_endpoint = %config::mask_url(endpoint), sampler = %settings.sampler, "exporting traces"),
+        None => tracing::info!("traces not exported (set OTEL_EXPORTER_OTLP_ENDPOINT to export them); trace ids still propagate"),
+    }
+    Ok(guard)
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test support: a failed setup step should fail the test loudly
 
 pub mod kafka;
+pub mod otlp;
 pub mod process;
 
 use std::net::TcpStream;

@@ -31,7 +31,7 @@ impl Service {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if std::env::var_os("RUST_LOG").is_none() {
+        if std::env::var_os("RUST_LOG").is_none() && !env.iter().any(|(k, _)| *k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));

@@ -1,0 +1,211 @@
+//! Telemetry end to end: one `/v1/predict` is one trace from the gateway's HTTP span through
+//! Kafka into the scorer, exported over OTLP to a receiver inside the test; log lines carry the
+//! ids of their spans and no personal data; a dead collector costs no request and its drops are
+//! counted.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use fraudctl::synth::{Drift, Generator};
+use testkit::otlp::{BlackHole, CONSUMER, PRODUCER, ReceivedSpan, Receiver, SERVER};
+use testkit::{free_port, unique};
+
+mod common;
+use common::{SEED, Stack, seed_body};
+
+fn otel_env(endpoint: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("RUST_LOG", "info,gateway=debug,scorer=debug".into()),
+    ]
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn log_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn one<'a>(spans: &'a [ReceivedSpan], trace_id: &str, name: &str) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id && s.name == name).collect();
+    assert_eq!(found.len(), 1, "want one {name:?} in trace {trace_id}, have {found:?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
+    let receiver = Receiver::start();
+    let stack = Stack::start();
+    let scorer_port = free_port();
+    let scorer = stack.scorer_with(&otel_env(receiver.endpoint()), scorer_port);
+    let gw = stack.gateway_with(&["--decision-deadline-ms", "5000"], &otel_env(receiver.endpoint()));
+    gw.wait_ready().await;
+
+    let mut g = Generator::new(SEED, Drift::None, &unique("traced"));
+    let user = Generator::user(SEED, 7);
+    // An e-mail address as the user id: personal data that must not reach the logs.
+    let pii_user = "jane.doe@example.com";
+    let mut body = seed_body(&g.payment(&user, 1_764_000_000_000).transaction);
+    body["user_id"] = pii_user.into();
+    body["amount"] = 25_000.0.into(); // reviewed or blocked: logged at info with its explanation
+    let (status, answer) = gw.predict(&body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let decision = answer["decision"].as_str().unwrap().to_string();
+    assert!(decision == "review" || decision == "block", "{answer}");
+    let trace_id = answer["trace_id"].as_str().unwrap().to_string();
+    let tx_id = answer["transaction_id"].as_str().unwrap().to_string();
+
+    // A caller's trace is continued: same trace id, the server span is the caller's child.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let continued = seed_body(&g.payment(&user, 1_764_000_000_000).transaction);
+    let r = gw
+        .http
+        .post(format!("{}/v1/predict", gw.base))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&continued)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let continued_answer: Value = r.json().await.unwrap();
+    assert_eq!(continued_answer["trace_id"], caller_trace);
+
+    let names = ["POST /v1/predict", "send transactions", "process transactions", "fetch_features", "model_inference", "apply_business_rules", "send decisions"];
+    let spans = receiver.wait_for(Duration::from_secs(30), |spans| {
+        [trace_id.as_str(), caller_trace].iter().all(|t| names.iter().all(|n| spans.iter().any(|s| &s.trace_id == t && s.name == *n)))
+            && spans.iter().any(|s| s.name == "score batch")
+    });
+
+    // The tree of the first request.
+    let server = one(&spans, &trace_id, "POST /v1/predict");
+    assert_eq!((server.service.as_str(), server.kind, server.parent_span_id.as_str()), ("gateway", SERVER, ""));
+    assert_eq!(server.attr("http.request.method"), Some("POST"));
+    assert_eq!(server.attr("http.route"), Some("/v1/predict"));
+    assert_eq!(server.attr("http.response.status_code"), Some("200"));
+    assert_eq!(server.attr("fraudstream.decision"), Some(decision.as_str()));
+    let send = one(&spans, &trace_id, "send transactions");
+    assert_eq!((send.service.as_str(), send.kind, send.parent_span_id.as_str()), ("gateway", PRODUCER, server.span_id.as_str()));
+    let process = one(&spans, &trace_id, "process transactions");
+    assert_eq!((process.service.as_str(), process.kind, process.parent_span_id.as_str()), ("scorer", CONSUMER, send.span_id.as_str()));
+    for (span, operation, topic) in [(send, "send", "transactions"), (process, "process", "transactions")] {
+        assert_eq!(span.attr("messaging.system"), Some("kafka"));
+        assert_eq!(span.attr("messaging.operation.name"), Some(operation));
+        assert_eq!(span.attr("messaging.operation.type"), Some(operation));
+        assert_eq!(span.attr("messaging.destination.name"), Some(topic));
+        assert_eq!(span.attr("messaging.kafka.message.key"), Some(pii_user));
+        assert_eq!(span.attr("fraudstream.transaction_id"), Some(tx_id.as_str()));
+        assert_eq!(span.attr("messaging.destination.partition.id"), process.attr("messaging.destination.partition.id"));
+        assert_eq!(span.attr("messaging.kafka.offset"), process.attr("messaging.kafka.offset"));
+    }
+    assert!(process.attr("messaging.kafka.offset").unwrap().parse::<i64>().unwrap() >= 0);
+    assert_eq!(process.attr("messaging.consumer.group.name"), Some(stack.group.as_str()));
+    assert_eq!(process.attr("fraudstream.decision"), Some(decision.as_str()));
+    assert_eq!(process.attr("fraudstream.model_version"), Some("1.0.0"));
+    assert_eq!(process.attr("fraudstream.degraded"), Some("false"));
+    for name in ["fetch_features", "model_inference", "apply_business_rules", "send decisions"] {
+        let child = one(&spans, &trace_id, name);
+        assert_eq!((child.service.as_str(), child.parent_span_id.as_str()), ("scorer", process.span_id.as_str()), "{name}");
+        assert!(child.start_unix_nano >= process.start_unix_nano && child.end_unix_nano <= process.end_unix_nano, "{name} outside its parent");
+    }
+    let out = one(&spans, &trace_id, "send decisions");
+    assert_eq!((out.kind, out.attr("messaging.destination.name")), (PRODUCER, Some("decisions")));
+    // The batch the record was scored in: linked from the record's span, and back.
+    assert_eq!(process.links.len(), 1, "{process:?}");
+    let batch = spans.iter().find(|s| (s.trace_id.clone(), s.span_id.clone()) == process.links[0]).expect("the linked batch span was exported");
+    assert_eq!(batch.name, "score batch");
+    assert!(batch.links.contains(&(process.trace_id.clone(), process.span_id.clone())));
+    assert!(batch.attr("messaging.batch.message_count").unwrap().parse::<i64>().unwrap() >= 1);
+
+    // The continued trace.
+    let continued_server = one(&spans, caller_trace, "POST /v1/predict");
+    assert_eq!(continued_server.parent_span_id, caller_span);
+    assert_eq!(one(&spans, caller_trace, "process transactions").parent_span_id, one(&spans, caller_trace, "send transactions").span_id);
+
+    // Logs: JSON lines carrying their span's ids, no personal data.
+    let scorer_logs = scorer.logs();
+    let gateway_logs = gw.service.logs();
+    for text in [&scorer_logs, &gateway_logs] {
+        assert!(!text.contains(pii_user), "personal data in the logs");
+    }
+    let decision_line = log_lines(&scorer_logs)
+        .into_iter()
+        .find(|l| l["message"] == "decision" && l["transaction_id"] == tx_id.as_str())
+        .expect("the review or block is logged");
+    assert_eq!(decision_line["level"], "INFO");
+    assert_eq!(decision_line["trace_id"], trace_id.as_str());
+    assert_eq!(decision_line["span_id"], process.span_id.as_str());
+    assert_eq!(decision_line["user_id"], "[email]");
+    assert_eq!(decision_line["decision"], decision.as_str());
+    assert_eq!(decision_line["top_features"].as_str().unwrap().split(", ").count(), 3, "{decision_line}");
+    let answered_line = log_lines(&gateway_logs)
+        .into_iter()
+        .find(|l| l["message"] == "decision returned" && l["transaction_id"] == tx_id.as_str())
+        .expect("the gateway logs the answer at debug");
+    assert_eq!(answered_line["trace_id"], trace_id.as_str());
+    assert_eq!(answered_line["span_id"], server.span_id.as_str());
+
+    // Both services counted what they exported and dropped nothing.
+    let scorer_metrics = gw.http.get(format!("http://127.0.0.1:{scorer_port}/metrics")).send().await.unwrap().text().await.unwrap();
+    let gateway_metrics = gw.metrics().await;
+    for text in [&scorer_metrics, &gateway_metrics] {
+        assert!(metric(text, "telemetry_spans_exported_total") > 0.0, "{text}");
+        assert_eq!(metric(text, r#"telemetry_spans_dropped_total{reason="queue_full"}"#), 0.0);
+        assert!(text.contains(r#"telemetry_spans_dropped_total{reason="export_failed"} 0"#), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted() {
+    let silent = BlackHole::start();
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    let stack = Stack::start();
+    let with = |endpoint: String| {
+        let mut env = otel_env(endpoint);
+        env.extend([("OTEL_BSP_MAX_QUEUE_SIZE", "16".to_string()), ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_string())]);
+        env
+    };
+    let scorer_port = free_port();
+    let _scorer = stack.scorer_with(&with(refused), scorer_port);
+    let gw = stack.gateway_with(&["--decision-deadline-ms", "5000"], &with(silent.endpoint()));
+    gw.wait_ready().await;
+
+    let mut g = Generator::new(SEED, Drift::None, &unique("nocollector"));
+    let mut answers: HashMap<StatusCode, usize> = HashMap::new();
+    for i in 0..120u64 {
+        let (status, _) = gw.predict(&seed_body(&g.payment(&Generator::user(SEED, i % 50), 1_764_000_000_000).transaction)).await;
+        *answers.entry(status).or_default() += 1;
+    }
+    assert_eq!(answers.get(&StatusCode::OK), Some(&120), "{answers:?}");
+
+    // The gateway's exporter hangs on the silent collector, so its queue fills; the scorer's is
+    // refused, so its batches fail. Both count every span they lose.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let gateway_metrics = gw.metrics().await;
+        let scorer_metrics = gw.http.get(format!("http://127.0.0.1:{scorer_port}/metrics")).send().await.unwrap().text().await.unwrap();
+        let gateway_full = metric(&gateway_metrics, r#"telemetry_spans_dropped_total{reason="queue_full"}"#);
+        let scorer_failed = metric(&scorer_metrics, r#"telemetry_spans_dropped_total{reason="export_failed"}"#);
+        if gateway_full > 0.0 && scorer_failed > 0.0 {
+            assert_eq!(metric(&gateway_metrics, "telemetry_spans_exported_total"), 0.0);
+            assert_eq!(metric(&scorer_metrics, "telemetry_spans_exported_total"), 0.0);
+            println!("dead collectors: gateway dropped {gateway_full} spans (queue full), scorer {scorer_failed} (export failed)");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "drops not counted:\n{gateway_metrics}\n{scorer_metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

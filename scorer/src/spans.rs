@@ -1,0 +1,194 @@
+//! The scorer's trace spans for one batch. Each record gets a `process transactions` span
+//! (CONSUMER) whose parent is the context its producer put in the record headers, and — when
+//! that span is sampled — children for the stages it went through: `fetch_features`,
+//! `model_inference`, `apply_business_rules` and `send decisions` (PRODUCER, whose context the
+//! output records carry on). The stages run once per batch, so these children share the batch's
+//! stage times, and each sampled record's span links to one `score batch` span for the batch
+//! (which links back to them).
+//!
+//! Unsampled records cost a span context and no allocation beyond their output headers.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use rdkafka::message::OwnedHeaders;
+
+use schemas::{Decision, topics};
+use telemetry::trace::{SdkSpan, Span as _, SpanIds, Status, TraceHeaders, Tracer as _, tracer};
+
+use crate::scoring::StageTimes;
+
+/// What the spans say about where a record came from.
+pub struct RecordSource<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: &'a str,
+    pub transaction_id: &'a str,
+}
+
+/// Names shared by a batch's spans.
+pub struct SpanNaming<'a> {
+    pub input_topic: &'a str,
+    pub output_topic: &'a str,
+    pub group: &'a str,
+}
+
+pub struct BatchSpans {
+    process: Vec<SdkSpan>,
+    send: Vec<Option<SdkSpan>>,
+    batch: Option<SdkSpan>,
+    output_topic: String,
+}
+
+impl BatchSpans {
+    /// Starts the records' spans (`parents[i]` is record i's extracted context) as of `started`.
+    pub fn start(started: SystemTime, sources: &[RecordSource<'_>], parents: &[Context], naming: &SpanNaming<'_>) -> Self {
+        let tracer = tracer();
+        let name: Cow<'static, str> =
+            if naming.input_topic == topics::TRANSACTIONS { Cow::Borrowed("process transactions") } else { Cow::Owned(format!("process {}", naming.input_topic)) };
+        let mut process: Vec<SdkSpan> = Vec::with_capacity(sources.len());
+        for (src, parent) in sources.iter().zip(parents) {
+            let mut span = tracer
+                .span_builder(name.clone())
+                .with_kind(SpanKind::Consumer)
+                .with_start_time(started)
+                .start_with_context(tracer, parent);
+            if span.is_recording() {
+                span.set_attributes([
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.operation.name", "process"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                    KeyValue::new("messaging.destination.name", naming.input_topic.to_string()),
+                    KeyValue::new("messaging.destination.partition.id", src.partition.to_string()),
+                    KeyValue::new("messaging.kafka.offset", src.offset),
+                    KeyValue::new("messaging.kafka.message.key", src.key.to_string()),
+                    KeyValue::new("messaging.consumer.group.name", naming.group.to_string()),
+                    KeyValue::new("fraudstream.transaction_id", src.transaction_id.to_string()),
+                ]);
+            }
+            process.push(span);
+        }
+        let sampled: Vec<Link> = process
+            .iter()
+            .filter(|s| s.is_recording())
+            .map(|s| Link::with_context(s.span_context().clone()))
+            .collect();
+        let batch = (!sampled.is_empty()).then(|| {
+            let span = tracer
+                .span_builder("score batch")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(started)
+                .with_links(sampled)
+                .with_attributes([
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", naming.input_topic.to_string()),
+                    KeyValue::new("messaging.consumer.group.name", naming.group.to_string()),
+                    KeyValue::new("messaging.batch.message_count", sources.len() as i64),
+                ])
+                .start_with_context(tracer, &Context::new());
+            let batch_cx = span.span_context().clone();
+            for s in process.iter_mut().filter(|s| s.is_recording()) {
+                s.add_link(batch_cx.clone(), vec![KeyValue::new("fraudstream.link", "batch")]);
+            }
+            span
+        });
+        let send = (0..process.len()).map(|_| None).collect();
+        Self { process, send, batch, output_topic: naming.output_topic.to_string() }
+    }
+
+    /// The trace headers for record i's outputs: the `send decisions` span's context when the
+    /// record is sampled (the span starts now), otherwise the record's own span context.
+    pub fn output_headers(&mut self, i: usize, key: &str) -> OwnedHeaders {
+        let process = &self.process[i];
+        if !process.is_recording() {
+            return TraceHeaders::of_span(process.span_context()).to_kafka();
+        }
+        let tracer = tracer();
+        let span = tracer
+            .span_builder(format!("send {}", self.output_topic))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.name", "send"),
+                KeyValue::new("messaging.operation.type", "send"),
+                KeyValue::new("messaging.destination.name", self.output_topic.clone()),
+                KeyValue::new("messaging.kafka.message.key", key.to_string()),
+            ])
+            .start_with_context(tracer, &child_of(process.span_context()));
+        let headers = TraceHeaders::of_span(span.span_context()).to_kafka();
+        self.send[i] = Some(span);
+        headers
+    }
+
+    /// Record i's span ids, for its log lines.
+    pub fn ids(&self, i: usize) -> SpanIds {
+        SpanIds::of(self.process[i].span_context())
+    }
+
+    /// Ends every span after the batch committed at `ended`: stage children with the batch's
+    /// stage times, decision attributes on each record's span.
+    pub fn finish(mut self, decisions: &[Decision], fetch: (SystemTime, SystemTime), stages: StageTimes, ended: SystemTime) {
+        let tracer = tracer();
+        for (i, (span, d)) in self.process.iter_mut().zip(decisions).enumerate() {
+            if !span.is_recording() {
+                continue;
+            }
+            let parent = child_of(span.span_context());
+            let stage = |name: &'static str, (from, to): (SystemTime, SystemTime), attributes: Vec<KeyValue>| {
+                let mut s = tracer.span_builder(name).with_start_time(from).with_attributes(attributes).start_with_context(tracer, &parent);
+                s.end_with_timestamp(to);
+            };
+            stage(
+                "fetch_features",
+                fetch,
+                vec![
+                    KeyValue::new("db.system.name", "redis"),
+                    KeyValue::new("fraudstream.user_features_found", d.user_features_found),
+                    KeyValue::new("fraudstream.degraded", d.degraded),
+                ],
+            );
+            stage("model_inference", stages.inference, vec![KeyValue::new("fraudstream.model_version", d.model_version.clone())]);
+            stage(
+                "apply_business_rules",
+                stages.rules,
+                vec![
+                    KeyValue::new("fraudstream.decision", d.decision.as_str()),
+                    KeyValue::new("fraudstream.fraud_probability", d.fraud_probability),
+                ],
+            );
+            span.set_attributes([
+                KeyValue::new("fraudstream.decision", d.decision.as_str()),
+                KeyValue::new("fraudstream.risk_level", d.risk_level.as_str()),
+                KeyValue::new("fraudstream.fraud_probability", d.fraud_probability),
+                KeyValue::new("fraudstream.model_version", d.model_version.clone()),
+                KeyValue::new("fraudstream.degraded", d.degraded),
+            ]);
+            if let Some(mut send) = self.send[i].take() {
+                send.end_with_timestamp(ended);
+            }
+            span.end_with_timestamp(ended);
+        }
+        if let Some(mut batch) = self.batch.take() {
+            let degraded = decisions.iter().filter(|d| d.degraded).count();
+            batch.set_attribute(KeyValue::new("fraudstream.degraded_records", degraded as i64));
+            batch.end_with_timestamp(ended);
+        }
+    }
+
+    /// Ends every span with an error: the batch was rolled back and will be processed again.
+    pub fn fail(mut self, reason: &str) {
+        for span in self.send.iter_mut().flatten().chain(self.process.iter_mut()).chain(self.batch.iter_mut()) {
+            if span.is_recording() {
+                span.set_status(Status::error(reason.to_string()));
+                span.end();
+            }
+        }
+    }
+}
+
+/// A context whose parent is `sc`, a span of this process.
+fn child_of(sc: &SpanContext) -> Context {
+    Context::new().with_remote_span_context(SpanContext::new(sc.trace_id(), sc.span_id(), sc.trace_flags(), false, sc.trace_state().clone()))
+}

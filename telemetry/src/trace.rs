@@ -1,0 +1,512 @@
+//! OpenTelemetry tracing for every service: configured by the standard `OTEL_*` variables,
+//! exported over OTLP/HTTP by a batch processor whose bounded queue drops (and counts) spans
+//! rather than ever slowing the caller, and W3C trace context carried in Kafka record headers
+//! and HTTP headers.
+//!
+//! Spans are made with the OpenTelemetry API directly (not through `tracing` spans), so the
+//! scorer's hot path builds a full span only for sampled records; log lines carry the ids of
+//! the span they belong to as fields (see [`SpanIds`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample, SpanData,
+    SpanExporter, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+pub use opentelemetry::trace::{Span, Status, Tracer};
+pub use opentelemetry_sdk::trace::Span as SdkSpan;
+
+/// The default share of new traces that are recorded (`OTEL_TRACES_SAMPLER_ARG` overrides it).
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceConfigError {
+    #[error("{var}={value:?}: {reason}")]
+    Invalid { var: &'static str, value: String, reason: &'static str },
+    #[error("building the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The service's tracer: the one [`init_tracing`] configured, or one that records nothing (for
+/// code run without it, such as benchmarks and unit tests).
+pub fn tracer() -> &'static SdkTracer {
+    use opentelemetry::trace::TracerProvider as _;
+    TRACER.get_or_init(|| SdkTracerProvider::builder().with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))).build().tracer("fraudstream"))
+}
+
+/// Keeps the tracer provider alive; dropping it exports what is queued (bounded by a short
+/// timeout, so a dead collector cannot hold up shutdown).
+pub struct TracingGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown_with_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// What `init_tracing` made of the environment, for the start-up log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// Where spans go (`None`: not exported; ids are still made and propagated).
+    pub endpoint: Option<String>,
+    pub sampler: String,
+}
+
+/// Spans dropped by the exporter path, by reason, and spans handed to the collector.
+#[derive(Clone)]
+struct ExportCounters {
+    queue_full: IntCounter,
+    export_failed: IntCounter,
+    exported: IntCounter,
+}
+
+impl ExportCounters {
+    fn register(registry: &Registry) -> Self {
+        let dropped = IntCounterVec::new(
+            Opts::new("telemetry_spans_dropped_total", "Spans not exported: the export queue was full, or the collector failed or timed out"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let exported = IntCounter::new("telemetry_spans_exported_total", "Spans accepted by the OTLP collector").expect("valid metric");
+        // A second registration (a test calling init twice) keeps the first counters.
+        let _ = registry.register(Box::new(dropped.clone()));
+        let _ = registry.register(Box::new(exported.clone()));
+        Self {
+            queue_full: dropped.with_label_values(&["queue_full"]),
+            export_failed: dropped.with_label_values(&["export_failed"]),
+            exported,
+        }
+    }
+}
+
+/// Sets up tracing for `service` from the standard variables:
+///
+/// - `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`: the collector
+///   (OTLP/HTTP, port 4318). With neither set (and `OTEL_TRACES_EXPORTER` not `otlp`) spans are
+///   not exported, but trace ids are still made and propagated, so logs and responses carry them.
+/// - `OTEL_EXPORTER_OTLP_PROTOCOL` / `..._TRACES_PROTOCOL`: `http/protobuf` (the one built in).
+/// - `OTEL_TRACES_EXPORTER` (`otlp` | `none`), `OTEL_SDK_DISABLED`.
+/// - `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`: default parent-based, 10 % of new traces.
+/// - `OTEL_SERVICE_NAME` (default: `service`), `OTEL_RESOURCE_ATTRIBUTES`.
+/// - `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
+///   `OTEL_EXPORTER_OTLP_TIMEOUT`: the batch processor and exporter.
+///
+/// Registers the W3C trace-context propagator globally and `telemetry_spans_dropped_total` /
+/// `telemetry_spans_exported_total` in `registry`.
+pub fn init_tracing(service: &'static str, registry: &Registry) -> Result<(TracingGuard, TraceSettings), TraceConfigError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let counters = ExportCounters::register(registry);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let export = match env("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+        _ if disabled => false,
+        Some("none") => false,
+        Some("otlp") => true,
+        None => endpoint.is_some(),
+        Some(other) => {
+            return Err(TraceConfigError::Invalid {
+                var: "OTEL_TRACES_EXPORTER",
+                value: other.into(),
+                reason: "supported: otlp, none",
+            });
+        }
+    };
+    let protocol_var = if env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() { "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" } else { "OTEL_EXPORTER_OTLP_PROTOCOL" };
+    if let Some(p) = env(protocol_var)
+        && p.trim() != "http/protobuf"
+    {
+        return Err(TraceConfigError::Invalid {
+            var: if protocol_var.contains("TRACES") { "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" } else { "OTEL_EXPORTER_OTLP_PROTOCOL" },
+            value: p,
+            reason: "this build exports OTLP over http/protobuf (collector port 4318)",
+        });
+    }
+
+    let (sampler, sampler_text) = if export {
+        sampler_from(env("OTEL_TRACES_SAMPLER").as_deref(), env("OTEL_TRACES_SAMPLER_ARG").as_deref())?
+    } else {
+        // Nothing new is recorded, but a caller's sampled flag passes on to whoever exports.
+        (Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), "parentbased_always_off (not exporting)".to_string())
+    };
+
+    let mut resource = Resource::builder().with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if env("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    if !env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.instance.id=")) {
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", format!("{}-{}", crate::config::hostname(), std::process::id())));
+    }
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_sampler(LinkedSampler(Box::new(sampler)));
+    if export {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| TraceConfigError::Exporter(e.to_string()))?;
+        builder = builder.with_span_processor(DroppingProcessor::new(exporter, counters));
+    }
+    let provider = builder.build();
+    {
+        use opentelemetry::trace::TracerProvider as _;
+        // A second call (tests) keeps the first tracer; the provider it belongs to stays alive.
+        let _ = TRACER.set(provider.tracer(service));
+    }
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let settings = TraceSettings {
+        endpoint: export.then(|| endpoint.unwrap_or_else(|| "http://localhost:4318".into())),
+        sampler: sampler_text,
+    };
+    Ok((TracingGuard { provider: Some(provider) }, settings))
+}
+
+/// The sampler named by `OTEL_TRACES_SAMPLER` (default: parent-based, [`DEFAULT_SAMPLE_RATIO`]).
+fn sampler_from(name: Option<&str>, arg: Option<&str>) -> Result<(Sampler, String), TraceConfigError> {
+    let ratio = |default: f64| -> Result<f64, TraceConfigError> {
+        match arg {
+            None => Ok(default),
+            Some(a) => a
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or(TraceConfigError::Invalid { var: "OTEL_TRACES_SAMPLER_ARG", value: a.into(), reason: "must be a number from 0 to 1" }),
+        }
+    };
+    let name = name.map(str::trim).unwrap_or("parentbased_traceidratio");
+    let default_ratio = if arg.is_none() && name == "parentbased_traceidratio" { DEFAULT_SAMPLE_RATIO } else { 1.0 };
+    let sampler = match name {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio(1.0)?),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio(default_ratio)?))),
+        other => {
+            return Err(TraceConfigError::Invalid {
+                var: "OTEL_TRACES_SAMPLER",
+                value: other.into(),
+                reason: "supported: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio",
+            });
+        }
+    };
+    let text = match name {
+        "traceidratio" | "parentbased_traceidratio" => format!("{name} {}", ratio(default_ratio)?),
+        _ => name.to_string(),
+    };
+    Ok((sampler, text))
+}
+
+/// Records a new root span when it links to a sampled span, otherwise defers to the configured
+/// sampler: a batch span linked from sampled messages is kept whenever they are, so the links
+/// from their traces always lead somewhere.
+#[derive(Debug, Clone)]
+struct LinkedSampler(Box<Sampler>);
+
+impl ShouldSample for LinkedSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let has_parent = parent_context.is_some_and(|cx| cx.span().span_context().is_valid());
+        if !has_parent && links.iter().any(|l| l.span_context.is_sampled()) {
+            return SamplingResult { decision: SamplingDecision::RecordAndSample, attributes: Vec::new(), trace_state: TraceState::default() };
+        }
+        self.0.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
+}
+
+/// The SDK's batch processor behind a gate that keeps its queue bounded and counts what does not
+/// fit: `on_end` never blocks, and every span is either exported or counted as dropped.
+#[derive(Debug)]
+struct DroppingProcessor {
+    inner: BatchSpanProcessor,
+    /// Spans handed to `inner` and not yet given to the exporter.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    counters: ExportCounters,
+}
+
+impl std::fmt::Debug for ExportCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportCounters").finish_non_exhaustive()
+    }
+}
+
+impl DroppingProcessor {
+    fn new<E: SpanExporter + 'static>(exporter: E, counters: ExportCounters) -> Self {
+        let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048usize).max(1);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let exporter = CountingExporter { inner: exporter, queued: queued.clone(), counters: counters.clone() };
+        // The gate admits at most `capacity` spans, so the SDK's own queue never overflows.
+        let config = BatchConfigBuilder::default().with_max_queue_size(capacity).build();
+        Self { inner: BatchSpanProcessor::new(exporter, config), queued, capacity, counters }
+    }
+}
+
+impl SpanProcessor for DroppingProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.counters.queue_full.inc();
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    queued: Arc<AtomicUsize>,
+    counters: ExportCounters,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => self.counters.exported.inc_by(n as u64),
+            Err(_) => self.counters.export_failed.inc_by(n as u64),
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// A span's ids as log fields (lowercase hex, as in `traceparent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanIds {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+impl SpanIds {
+    pub fn of(sc: &SpanContext) -> Self {
+        Self { trace_id: sc.trace_id().to_string(), span_id: sc.span_id().to_string() }
+    }
+}
+
+/// The trace context in Kafka record headers (`traceparent`, `tracestate`); a missing or
+/// malformed header gives an empty context, so the record starts a new trace.
+pub fn extract_from_kafka<H: Headers>(headers: Option<&H>) -> Context {
+    struct KafkaExtractor<'a, H>(&'a H);
+    impl<H: Headers> Extractor for KafkaExtractor<'_, H> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.iter().find(|h| h.key.eq_ignore_ascii_case(key)).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|h| h.key).collect()
+        }
+    }
+    match headers {
+        Some(h) => opentelemetry::global::get_text_map_propagator(|p| p.extract(&KafkaExtractor(h))),
+        None => Context::new(),
+    }
+}
+
+/// Trace headers for `cx`, made once and written into any number of records.
+#[derive(Debug, Default, Clone)]
+pub struct TraceHeaders(Vec<(String, String)>);
+
+impl Injector for TraceHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+impl TraceHeaders {
+    /// The headers the global propagator writes for `cx` (nothing for an invalid context).
+    pub fn of(cx: &Context) -> Self {
+        let mut h = Self(Vec::with_capacity(2));
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut h));
+        h
+    }
+
+    /// Of a span context alone.
+    pub fn of_span(sc: &SpanContext) -> Self {
+        Self::of(&Context::new().with_remote_span_context(sc.clone()))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Kafka record headers, built in one pass (`OwnedHeaders::insert` consumes the list).
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        self.0.iter().fold(OwnedHeaders::new_with_capacity(self.0.len()), |h, (k, v)| {
+            h.insert(Header { key: k.as_str(), value: Some(v.as_bytes()) })
+        })
+    }
+}
+
+/// The trace context of an HTTP request's headers (empty when absent or malformed).
+pub fn extract_from_http(headers: &axum::http::HeaderMap) -> Context {
+    struct HttpExtractor<'a>(&'a axum::http::HeaderMap);
+    impl Extractor for HttpExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&HttpExtractor(headers)))
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceFlags};
+    use rdkafka::message::OwnedHeaders;
+
+    use super::*;
+
+    fn sc(sampled: bool) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() },
+            true,
+            TraceState::default(),
+        )
+    }
+
+    #[test]
+    fn kafka_headers_round_trip_and_bad_ones_start_a_new_trace() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let h = TraceHeaders::of_span(&sc(true));
+        assert_eq!(h.get("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        let kafka = h.to_kafka();
+        let cx = extract_from_kafka(Some(&kafka));
+        assert_eq!(cx.span().span_context().trace_id(), sc(true).trace_id());
+        assert!(cx.span().span_context().is_sampled());
+
+        for bad in ["", "garbage", "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", "00-xyz-b7ad6b7169203331-01"] {
+            let headers = OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(bad.as_bytes()) });
+            assert!(!extract_from_kafka(Some(&headers)).span().span_context().is_valid(), "{bad}");
+        }
+        assert!(!extract_from_kafka::<OwnedHeaders>(None).span().span_context().is_valid());
+        assert!(TraceHeaders::of(&Context::new()).to_kafka().count() == 0);
+    }
+
+    #[test]
+    fn samplers_from_the_environment() {
+        assert_eq!(sampler_from(None, None).unwrap().1, "parentbased_traceidratio 0.1");
+        assert_eq!(sampler_from(Some("parentbased_traceidratio"), Some("0.5")).unwrap().1, "parentbased_traceidratio 0.5");
+        assert_eq!(sampler_from(Some("traceidratio"), None).unwrap().1, "traceidratio 1");
+        assert_eq!(sampler_from(Some("always_on"), None).unwrap().1, "always_on");
+        assert!(sampler_from(Some("xray"), None).unwrap_err().to_string().contains("OTEL_TRACES_SAMPLER"));
+        assert!(sampler_from(None, Some("1.5")).unwrap_err().to_string().contains("OTEL_TRACES_SAMPLER_ARG"));
+    }
+
+    #[test]
+    fn a_root_span_linked_to_a_sampled_span_is_sampled() {
+        let s = LinkedSampler(Box::new(Sampler::AlwaysOff));
+        let id = TraceId::from_hex("1af7651916cd43dd8448eb211c80319c").unwrap();
+        let root = Context::new();
+        let decide = |links: &[Link]| s.should_sample(Some(&root), id, "b", &SpanKind::Internal, &[], links).decision;
+        assert_eq!(decide(&[]), SamplingDecision::Drop);
+        assert_eq!(decide(&[Link::with_context(sc(false))]), SamplingDecision::Drop);
+        assert_eq!(decide(&[Link::with_context(sc(false)), Link::with_context(sc(true))]), SamplingDecision::RecordAndSample);
+        // With a parent the parent's decision stands (here: the inner sampler).
+        let child = Context::new().with_remote_span_context(sc(false));
+        assert_eq!(s.should_sample(Some(&child), id, "c", &SpanKind::Internal, &[], &[Link::with_context(sc(true))]).decision, SamplingDecision::Drop);
+    }
+
+    #[derive(Debug, Clone)]
+    struct Exporter {
+        fail: bool,
+        release: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl SpanExporter for Exporter {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(5));
+            if self.fail { Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("down".into())) } else { Ok(()) }
+        }
+    }
+
+    fn ended_span(tracer: &SdkTracer) {
+        let mut span = tracer.start_with_context("s", &Context::new());
+        span.end();
+    }
+
+    #[test]
+    fn a_stuck_exporter_fills_the_queue_and_every_span_is_counted_once() {
+        use opentelemetry::trace::TracerProvider as _;
+        let registry = Registry::new();
+        let counters = ExportCounters::register(&registry);
+        let (release, rx) = std::sync::mpsc::channel();
+        let exporter = Exporter { fail: true, release: Arc::new(std::sync::Mutex::new(rx)) };
+        let mut processor = DroppingProcessor::new(exporter, counters.clone());
+        processor.capacity = 8;
+        let provider = SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOn).with_span_processor(processor).build();
+        let tracer = provider.tracer("t");
+        for _ in 0..50 {
+            ended_span(&tracer);
+        }
+        for _ in 0..50 {
+            let _ = release.send(());
+        }
+        let _ = provider.force_flush();
+        // Eight fit the queue and fail to export; the other 42 never enter it.
+        assert_eq!((counters.queue_full.get(), counters.export_failed.get()), (42, 8));
+        assert_eq!(counters.exported.get(), 0);
+        let text = crate::metrics::render(&registry);
+        assert!(text.contains("telemetry_spans_dropped_total{reason=\"queue_full\"}"), "{text}");
+        let _ = provider.shutdown();
+    }
+}
