@@ -16,6 +16,41 @@ pub struct ScorerBench {
     pub max_batch: u32,
     pub delivery: String,
     pub users: u64,
+    /// One scorer run per entry, after the passthrough.
+    pub tracing: Vec<Tracing>,
+    /// How many times to repeat the sequence (passthrough, then the scorer runs).
+    pub repeat: usize,
+}
+
+/// How the scorer's spans are exported during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tracing {
+    /// No exporter (the default of a service without `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    Off,
+    /// The default sampler (parent-based, 10 %) exporting to a collector that accepts everything.
+    Sampled,
+    /// The same sampler exporting to a port where nothing listens.
+    Dead,
+}
+
+impl Tracing {
+    fn label(self) -> &'static str {
+        match self {
+            Tracing::Off => "scorer",
+            Tracing::Sampled => "scorer, 10 % traced",
+            Tracing::Dead => "scorer, 10 % traced, collector down",
+        }
+    }
+}
+
+/// A stand-in OTLP/HTTP collector that accepts every export (the scorer's cost is what is measured).
+async fn otlp_sink() -> Result<u16> {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let app = axum::Router::new().route("/v1/traces", post(|_: axum::body::Bytes| async { ([("content-type", "application/x-protobuf")], Vec::<u8>::new()) }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(port)
 }
 
 /// One measured run.
@@ -25,6 +60,10 @@ pub struct Measured {
     pub records: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
+    /// At the end of the measured part.
+    pub rss_bytes: f64,
+    pub spans_exported: f64,
+    pub spans_dropped: f64,
 }
 
 impl Measured {
@@ -44,33 +83,44 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
     let dir = std::env::temp_dir().join(format!("fraudstream-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let kafka_port = stack::free_port()?;
-    let broker = stack::start_tansu(kafka_port, &dir)?;
     let redis_port = stack::free_port()?;
     let redis = stack::start_redis(redis_port, &dir)?;
-    let brokers = format!("127.0.0.1:{kafka_port}");
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut all = crate::topics::standard(b.partitions);
-    for extra in ["bench-passthrough-out", "bench-score-decisions", "bench-score-events"] {
-        all.push((extra.to_string(), b.partitions));
-    }
-    rt.block_on(crate::topics::create(&brokers, &all))?;
     let mut store = crate::features::store(&redis_url, "features:user:")?;
     crate::features::load_synthetic(&mut store, b.users, 1)?;
 
-    eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
-    preload(&brokers, b.records, b.users)?;
-
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let sink = rt.block_on(otlp_sink())?;
     let mut results = Vec::new();
-    for mode in ["passthrough", "score"] {
+    let runs: Vec<Option<Tracing>> =
+        (0..b.repeat.max(1)).flat_map(|_| std::iter::once(None).chain(b.tracing.iter().copied().map(Some))).collect();
+    for tracing in runs {
+        // Every run gets a fresh broker holding the same records: the in-memory broker slows
+        // down as its topics grow, which would otherwise favour whichever run goes first.
+        let kafka_port = stack::free_port()?;
+        let broker = stack::start_tansu(kafka_port, &dir)?;
+        let brokers = format!("127.0.0.1:{kafka_port}");
+        let mut all = crate::topics::standard(b.partitions);
+        for extra in ["bench-passthrough-out", "bench-score-decisions", "bench-score-events"] {
+            all.push((extra.to_string(), b.partitions));
+        }
+        rt.block_on(crate::topics::create(&brokers, &all))?;
+        eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
+        preload(&brokers, b.records, b.users)?;
+
+        let mode = if tracing.is_none() { "passthrough" } else { "score" };
         let port = stack::free_port()?;
         let (decisions, events) = if mode == "passthrough" {
             ("bench-passthrough-out", "bench-score-events")
         } else {
             ("bench-score-decisions", "bench-score-events")
         };
+        let mut env = vec![("RUST_LOG", "warn".to_string())];
+        match tracing {
+            Some(Tracing::Sampled) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink}"))),
+            Some(Tracing::Dead) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", stack::free_port()?))),
+            _ => {}
+        }
         let args: Vec<String> = [
             "--work", mode,
             "--brokers", &brokers,
@@ -85,14 +135,22 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
         ]
         .map(String::from)
         .to_vec();
-        let mut p = Process::spawn(if mode == "score" { "scorer-score" } else { "scorer-passthrough" }, &stack::sibling("scorer")?, &args, &dir, &[("RUST_LOG", "warn".into())])?;
+        let mut p = Process::spawn(if mode == "score" { "scorer-score" } else { "scorer-passthrough" }, &stack::sibling("scorer")?, &args, &dir, &env)?;
         let m = rt.block_on(measure(port, b.records as u64, &mut p)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
-        eprintln!("{mode}: {:.0} records/s, {:.3} CPU-s per 100k", m.rate(), m.cpu_per_100k());
-        results.push(Measured { mode: if mode == "score" { "scorer" } else { "passthrough" }, ..m });
+        let label = tracing.map_or("passthrough", Tracing::label);
+        eprintln!(
+            "{label}: {:.0} records/s, {:.3} CPU-s per 100k, {:.0} MiB resident, spans exported {:.0}, dropped {:.0}",
+            m.rate(),
+            m.cpu_per_100k(),
+            m.rss_bytes / 1048576.0,
+            m.spans_exported,
+            m.spans_dropped
+        );
+        results.push(Measured { mode: label, ..m });
         drop(p);
+        drop(broker);
     }
     drop(redis);
-    drop(broker);
     Ok(results)
 }
 
@@ -127,7 +185,8 @@ fn preload(brokers: &str, n: usize, users: u64) -> Result<()> {
 }
 
 /// Samples the scorer's /metrics until it processed `n` records; measures between 5 % and 95 %
-/// of them, past group joining and before the tail.
+/// of them, past group joining and before the tail. CPU comes from /proc (10 ms resolution):
+/// `process_cpu_seconds_total` counts whole seconds, too coarse for runs of a few seconds.
 async fn measure(port: u16, n: u64, p: &mut Process) -> Result<Measured> {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -141,13 +200,23 @@ async fn measure(port: u16, n: u64, p: &mut Process) -> Result<Measured> {
         }
         if let Ok(r) = http.get(&url).send().await
             && let Ok(text) = r.text().await
-            && let (Some(done), Some(cpu)) = (metric(&text, "scorer_records_total"), metric(&text, "process_cpu_seconds_total"))
+            && let Some(done) = metric(&text, "scorer_records_total")
         {
+            let cpu = p.cpu_seconds()?;
             let now = Instant::now();
             match start {
                 None if done as u64 >= lo => start = Some((now, done, cpu)),
                 Some((t0, d0, c0)) if done as u64 >= hi => {
-                    return Ok(Measured { mode: "", records: (done - d0) as u64, seconds: (now - t0).as_secs_f64(), cpu_seconds: cpu - c0 });
+                    let dropped: f64 = text.lines().filter(|l| l.starts_with("telemetry_spans_dropped_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+                    return Ok(Measured {
+                        mode: "",
+                        records: (done - d0) as u64,
+                        seconds: (now - t0).as_secs_f64(),
+                        cpu_seconds: cpu - c0,
+                        rss_bytes: metric(&text, "process_resident_memory_bytes").unwrap_or(0.0),
+                        spans_exported: metric(&text, "telemetry_spans_exported_total").unwrap_or(0.0),
+                        spans_dropped: dropped,
+                    });
                 }
                 _ => {}
             }

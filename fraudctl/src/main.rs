@@ -63,6 +63,13 @@ enum BenchCommand {
         delivery: String,
         #[arg(long, default_value_t = 5000)]
         users: u64,
+        /// Scorer runs after the passthrough, one per value: off, sampled (10 % to a collector
+        /// that accepts everything), dead (10 % to a port where nothing listens).
+        #[arg(long, value_delimiter = ',', default_value = "off")]
+        tracing: Vec<fraudctl::bench::Tracing>,
+        /// Repeat the whole sequence this many times (run-to-run spread).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
 }
 
@@ -230,17 +237,22 @@ fn main() -> Result<()> {
             println!("published {sent} labels to {}", schemas::topics::LABELS);
             Ok(())
         }
-        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users }) => {
-            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users };
+        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, repeat }) => {
+            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, repeat };
             let results = fraudctl::bench::run(&b)?;
-            println!("| run | records | records/s | CPU-s per 100k records |");
-            println!("| --- | ---: | ---: | ---: |");
+            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | resident MiB | spans exported | spans dropped |");
+            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            let mut base = 1.0;
             for m in &results {
-                println!("| {} | {} | {:.0} | {:.3} |", m.mode, m.records, m.rate(), m.cpu_per_100k());
+                if m.mode == "passthrough" {
+                    base = m.rate();
+                }
+                println!(
+                    "| {} | {} | {:.0} | {:.3} | {:.2} | {:.0} | {:.0} | {:.0} |",
+                    m.mode, m.records, m.rate(), m.cpu_per_100k(), m.rate() / base, m.rss_bytes / 1048576.0, m.spans_exported, m.spans_dropped
+                );
             }
-            if let [pass, score] = results.as_slice() {
-                println!("\nscorer / passthrough = {:.2} ({records} records, {partitions} partitions, max batch {max_batch}, {delivery})", score.rate() / pass.rate());
-            }
+            println!("\n({records} records, {partitions} partitions, max batch {max_batch}, {delivery})");
             Ok(())
         }
         Command::Features(FeaturesCommand::Load { redis_url, key_prefix, users, seed, file, model_card }) => {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use schemas::{Decision, FieldError, TransactionLimits};
-use telemetry::trace::{Span as _, SpanIds, Status, TraceHeaders, Tracer as _};
+use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
 use crate::decisions::{DecisionBoard, WaitError};
 use crate::metrics::GatewayMetrics;
@@ -266,7 +266,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     let record = FutureRecord::to(&app.transactions_topic)
         .key(tx.user_id.as_bytes())
         .payload(&payload)
-        .headers(TraceHeaders::of_span(send_span.span_context()).to_kafka());
+        .headers(telemetry::trace::kafka_headers(send_span.span_context()));
     // librdkafka checks message timeouts about once a second; the request's own bound is exact.
     // A record that times out here may still land later: the client sees 503, retries with the
     // same transaction id, and readers keep the first decision.

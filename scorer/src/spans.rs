@@ -6,7 +6,9 @@
 //! stage times, and each sampled record's span links to one `score batch` span for the batch
 //! (which links back to them).
 //!
-//! Unsampled records cost a span context and no allocation beyond their output headers.
+//! A record whose producer's trace is not sampled gets no span: its outputs carry the producer's
+//! context on (a span that is not recorded has nothing to show). Unsampled new traces (records
+//! without a context) get a non-recording span for their ids.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -16,7 +18,7 @@ use opentelemetry::{Context, KeyValue};
 use rdkafka::message::OwnedHeaders;
 
 use schemas::{Decision, topics};
-use telemetry::trace::{SdkSpan, Span as _, SpanIds, Status, TraceHeaders, Tracer as _, tracer};
+use telemetry::trace::{SdkSpan, Span as _, SpanIds, Status, Tracer as _, kafka_headers, tracer};
 
 use crate::scoring::StageTimes;
 
@@ -35,8 +37,25 @@ pub struct SpanNaming<'a> {
     pub group: &'a str,
 }
 
+/// A record's `process` span, or — when its producer's trace is not sampled — just the context
+/// its outputs carry on (a span that would not be recorded is not built).
+enum RecordSpan {
+    /// Boxed: most records are unsampled, and a span is large.
+    Recording(Box<SdkSpan>),
+    Unsampled(SpanContext),
+}
+
+impl RecordSpan {
+    fn context(&self) -> &SpanContext {
+        match self {
+            RecordSpan::Recording(s) => s.span_context(),
+            RecordSpan::Unsampled(sc) => sc,
+        }
+    }
+}
+
 pub struct BatchSpans {
-    process: Vec<SdkSpan>,
+    process: Vec<RecordSpan>,
     send: Vec<Option<SdkSpan>>,
     batch: Option<SdkSpan>,
     output_topic: String,
@@ -48,14 +67,23 @@ impl BatchSpans {
         let tracer = tracer();
         let name: Cow<'static, str> =
             if naming.input_topic == topics::TRANSACTIONS { Cow::Borrowed("process transactions") } else { Cow::Owned(format!("process {}", naming.input_topic)) };
-        let mut process: Vec<SdkSpan> = Vec::with_capacity(sources.len());
+        let mut process: Vec<RecordSpan> = Vec::with_capacity(sources.len());
         for (src, parent) in sources.iter().zip(parents) {
+            let parent_sc = parent.span().span_context().clone();
+            if parent_sc.is_valid() && !parent_sc.is_sampled() {
+                process.push(RecordSpan::Unsampled(parent_sc));
+                continue;
+            }
             let mut span = tracer
                 .span_builder(name.clone())
                 .with_kind(SpanKind::Consumer)
                 .with_start_time(started)
                 .start_with_context(tracer, parent);
-            if span.is_recording() {
+            if !span.is_recording() {
+                process.push(RecordSpan::Unsampled(span.span_context().clone()));
+                continue;
+            }
+            {
                 span.set_attributes([
                     KeyValue::new("messaging.system", "kafka"),
                     KeyValue::new("messaging.operation.name", "process"),
@@ -68,12 +96,12 @@ impl BatchSpans {
                     KeyValue::new("fraudstream.transaction_id", src.transaction_id.to_string()),
                 ]);
             }
-            process.push(span);
+            process.push(RecordSpan::Recording(Box::new(span)));
         }
         let sampled: Vec<Link> = process
             .iter()
-            .filter(|s| s.is_recording())
-            .map(|s| Link::with_context(s.span_context().clone()))
+            .filter(|s| matches!(s, RecordSpan::Recording(_)))
+            .map(|s| Link::with_context(s.context().clone()))
             .collect();
         let batch = (!sampled.is_empty()).then(|| {
             let span = tracer
@@ -89,8 +117,10 @@ impl BatchSpans {
                 ])
                 .start_with_context(tracer, &Context::new());
             let batch_cx = span.span_context().clone();
-            for s in process.iter_mut().filter(|s| s.is_recording()) {
-                s.add_link(batch_cx.clone(), vec![KeyValue::new("fraudstream.link", "batch")]);
+            for s in &mut process {
+                if let RecordSpan::Recording(s) = s {
+                    s.add_link(batch_cx.clone(), vec![KeyValue::new("fraudstream.link", "batch")]);
+                }
             }
             span
         });
@@ -101,10 +131,10 @@ impl BatchSpans {
     /// The trace headers for record i's outputs: the `send decisions` span's context when the
     /// record is sampled (the span starts now), otherwise the record's own span context.
     pub fn output_headers(&mut self, i: usize, key: &str) -> OwnedHeaders {
-        let process = &self.process[i];
-        if !process.is_recording() {
-            return TraceHeaders::of_span(process.span_context()).to_kafka();
-        }
+        let process = match &self.process[i] {
+            RecordSpan::Recording(s) => s.span_context(),
+            RecordSpan::Unsampled(sc) => return kafka_headers(sc),
+        };
         let tracer = tracer();
         let span = tracer
             .span_builder(format!("send {}", self.output_topic))
@@ -116,15 +146,15 @@ impl BatchSpans {
                 KeyValue::new("messaging.destination.name", self.output_topic.clone()),
                 KeyValue::new("messaging.kafka.message.key", key.to_string()),
             ])
-            .start_with_context(tracer, &child_of(process.span_context()));
-        let headers = TraceHeaders::of_span(span.span_context()).to_kafka();
+            .start_with_context(tracer, &child_of(process));
+        let headers = kafka_headers(span.span_context());
         self.send[i] = Some(span);
         headers
     }
 
     /// Record i's span ids, for its log lines.
     pub fn ids(&self, i: usize) -> SpanIds {
-        SpanIds::of(self.process[i].span_context())
+        SpanIds::of(self.process[i].context())
     }
 
     /// Ends every span after the batch committed at `ended`: stage children with the batch's
@@ -132,9 +162,7 @@ impl BatchSpans {
     pub fn finish(mut self, decisions: &[Decision], fetch: (SystemTime, SystemTime), stages: StageTimes, ended: SystemTime) {
         let tracer = tracer();
         for (i, (span, d)) in self.process.iter_mut().zip(decisions).enumerate() {
-            if !span.is_recording() {
-                continue;
-            }
+            let RecordSpan::Recording(span) = span else { continue };
             let parent = child_of(span.span_context());
             let stage = |name: &'static str, (from, to): (SystemTime, SystemTime), attributes: Vec<KeyValue>| {
                 let mut s = tracer.span_builder(name).with_start_time(from).with_attributes(attributes).start_with_context(tracer, &parent);
@@ -179,11 +207,13 @@ impl BatchSpans {
 
     /// Ends every span with an error: the batch was rolled back and will be processed again.
     pub fn fail(mut self, reason: &str) {
-        for span in self.send.iter_mut().flatten().chain(self.process.iter_mut()).chain(self.batch.iter_mut()) {
-            if span.is_recording() {
-                span.set_status(Status::error(reason.to_string()));
-                span.end();
-            }
+        let recording = self.process.iter_mut().filter_map(|s| match s {
+            RecordSpan::Recording(s) => Some(&mut **s),
+            RecordSpan::Unsampled(_) => None,
+        });
+        for span in self.send.iter_mut().flatten().chain(recording).chain(self.batch.iter_mut()) {
+            span.set_status(Status::error(reason.to_string()));
+            span.end();
         }
     }
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceId, TraceState};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -358,39 +358,35 @@ pub fn extract_from_kafka<H: Headers>(headers: Option<&H>) -> Context {
     }
 }
 
-/// Trace headers for `cx`, made once and written into any number of records.
-#[derive(Debug, Default, Clone)]
-pub struct TraceHeaders(Vec<(String, String)>);
-
-impl Injector for TraceHeaders {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_string(), value));
+/// Kafka record headers carrying `sc` (`traceparent`, and `tracestate` when it has entries),
+/// exactly as the W3C propagator writes them; none for an invalid context. Written directly
+/// rather than through the propagator's string map: this runs for every record the scorer
+/// produces, sampled or not.
+pub fn kafka_headers(sc: &SpanContext) -> OwnedHeaders {
+    if !sc.is_valid() {
+        return OwnedHeaders::new();
     }
+    let state = sc.trace_state().header();
+    let headers = OwnedHeaders::new_with_capacity(1 + usize::from(!state.is_empty()))
+        .insert(Header { key: "traceparent", value: Some(&traceparent(sc)[..]) });
+    if state.is_empty() { headers } else { headers.insert(Header { key: "tracestate", value: Some(state.as_bytes()) }) }
 }
 
-impl TraceHeaders {
-    /// The headers the global propagator writes for `cx` (nothing for an invalid context).
-    pub fn of(cx: &Context) -> Self {
-        let mut h = Self(Vec::with_capacity(2));
-        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut h));
-        h
-    }
-
-    /// Of a span context alone.
-    pub fn of_span(sc: &SpanContext) -> Self {
-        Self::of(&Context::new().with_remote_span_context(sc.clone()))
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    /// Kafka record headers, built in one pass (`OwnedHeaders::insert` consumes the list).
-    pub fn to_kafka(&self) -> OwnedHeaders {
-        self.0.iter().fold(OwnedHeaders::new_with_capacity(self.0.len()), |h, (k, v)| {
-            h.insert(Header { key: k.as_str(), value: Some(v.as_bytes()) })
-        })
-    }
+/// `00-<trace id>-<span id>-<flags>` in lowercase hex.
+fn traceparent(sc: &SpanContext) -> [u8; 55] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(3, &sc.trace_id().to_bytes());
+    put(36, &sc.span_id().to_bytes());
+    put(53, &[sc.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()]);
+    out
 }
 
 /// The trace context of an HTTP request's headers (empty when absent or malformed).
@@ -409,7 +405,8 @@ pub fn extract_from_http(headers: &axum::http::HeaderMap) -> Context {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanId, TraceFlags};
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::SpanId;
     use rdkafka::message::OwnedHeaders;
 
     use super::*;
@@ -424,12 +421,34 @@ mod tests {
         )
     }
 
+    fn as_map(h: &OwnedHeaders) -> std::collections::HashMap<String, String> {
+        h.iter().map(|x| (x.key.to_string(), String::from_utf8(x.value.unwrap().to_vec()).unwrap())).collect()
+    }
+
+    #[test]
+    fn kafka_headers_are_what_the_w3c_propagator_writes() {
+        let with_state = SpanContext::new(
+            TraceId::from_hex("00f067aa0ba902b70af7651916cd43dd").unwrap(),
+            SpanId::from_hex("00000000000000ff").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::from_key_value([("vendor", "x1"), ("other", "y")]).unwrap(),
+        );
+        for c in [sc(true), sc(false), with_state] {
+            let mut want = std::collections::HashMap::new();
+            TraceContextPropagator::new().inject_context(&Context::new().with_remote_span_context(c.clone()), &mut want);
+            // The propagator writes an empty `tracestate`; a record has no header instead.
+            want.retain(|_, v| !v.is_empty());
+            assert_eq!(as_map(&kafka_headers(&c)), want);
+        }
+        assert_eq!(kafka_headers(&SpanContext::empty_context()).count(), 0);
+    }
+
     #[test]
     fn kafka_headers_round_trip_and_bad_ones_start_a_new_trace() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let h = TraceHeaders::of_span(&sc(true));
-        assert_eq!(h.get("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-        let kafka = h.to_kafka();
+        let kafka = kafka_headers(&sc(true));
+        assert_eq!(as_map(&kafka)["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let cx = extract_from_kafka(Some(&kafka));
         assert_eq!(cx.span().span_context().trace_id(), sc(true).trace_id());
         assert!(cx.span().span_context().is_sampled());
@@ -439,7 +458,6 @@ mod tests {
             assert!(!extract_from_kafka(Some(&headers)).span().span_context().is_valid(), "{bad}");
         }
         assert!(!extract_from_kafka::<OwnedHeaders>(None).span().span_context().is_valid());
-        assert!(TraceHeaders::of(&Context::new()).to_kafka().count() == 0);
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! What tracing costs the scorer per record: the spans of batches of 500 records (start, output
+//! headers, finish — exactly what the pipeline does) at 40,000 records a second, measured as
+//! process CPU time (all threads, the exporter's included), with no
+//! exporter, with the default 10 % sampling exported to a collector that accepts everything, and
+//! with the same sampling exported to a port where nothing listens. Also the resident memory at
+//! the end (a dead collector must not make it grow). Prints numbers; asserts nothing.
+//!
+//!   cargo run --release -p scorer --example trace_bench [batches]
+//!
+//! Each mode runs in a child process of its own (tracing is set up once per process); the
+//! collector stand-in runs in this parent, so its CPU is not counted.
+
+use std::process::Command;
+use std::time::{Instant, SystemTime};
+
+use fraudctl::synth::{Drift, Generator};
+use scorer::spans::{BatchSpans, RecordSource, SpanNaming};
+use scorer::{ModelCard, Scorer, UserLookup};
+
+const CHILD: &str = "FRAUDSTREAM_TRACE_BENCH_MODE";
+const BATCH: usize = 500;
+const RATE: f64 = 40_000.0;
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+fn child(batches: usize) {
+    let registry = telemetry::metrics::registry();
+    let _guard = telemetry::trace::init_tracing("scorer", &registry).expect("tracing settings");
+    let card = ModelCard::load(&ModelCard::bundled_path()).expect("model card");
+    let mut scorer = Scorer::from_card(card, 1).expect("model");
+    let mut g = Generator::new(1, Drift::None, "trace-bench");
+    let users: Vec<_> = (0..100).map(|u| Generator::user(1, u)).collect();
+    let txs: Vec<_> = (0..BATCH).map(|i| g.payment(&users[i % users.len()], 1_764_000_000_000).transaction).collect();
+    let decisions = scorer
+        .decide_batch(txs.iter().map(|t| (t.clone(), UserLookup::Missing)).collect(), Instant::now())
+        .expect("decide");
+    let stages = scorer.last_stages();
+    // Records from the gateway carry its context, sampled by the same rule (1 in 10 when
+    // exporting; none when not); records from the direct producer path carry none, so the
+    // scorer's sampler decides.
+    let via_gateway = std::env::var("FRAUDSTREAM_TRACE_BENCH_PATH").is_ok_and(|p| p == "gateway");
+    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok();
+    let parents: Vec<opentelemetry::Context> = (0..BATCH)
+        .map(|i| {
+            if !via_gateway {
+                return opentelemetry::Context::new();
+            }
+            use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+            let flags = if exporting && i % 10 == 0 { TraceFlags::SAMPLED } else { TraceFlags::default() };
+            let sc = SpanContext::new(TraceId::from((i as u128 + 1) * 7919), SpanId::from(i as u64 + 1), flags, true, TraceState::default());
+            opentelemetry::Context::new().with_remote_span_context(sc)
+        })
+        .collect();
+    let naming = SpanNaming { input_topic: "transactions", output_topic: "decisions", group: "fraudstream-scorers" };
+
+    // Paced like a scorer decoding 40,000 records a second, so the exporter sees a real load.
+    let every = std::time::Duration::from_secs_f64(BATCH as f64 / RATE);
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut header_bytes = 0usize;
+    for b in 0..batches {
+        let due = t0 + every * b as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sources: Vec<RecordSource<'_>> = txs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| RecordSource { partition: (i % 2) as i32, offset: (b * BATCH + i) as i64, key: &t.user_id, transaction_id: &t.transaction_id })
+            .collect();
+        let now = SystemTime::now();
+        let mut spans = BatchSpans::start(now, &sources, &parents, &naming);
+        for (i, d) in decisions.iter().enumerate() {
+            let h = spans.output_headers(i, &d.user_id);
+            header_bytes += rdkafka::message::Headers::count(&h);
+        }
+        spans.finish(&decisions, (now, now), stages, SystemTime::now());
+    }
+    let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+    let records = (batches * BATCH) as f64;
+    let text = telemetry::metrics::render(&registry);
+    let value = |name: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    println!(
+        "{:.3} {:.3} {:.1} {:.0} {:.0} {}",
+        cpu / records * 1e6,
+        cpu / wall * 100.0,
+        rss_mib(),
+        value("telemetry_spans_exported_total"),
+        value("telemetry_spans_dropped_total"),
+        header_bytes
+    );
+}
+
+fn main() {
+    let batches: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(800);
+    if std::env::var(CHILD).is_ok() {
+        return child(batches);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let sink = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(|_: axum::body::Bytes| async { "" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port(); // closed again: refused
+    let exe = std::env::current_exe().expect("exe");
+    println!("{batches} batches of {BATCH} records at {RATE} records/s");
+    println!("| records from | tracing | CPU µs per record | CPU % of a core | resident MiB | spans exported | spans dropped |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    for path in ["gateway", "direct"] {
+    for (label, endpoint) in [
+        ("none (no exporter)", None),
+        ("10 % sampled, exported", Some(format!("http://127.0.0.1:{sink}"))),
+        ("10 % sampled, collector refusing", Some(format!("http://127.0.0.1:{dead}"))),
+    ] {
+        let mut cmd = Command::new(&exe);
+        cmd.arg(batches.to_string()).env(CHILD, "1").env("RUST_LOG", "warn").env("FRAUDSTREAM_TRACE_BENCH_PATH", path);
+        if let Some(e) = endpoint {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", e);
+        }
+        let out = cmd.output().expect("child");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<&str> = line.split_whitespace().collect();
+        if v.len() < 5 {
+            println!("| {path} | {label} | failed: {} |", String::from_utf8_lossy(&out.stderr));
+            continue;
+        }
+        println!("| {path} | {label} | {} | {} | {} | {} | {} |", v[0], v[1], v[2], v[3], v[4]);
+    }
+    }
+}
