@@ -67,10 +67,15 @@ impl BatchSpans {
         let tracer = tracer();
         let name: Cow<'static, str> =
             if naming.input_topic == topics::TRANSACTIONS { Cow::Borrowed("process transactions") } else { Cow::Owned(format!("process {}", naming.input_topic)) };
+        // With the export queue full, sampled records are not traced here (their spans would
+        // only be dropped); their context passes on so later services can still trace them.
+        let saturated = telemetry::trace::export_saturated();
+        let mut unbuilt = 0u64;
         let mut process: Vec<RecordSpan> = Vec::with_capacity(sources.len());
         for (src, parent) in sources.iter().zip(parents) {
             let parent_sc = parent.span().span_context().clone();
-            if parent_sc.is_valid() && !parent_sc.is_sampled() {
+            if parent_sc.is_valid() && (!parent_sc.is_sampled() || saturated) {
+                unbuilt += u64::from(parent_sc.is_sampled()) * SPANS_PER_RECORD;
                 process.push(RecordSpan::Unsampled(parent_sc));
                 continue;
             }
@@ -79,7 +84,9 @@ impl BatchSpans {
                 .with_kind(SpanKind::Consumer)
                 .with_start_time(started)
                 .start_with_context(tracer, parent);
-            if !span.is_recording() {
+            if !span.is_recording() || saturated {
+                // A recording span dropped here is counted by the queue; its children are not built.
+                unbuilt += u64::from(span.is_recording()) * (SPANS_PER_RECORD - 1);
                 process.push(RecordSpan::Unsampled(span.span_context().clone()));
                 continue;
             }
@@ -97,6 +104,9 @@ impl BatchSpans {
                 ]);
             }
             process.push(RecordSpan::Recording(Box::new(span)));
+        }
+        if unbuilt > 0 {
+            telemetry::trace::count_unbuilt_spans(unbuilt);
         }
         let sampled: Vec<Link> = process
             .iter()
@@ -217,6 +227,9 @@ impl BatchSpans {
         }
     }
 }
+
+/// `process transactions` and its four children.
+const SPANS_PER_RECORD: u64 = 5;
 
 /// A context whose parent is `sc`, a span of this process.
 fn child_of(sc: &SpanContext) -> Context {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod logs;
 pub mod metrics;
 pub mod ops;
+pub mod otlp;
 pub mod scrub;
 pub mod trace;
 

@@ -72,6 +72,7 @@ const IDENTIFIERS: &[&str] = &["timestamp", "trace_id", "span_id", "transaction_
 
 /// Lets a repeated log line through at most once per interval, and says how many were held back,
 /// so that an error repeating thousands of times a second costs one line a second.
+#[derive(Debug)]
 pub struct Throttle {
     every: std::time::Duration,
     state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,

@@ -7,14 +7,14 @@
 //! scorer's hot path builds a full span only for sampled records; log lines carry the ids of
 //! the span they belong to as fields (see [`SpanIds`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample, SpanData,
@@ -39,6 +39,63 @@ pub enum TraceConfigError {
 }
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The export queue's fill and size, and the drop counter, once an exporter is set up.
+struct Gate {
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    breaker: Arc<Breaker>,
+    queue_full: IntCounter,
+    export_failed: IntCounter,
+}
+
+/// After a failed export the collector counts as down for a while (1 s, doubling up to 30 s):
+/// batches in that time are dropped without being encoded or sent, and hot paths stop building
+/// spans, so a dead collector costs nothing. The first export after the pause tries again.
+#[derive(Debug, Default)]
+struct Breaker {
+    down_until_ms: AtomicU64,
+    backoff_ms: AtomicU64,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        now_ms() < self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> Duration {
+        let backoff = (self.backoff_ms.load(Ordering::Relaxed) * 2).clamp(1_000, 30_000);
+        self.backoff_ms.store(backoff, Ordering::Relaxed);
+        self.down_until_ms.store(now_ms() + backoff, Ordering::Relaxed);
+        Duration::from_millis(backoff)
+    }
+
+    fn succeeded(&self) {
+        self.backoff_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+static GATE: OnceLock<Gate> = OnceLock::new();
+
+/// True while spans cannot be exported: the export queue is full (the collector is silent or
+/// slower than the spans come) or the collector failed and is being given a pause. Hot paths
+/// check it before building spans: a span that would be dropped is not worth building, and
+/// freeing thousands of them costs the hot thread more than it seems.
+pub fn export_saturated() -> bool {
+    GATE.get().is_some_and(|g| g.breaker.is_open() || g.queued.load(Ordering::Relaxed) >= g.capacity)
+}
+
+/// Counts `n` spans a hot path did not build because of [`export_saturated`], under the reason
+/// that applies (`telemetry_spans_dropped_total{reason="export_failed"|"queue_full"}`).
+pub fn count_unbuilt_spans(n: u64) {
+    if let Some(g) = GATE.get() {
+        if g.breaker.is_open() { g.export_failed.inc_by(n) } else { g.queue_full.inc_by(n) }
+    }
+}
 
 /// The service's tracer: the one [`init_tracing`] configured, or one that records nothing (for
 /// code run without it, such as benchmarks and unit tests).
@@ -158,12 +215,14 @@ pub fn init_tracing(service: &'static str, registry: &Registry) -> Result<(Traci
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource.build())
         .with_sampler(LinkedSampler(Box::new(sampler)));
+    let mut exporting_to = None;
     if export {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| TraceConfigError::Exporter(e.to_string()))?;
-        builder = builder.with_span_processor(DroppingProcessor::new(exporter, counters));
+        let otlp = crate::otlp::OtlpSettings::from_env(env)?;
+        exporting_to = Some(otlp.url.clone());
+        let exporter = crate::otlp::OtlpHttpExporter::new(otlp)?;
+        let processor = DroppingProcessor::new(exporter, counters);
+        processor.publish();
+        builder = builder.with_span_processor(processor);
     }
     let provider = builder.build();
     {
@@ -173,7 +232,7 @@ pub fn init_tracing(service: &'static str, registry: &Registry) -> Result<(Traci
     }
     opentelemetry::global::set_tracer_provider(provider.clone());
     let settings = TraceSettings {
-        endpoint: export.then(|| endpoint.unwrap_or_else(|| "http://localhost:4318".into())),
+        endpoint: exporting_to,
         sampler: sampler_text,
     };
     Ok((TracingGuard { provider: Some(provider) }, settings))
@@ -249,6 +308,7 @@ struct DroppingProcessor {
     queued: Arc<AtomicUsize>,
     capacity: usize,
     counters: ExportCounters,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for ExportCounters {
@@ -261,10 +321,28 @@ impl DroppingProcessor {
     fn new<E: SpanExporter + 'static>(exporter: E, counters: ExportCounters) -> Self {
         let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048usize).max(1);
         let queued = Arc::new(AtomicUsize::new(0));
-        let exporter = CountingExporter { inner: exporter, queued: queued.clone(), counters: counters.clone() };
+        let breaker = Arc::new(Breaker::default());
+        let exporter = CountingExporter {
+            inner: exporter,
+            queued: queued.clone(),
+            counters: counters.clone(),
+            breaker: breaker.clone(),
+            warnings: crate::logs::Throttle::new(Duration::from_secs(30)),
+        };
         // The gate admits at most `capacity` spans, so the SDK's own queue never overflows.
         let config = BatchConfigBuilder::default().with_max_queue_size(capacity).build();
-        Self { inner: BatchSpanProcessor::new(exporter, config), queued, capacity, counters }
+        Self { inner: BatchSpanProcessor::new(exporter, config), queued, capacity, counters, breaker }
+    }
+
+    /// Makes this processor's queue the one [`export_saturated`] reports on.
+    fn publish(&self) {
+        let _ = GATE.set(Gate {
+            queued: self.queued.clone(),
+            capacity: self.capacity,
+            breaker: self.breaker.clone(),
+            queue_full: self.counters.queue_full.clone(),
+            export_failed: self.counters.export_failed.clone(),
+        });
     }
 }
 
@@ -300,16 +378,31 @@ struct CountingExporter<E> {
     inner: E,
     queued: Arc<AtomicUsize>,
     counters: ExportCounters,
+    breaker: Arc<Breaker>,
+    warnings: crate::logs::Throttle,
 }
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
         self.queued.fetch_sub(n, Ordering::AcqRel);
+        if self.breaker.is_open() {
+            self.counters.export_failed.inc_by(n as u64);
+            return Err(OTelSdkError::InternalFailure("collector paused after a failed export".into()));
+        }
         let result = self.inner.export(batch).await;
         match &result {
-            Ok(()) => self.counters.exported.inc_by(n as u64),
-            Err(_) => self.counters.export_failed.inc_by(n as u64),
+            Ok(()) => {
+                self.breaker.succeeded();
+                self.counters.exported.inc_by(n as u64);
+            }
+            Err(e) => {
+                let pause = self.breaker.failed();
+                self.counters.export_failed.inc_by(n as u64);
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!(error = %e, spans = n, pause_ms = pause.as_millis() as u64, suppressed, "span export failed; spans are dropped until the collector answers");
+                }
+            }
         }
         result
     }
@@ -495,6 +588,55 @@ mod tests {
             let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(5));
             if self.fail { Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure("down".into())) } else { Ok(()) }
         }
+    }
+
+    #[derive(Debug, Default)]
+    struct Failing(AtomicUsize);
+
+    impl SpanExporter for Failing {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(OTelSdkError::InternalFailure("refused".into()))
+        }
+    }
+
+    #[test]
+    fn after_a_failed_export_the_collector_gets_a_pause_and_batches_are_dropped_unsent() {
+        let counters = ExportCounters::register(&Registry::new());
+        let breaker = Arc::new(Breaker::default());
+        let exporter = CountingExporter {
+            inner: Failing::default(),
+            queued: Arc::new(AtomicUsize::new(6)),
+            counters: counters.clone(),
+            breaker: breaker.clone(),
+            warnings: crate::logs::Throttle::new(Duration::from_secs(30)),
+        };
+        let span = |name: &'static str| {
+            SpanData {
+                span_context: SpanContext::empty_context(),
+                parent_span_id: opentelemetry::trace::SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: name.into(),
+                start_time: std::time::SystemTime::UNIX_EPOCH,
+                end_time: std::time::SystemTime::UNIX_EPOCH,
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                events: Default::default(),
+                links: Default::default(),
+                status: Status::Unset,
+                instrumentation_scope: Default::default(),
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(!breaker.is_open());
+        assert!(rt.block_on(exporter.export(vec![span("a"), span("b")])).is_err());
+        assert!(breaker.is_open(), "the first failure opens the breaker");
+        assert!(rt.block_on(exporter.export(vec![span("c"), span("d"), span("e"), span("f")])).is_err());
+        assert_eq!(exporter.inner.0.load(Ordering::Relaxed), 1, "the second batch was not sent");
+        assert_eq!(counters.export_failed.get(), 6);
+        assert_eq!(exporter.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(breaker.failed(), Duration::from_secs(2), "pauses double");
     }
 
     fn ended_span(tracer: &SdkTracer) {

@@ -1,0 +1,428 @@
+//! The OTLP/HTTP span exporter: a batch of spans written straight into the protobuf bytes of an
+//! `ExportTraceServiceRequest` and POSTed to the collector's `/v1/traces`.
+//!
+//! Written by hand rather than through opentelemetry-otlp's conversion into generated message
+//! structs: that conversion allocates a string for every attribute key and value and costs
+//! about 2.5 µs per span, which at 10 % sampling was a sizeable share of the scorer's CPU. The
+//! bytes are tested to decode to exactly what that conversion produces.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+use crate::trace::TraceConfigError;
+
+/// Where and how spans are sent, from the standard variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSettings {
+    /// The full URL spans are POSTed to.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl OtlpSettings {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (plus
+    /// `/v1/traces`), default `http://localhost:4318`; `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`
+    /// (`k=v,k2=v2`, values percent-decoded); `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (ms,
+    /// default 10 s); `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION` may only be `none`.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
+        let either = |specific: &str, general: &str| env(specific).or_else(|| env(general));
+        let url = match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(u) => u.trim().to_string(),
+            None => {
+                let base = env("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| "http://localhost:4318".into());
+                format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+            }
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_ENDPOINT", value: url, reason: "must be an http:// or https:// URL" });
+        }
+        let mut headers = Vec::new();
+        if let Some(h) = either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
+            for pair in h.split(',').filter(|p| !p.trim().is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_HEADERS", value: h.clone(), reason: "must be key=value pairs separated by commas" });
+                };
+                headers.push((k.trim().to_string(), percent_decode(v.trim())));
+            }
+        }
+        let timeout = match either("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+            None => Duration::from_secs(10),
+            Some(t) => Duration::from_millis(t.trim().parse().map_err(|_| TraceConfigError::Invalid {
+                var: "OTEL_EXPORTER_OTLP_TIMEOUT",
+                value: t.clone(),
+                reason: "must be milliseconds",
+            })?),
+        };
+        if let Some(c) = either("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+            && c.trim() != "none"
+        {
+            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_COMPRESSION", value: c, reason: "supported: none" });
+        }
+        Ok(Self { url, headers, timeout })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends each batch once; a batch the collector does not accept within the timeout fails (and
+/// is counted as dropped by the caller), so a dead collector never holds spans in memory.
+#[derive(Debug)]
+pub struct OtlpHttpExporter {
+    settings: OtlpSettings,
+    client: reqwest::blocking::Client,
+    resource: Vec<KeyValue>,
+}
+
+impl OtlpHttpExporter {
+    pub fn new(settings: OtlpSettings) -> Result<Self, TraceConfigError> {
+        // The blocking client runs a runtime of its own; build it outside any async context.
+        let timeout = settings.timeout;
+        let client = std::thread::spawn(move || reqwest::blocking::Client::builder().timeout(timeout).build())
+            .join()
+            .map_err(|_| TraceConfigError::Exporter("building the HTTP client panicked".into()))?
+            .map_err(|e| TraceConfigError::Exporter(e.to_string()))?;
+        Ok(Self { settings, client, resource: Vec::new() })
+    }
+}
+
+impl SpanExporter for OtlpHttpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut body = Vec::with_capacity(batch.len() * 320);
+        encode_request(&mut body, &self.resource, &batch);
+        drop(batch);
+        let mut request = self.client.post(&self.settings.url).header("content-type", "application/x-protobuf").body(body);
+        for (k, v) in &self.settings.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        match request.send() {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(OTelSdkError::InternalFailure(format!("collector answered {}", r.status()))),
+            Err(e) => Err(OTelSdkError::InternalFailure(e.to_string())),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+    }
+}
+
+// Protobuf wire format.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(buf, u64::from(field << 3 | wire));
+}
+
+fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    if !b.is_empty() {
+        key(buf, field, LEN);
+        varint(buf, b.len() as u64);
+        buf.extend_from_slice(b);
+    }
+}
+
+fn varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, VARINT);
+        varint(buf, v);
+    }
+}
+
+fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, FIXED64);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn fixed32_field(buf: &mut Vec<u8>, field: u32, v: u32) {
+    if v != 0 {
+        key(buf, field, FIXED32);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A length-delimited sub-message, written in place: one byte is reserved for its length and the
+/// body is moved only when the length needs more.
+fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.push(0);
+    body(buf);
+    let len = buf.len() - at - 1;
+    let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len as u64);
+    while v >= 0x80 {
+        prefix[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    prefix[n] = v as u8;
+    n += 1;
+    if n > 1 {
+        buf.resize(buf.len() + n - 1, 0);
+        buf.copy_within(at + 1..at + 1 + len, at + n);
+    }
+    buf[at..at + n].copy_from_slice(&prefix[..n]);
+}
+
+fn trace_state(buf: &mut Vec<u8>, field: u32, sc: &SpanContext) {
+    if *sc.trace_state() != TraceState::NONE {
+        bytes_field(buf, field, sc.trace_state().header().as_bytes());
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn any_value(buf: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Bool(b) => {
+            key(buf, 2, VARINT);
+            varint(buf, u64::from(*b));
+        }
+        Value::I64(i) => {
+            key(buf, 3, VARINT);
+            varint(buf, *i as u64);
+        }
+        Value::F64(f) => {
+            key(buf, 4, FIXED64);
+            buf.extend_from_slice(&f.to_le_bytes());
+        }
+        Value::String(s) => {
+            key(buf, 1, LEN);
+            varint(buf, s.as_str().len() as u64);
+            buf.extend_from_slice(s.as_str().as_bytes());
+        }
+        Value::Array(a) => message(buf, 5, |buf| {
+            let items: Vec<Value> = match a {
+                Array::Bool(v) => v.iter().map(|x| Value::Bool(*x)).collect(),
+                Array::I64(v) => v.iter().map(|x| Value::I64(*x)).collect(),
+                Array::F64(v) => v.iter().map(|x| Value::F64(*x)).collect(),
+                Array::String(v) => v.iter().map(|x| Value::String(x.clone())).collect(),
+                _ => Vec::new(),
+            };
+            for item in &items {
+                message(buf, 1, |buf| any_value(buf, item));
+            }
+        }),
+        _ => {}
+    }
+}
+
+fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
+    for kv in attrs {
+        message(buf, field, |buf| {
+            bytes_field(buf, 1, kv.key.as_str().as_bytes());
+            message(buf, 2, |buf| any_value(buf, &kv.value));
+        });
+    }
+}
+
+/// W3C flags plus OTLP's "is the parent remote" bits.
+fn flags(sc: &SpanContext, parent_is_remote: bool) -> u32 {
+    u32::from(sc.trace_flags().to_u8()) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
+}
+
+fn span(buf: &mut Vec<u8>, s: &SpanData) {
+    bytes_field(buf, 1, &s.span_context.trace_id().to_bytes());
+    bytes_field(buf, 2, &s.span_context.span_id().to_bytes());
+    trace_state(buf, 3, &s.span_context);
+    if s.parent_span_id != SpanId::INVALID {
+        bytes_field(buf, 4, &s.parent_span_id.to_bytes());
+    }
+    bytes_field(buf, 5, s.name.as_bytes());
+    let kind = match s.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    varint_field(buf, 6, kind);
+    fixed64_field(buf, 7, nanos(s.start_time));
+    fixed64_field(buf, 8, nanos(s.end_time));
+    attributes(buf, 9, &s.attributes);
+    varint_field(buf, 10, u64::from(s.dropped_attributes_count));
+    for e in s.events.iter() {
+        message(buf, 11, |buf| {
+            fixed64_field(buf, 1, nanos(e.timestamp));
+            bytes_field(buf, 2, e.name.as_bytes());
+            attributes(buf, 3, &e.attributes);
+            varint_field(buf, 4, u64::from(e.dropped_attributes_count));
+        });
+    }
+    varint_field(buf, 12, u64::from(s.events.dropped_count));
+    for l in s.links.iter() {
+        message(buf, 13, |buf| {
+            bytes_field(buf, 1, &l.span_context.trace_id().to_bytes());
+            bytes_field(buf, 2, &l.span_context.span_id().to_bytes());
+            trace_state(buf, 3, &l.span_context);
+            attributes(buf, 4, &l.attributes);
+            varint_field(buf, 5, u64::from(l.dropped_attributes_count));
+            fixed32_field(buf, 6, flags(&l.span_context, l.span_context.is_remote()));
+        });
+    }
+    varint_field(buf, 14, u64::from(s.links.dropped_count));
+    message(buf, 15, |buf| {
+        let (code, text) = match &s.status {
+            Status::Unset => (0, ""),
+            Status::Ok => (1, ""),
+            Status::Error { description } => (2, description.as_ref()),
+        };
+        bytes_field(buf, 2, text.as_bytes());
+        varint_field(buf, 3, code);
+    });
+    fixed32_field(buf, 16, flags(&s.span_context, s.parent_span_is_remote));
+}
+
+fn scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
+    bytes_field(buf, 1, scope.name().as_bytes());
+    bytes_field(buf, 2, scope.version().unwrap_or_default().as_bytes());
+    let attrs: Vec<KeyValue> = scope.attributes().cloned().collect();
+    attributes(buf, 3, &attrs);
+}
+
+/// Appends the `ExportTraceServiceRequest` for `spans` to `buf`: one resource, one scope
+/// entry per instrumentation scope in order of first appearance.
+pub fn encode_request(buf: &mut Vec<u8>, resource: &[KeyValue], spans: &[SpanData]) {
+    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+    for s in spans {
+        if !scopes.contains(&&s.instrumentation_scope) {
+            scopes.push(&s.instrumentation_scope);
+        }
+    }
+    message(buf, 1, |buf| {
+        message(buf, 1, |buf| attributes(buf, 1, resource));
+        for sc in &scopes {
+            message(buf, 2, |buf| {
+                message(buf, 1, |buf| scope(buf, sc));
+                for s in spans.iter().filter(|s| &s.instrumentation_scope == *sc) {
+                    message(buf, 2, |buf| span(buf, s));
+                }
+                bytes_field(buf, 3, sc.schema_url().unwrap_or_default().as_bytes());
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use opentelemetry::trace::{Event, Link, TraceFlags, TraceId};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use prost::Message;
+
+    use super::*;
+
+    fn data(i: u64, status: Status, kind: SpanKind) -> SpanData {
+        let sc = SpanContext::new(TraceId::from(u128::from(i) * 7919 + 1), SpanId::from(i + 1), TraceFlags::SAMPLED, false, TraceState::default());
+        let linked = SpanContext::new(TraceId::from(99), SpanId::from(98), TraceFlags::default(), true, TraceState::from_key_value([("k", "v")]).unwrap());
+        let mut events = SpanEvents::default();
+        events.events.push(Event::new("retry", SystemTime::UNIX_EPOCH + Duration::from_millis(5), vec![KeyValue::new("n", 2)], 0));
+        let mut links = SpanLinks::default();
+        links.links.push(Link::new(linked, vec![KeyValue::new("fraudstream.link", "batch")], 0));
+        SpanData {
+            span_context: sc,
+            parent_span_id: if i.is_multiple_of(2) { SpanId::from(7) } else { SpanId::INVALID },
+            parent_span_is_remote: i.is_multiple_of(3),
+            span_kind: kind,
+            name: Cow::Owned(format!("span {i}")),
+            start_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_764_000_000_000_000_000 + i),
+            end_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_764_000_000_100_000_000 + i),
+            attributes: vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.kafka.offset", i as i64 * 1000),
+                KeyValue::new("messaging.kafka.offset.negative", -5i64),
+                KeyValue::new("fraudstream.fraud_probability", 0.25),
+                KeyValue::new("fraudstream.degraded", i.is_multiple_of(2)),
+                KeyValue::new("long", "x".repeat(300)),
+                KeyValue::new("list", Value::Array(Array::I64(vec![1, 2, 3]))),
+            ],
+            dropped_attributes_count: u32::from(i == 3),
+            events,
+            links,
+            status,
+            instrumentation_scope: InstrumentationScope::builder(if i < 3 { "scorer" } else { "other" }).with_version("0.1.0").build(),
+        }
+    }
+
+    #[test]
+    fn encodes_what_the_opentelemetry_proto_conversion_produces() {
+        let spans: Vec<SpanData> = (0..6)
+            .map(|i| {
+                let status = match i % 3 {
+                    0 => Status::Unset,
+                    1 => Status::Ok,
+                    _ => Status::error("broker down"),
+                };
+                let kind = [SpanKind::Server, SpanKind::Producer, SpanKind::Consumer, SpanKind::Internal, SpanKind::Client][i as usize % 5].clone();
+                data(i, status, kind)
+            })
+            .collect();
+        let resource = Resource::builder_empty().with_service_name("scorer").with_attribute(KeyValue::new("service.version", "0.1.0")).build();
+        let resource_kvs: Vec<KeyValue> = resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+
+        let mut buf = Vec::new();
+        encode_request(&mut buf, &resource_kvs, &spans);
+        let ours = ExportTraceServiceRequest::decode(buf.as_slice()).expect("valid protobuf");
+        let theirs = ExportTraceServiceRequest {
+            resource_spans: opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(spans, &(&resource).into()),
+        };
+        assert_eq!(ours, theirs);
+        // Byte for byte too: same fields, same order.
+        assert_eq!(buf, theirs.encode_to_vec());
+    }
+
+    #[test]
+    fn settings_from_the_standard_variables() {
+        let env = |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let s = OtlpSettings::from_env(env(&[])).unwrap();
+        assert_eq!((s.url.as_str(), s.timeout), ("http://localhost:4318/v1/traces", Duration::from_secs(10)));
+        let s = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"), ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b, x=1"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "500")])).unwrap();
+        assert_eq!(s.url, "http://collector:4318/v1/traces");
+        assert_eq!(s.headers, vec![("api-key".to_string(), "a b".to_string()), ("x".to_string(), "1".to_string())]);
+        assert_eq!(s.timeout, Duration::from_millis(500));
+        let s = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4318/custom")])).unwrap();
+        assert_eq!(s.url, "http://b:4318/custom");
+        assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")])).is_err());
+        assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")])).is_err());
+        assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])).is_err());
+    }
+}
