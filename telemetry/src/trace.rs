@@ -162,8 +162,9 @@ impl ExportCounters {
 /// - `OTEL_TRACES_EXPORTER` (`otlp` | `none`), `OTEL_SDK_DISABLED`.
 /// - `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`: default parent-based, 10 % of new traces.
 /// - `OTEL_SERVICE_NAME` (default: `service`), `OTEL_RESOURCE_ATTRIBUTES`.
-/// - `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
-///   `OTEL_EXPORTER_OTLP_TIMEOUT`: the batch processor and exporter.
+/// - `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`:
+///   the batch processor; `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`, `_TIMEOUT`: the exporter
+///   (see [`crate::otlp::OtlpSettings`]).
 ///
 /// Registers the W3C trace-context propagator globally and `telemetry_spans_dropped_total` /
 /// `telemetry_spans_exported_total` in `registry`.
@@ -187,15 +188,11 @@ pub fn init_tracing(service: &'static str, registry: &Registry) -> Result<(Traci
             });
         }
     };
-    let protocol_var = if env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() { "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" } else { "OTEL_EXPORTER_OTLP_PROTOCOL" };
-    if let Some(p) = env(protocol_var)
+    // The signal-specific variable wins over the general one.
+    if let Some((var, p)) = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"].into_iter().find_map(|v| env(v).map(|p| (v, p)))
         && p.trim() != "http/protobuf"
     {
-        return Err(TraceConfigError::Invalid {
-            var: if protocol_var.contains("TRACES") { "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" } else { "OTEL_EXPORTER_OTLP_PROTOCOL" },
-            value: p,
-            reason: "this build exports OTLP over http/protobuf (collector port 4318)",
-        });
+        return Err(TraceConfigError::Invalid { var, value: p, reason: "this build exports OTLP over http/protobuf (collector port 4318)" });
     }
 
     let (sampler, sampler_text) = if export {

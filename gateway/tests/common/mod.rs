@@ -47,6 +47,8 @@ impl Stack {
         ];
         let mut s = Service::start("scorer", &args, env);
         s.wait_for_log("scorer ready", Duration::from_secs(30));
+        // Ready means the group gave it partitions: requests from now on are scored at once.
+        wait_ready_blocking(ops_port, "scorer");
         s
     }
 
@@ -61,6 +63,27 @@ impl Stack {
         let service = Service::start("gateway", &args, env);
         let g = Gateway { service, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
         g
+    }
+}
+
+/// Waits until the service answering on `port` reports ready (`GET /health/ready` → 200).
+fn wait_ready_blocking(port: u16, what: &str) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut c| {
+                c.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+                let mut head = [0u8; 12];
+                c.read_exact(&mut head)?;
+                Ok(head.ends_with(b"200"))
+            })
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
