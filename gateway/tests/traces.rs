@@ -209,3 +209,18 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[test]
+fn unusable_trace_settings_stop_a_service_at_start_with_the_reason() {
+    for (var, value) in [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_TRACES_SAMPLER", "sometimes"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")] {
+        let mut env = vec![(var, value.to_string())];
+        if var != "OTEL_EXPORTER_OTLP_ENDPOINT" {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318".into()));
+        }
+        let args = ["--listen".to_string(), format!("127.0.0.1:{}", free_port())];
+        let out = std::process::Command::new(testkit::process::bin("gateway")).args(&args).envs(env).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(var) && stderr.contains(value), "{var}={value}: {stderr}");
+    }
+}

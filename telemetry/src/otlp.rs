@@ -27,7 +27,7 @@ pub struct OtlpSettings {
 
 impl OtlpSettings {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (plus
-    /// `/v1/traces`), default `http://localhost:4318`; `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`
+    /// `/v1/traces`), default `http://localhost:4318`, plain HTTP only; `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`
     /// (`k=v,k2=v2`, values percent-decoded); `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (ms,
     /// default 10 s); `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION` may only be `none`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
@@ -39,8 +39,9 @@ impl OtlpSettings {
                 format!("{}/v1/traces", base.trim().trim_end_matches('/'))
             }
         };
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_ENDPOINT", value: url, reason: "must be an http:// or https:// URL" });
+        if !url.starts_with("http://") {
+            // No TLS client is built in: a collector next to the service is reached over plain HTTP.
+            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_ENDPOINT", value: url, reason: "must be an http:// URL (TLS is not built in)" });
         }
         let mut headers = Vec::new();
         if let Some(h) = either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
@@ -423,6 +424,7 @@ mod tests {
         assert_eq!(s.url, "http://b:4318/custom");
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")])).is_err());
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")])).is_err());
+        assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")])).unwrap_err().to_string().contains("TLS"));
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])).is_err());
     }
 }
