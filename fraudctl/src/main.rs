@@ -310,6 +310,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&log_dir)?;
     let mut infra: Vec<Process> = Vec::new();
 
+    let embedded_broker = args.brokers.is_none();
     let brokers = match args.brokers {
         Some(b) => {
             println!("kafka    {b} (KAFKA_BROKERS)");
@@ -343,10 +344,16 @@ fn run_stack(args: RunArgs) -> Result<()> {
     let scorer_port = stack::port(9101)?;
     let drift_port = stack::port(9102)?;
     let gateway_port = stack::port(args.gateway_port)?;
+    let mut gateway_args = vec!["--listen".to_string(), format!("127.0.0.1:{gateway_port}")];
+    if embedded_broker {
+        // The embedded broker's fetch cost grows with the data it holds: fewer empty fetches from
+        // the gateway's decisions reader keep it answering several times longer (BENCHMARKS.md).
+        gateway_args.extend(["--decisions-fetch-wait-ms".to_string(), "50".to_string()]);
+    }
     let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];
     let mut services = vec![
         Process::spawn("scorer", &stack::sibling("scorer")?, &["--listen".into(), format!("127.0.0.1:{scorer_port}")], &log_dir, &env)?,
-        Process::spawn("gateway", &stack::sibling("gateway")?, &["--listen".into(), format!("127.0.0.1:{gateway_port}")], &log_dir, &env)?,
+        Process::spawn("gateway", &stack::sibling("gateway")?, &gateway_args, &log_dir, &env)?,
         Process::spawn(
             "drift-job",
             &stack::sibling("drift-job")?,

@@ -31,6 +31,11 @@ pub struct GatewayArgs {
     /// How many recent decisions to keep for GET /v1/decisions/{id} and duplicate detection.
     #[arg(long, env = "RECENT_DECISIONS", default_value_t = 200_000)]
     pub recent_decisions: usize,
+    /// How long a fetch of the decisions reader may wait at the broker for data, in ms. Kafka
+    /// answers as soon as data arrives, so this bounds only empty fetches; a larger value cuts
+    /// the request rate on a broker whose fetch cost grows with the data it holds.
+    #[arg(long, env = "DECISIONS_FETCH_WAIT_MS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=5_000))]
+    pub decisions_fetch_wait_ms: u32,
     /// Extra librdkafka settings for both clients, `key=value`, repeatable (env: comma-separated).
     #[arg(long = "kafka-config", env = "GATEWAY_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_config: Vec<(String, String)>,

@@ -25,6 +25,7 @@ async fn main() -> Result<()> {
         listen = %args.listen,
         brokers = %args.brokers,
         decision_deadline_ms = args.decision_deadline_ms,
+        decisions_fetch_wait_ms = args.decisions_fetch_wait_ms,
         produce_timeout_ms = args.produce_timeout_ms,
         max_body_bytes = args.max_body_bytes,
         max_amount = args.max_amount,
@@ -59,7 +60,12 @@ async fn main() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let reader_ready = Arc::new(AtomicBool::new(false));
     let reader = reader::spawn(
-        ReaderConfig { brokers: args.brokers.clone(), topic: args.decisions_topic.clone(), overrides: args.kafka_config.clone() },
+        ReaderConfig {
+            brokers: args.brokers.clone(),
+            topic: args.decisions_topic.clone(),
+            fetch_wait_ms: args.decisions_fetch_wait_ms,
+            overrides: args.kafka_config.clone(),
+        },
         board.clone(),
         metrics.clone(),
         reader_ready.clone(),

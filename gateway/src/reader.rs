@@ -18,6 +18,8 @@ use crate::metrics::GatewayMetrics;
 pub struct ReaderConfig {
     pub brokers: String,
     pub topic: String,
+    /// `fetch.wait.max.ms`.
+    pub fetch_wait_ms: u32,
     pub overrides: Vec<(String, String)>,
 }
 
@@ -37,7 +39,7 @@ pub fn spawn(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         // Decisions are waited on by requests: fetch as soon as anything is there.
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
         .set("fetch.min.bytes", "1");
     for (k, v) in &cfg.overrides {
         client.set(k, v);
