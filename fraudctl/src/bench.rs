@@ -43,8 +43,9 @@ impl Tracing {
     }
 }
 
-/// A stand-in OTLP/HTTP collector that accepts every export (the scorer's cost is what is measured).
-async fn otlp_sink() -> Result<u16> {
+/// A stand-in OTLP/HTTP collector that accepts every export (the exporting process's cost is
+/// what is measured). Serves on the current tokio runtime; returns its port.
+pub async fn otlp_sink() -> Result<u16> {
     use axum::routing::post;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();

@@ -36,16 +36,9 @@ impl Process {
         self.child.id()
     }
 
-    /// CPU time (user + system, all threads) the process has used so far, at the kernel's
-    /// clock-tick resolution (10 ms), from `/proc/<pid>/stat`.
+    /// CPU time the process has used so far (see [`cpu_seconds`]).
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("unexpected /proc stat format")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?) };
-        // Fields counted from the state field (3): utime is 14 → index 11, stime 15 → index 12.
-        Ok((ticks(11)? + ticks(12)?) / 100.0)
+        cpu_seconds(&self.pid().to_string())
     }
 
     pub fn check_running(&mut self) -> Result<()> {
@@ -75,6 +68,18 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// CPU time (user + system, all threads) process `pid` (or `"self"`) has used so far, at the
+/// kernel's clock-tick resolution (10 ms), from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name, from the state field (3): utime (14) is at
+    // index 11, stime (15) at index 12.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?) };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// `preferred` if nothing listens there, else any free port.

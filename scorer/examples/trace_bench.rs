@@ -22,10 +22,7 @@ const BATCH: usize = 500;
 const RATE: f64 = 40_000.0;
 
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    fraudctl::stack::cpu_seconds("self").expect("/proc/self/stat")
 }
 
 fn rss_mib() -> f64 {
@@ -109,13 +106,7 @@ fn main() {
         return child(batches);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let sink = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let app = axum::Router::new().route("/v1/traces", axum::routing::post(|_: axum::body::Bytes| async { "" }));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        port
-    });
+    let sink = rt.block_on(fraudctl::bench::otlp_sink()).expect("collector stand-in");
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port(); // closed again: refused
     let exe = std::env::current_exe().expect("exe");
     println!("{batches} batches of {BATCH} records at {RATE} records/s");
