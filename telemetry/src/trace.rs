@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -40,33 +40,45 @@ pub enum TraceConfigError {
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// The export queue's fill and size, and the drop counter, once an exporter is set up.
-struct Gate {
-    queued: Arc<AtomicUsize>,
+/// What the export path shares: the processor's gate, the exporter's pause, the hot paths'
+/// "should I build spans" question and the counters.
+#[derive(Debug)]
+struct ExportState {
+    /// Spans handed to the batch processor and not yet given to the exporter.
+    queued: AtomicUsize,
     capacity: usize,
-    breaker: Arc<Breaker>,
-    queue_full: IntCounter,
-    export_failed: IntCounter,
+    breaker: Breaker,
+    counters: ExportCounters,
 }
 
 /// After a failed export the collector counts as down for a while (1 s, doubling up to 30 s):
 /// batches in that time are dropped without being encoded or sent, and hot paths stop building
 /// spans, so a dead collector costs nothing. The first export after the pause tries again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Breaker {
+    /// Times are milliseconds since `epoch` (monotonic).
+    epoch: Instant,
     down_until_ms: AtomicU64,
     backoff_ms: AtomicU64,
 }
 
 impl Breaker {
+    fn new() -> Self {
+        Self { epoch: Instant::now(), down_until_ms: AtomicU64::new(0), backoff_ms: AtomicU64::new(0) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     fn is_open(&self) -> bool {
-        now_ms() < self.down_until_ms.load(Ordering::Relaxed)
+        self.now_ms() < self.down_until_ms.load(Ordering::Relaxed)
     }
 
     fn failed(&self) -> Duration {
         let backoff = (self.backoff_ms.load(Ordering::Relaxed) * 2).clamp(1_000, 30_000);
         self.backoff_ms.store(backoff, Ordering::Relaxed);
-        self.down_until_ms.store(now_ms() + backoff, Ordering::Relaxed);
+        self.down_until_ms.store(self.now_ms() + backoff, Ordering::Relaxed);
         Duration::from_millis(backoff)
     }
 
@@ -75,25 +87,22 @@ impl Breaker {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-static GATE: OnceLock<Gate> = OnceLock::new();
+/// The export state of the configured exporter, for the hot paths.
+static EXPORT: OnceLock<Arc<ExportState>> = OnceLock::new();
 
 /// True while spans cannot be exported: the export queue is full (the collector is silent or
 /// slower than the spans come) or the collector failed and is being given a pause. Hot paths
 /// check it before building spans: a span that would be dropped is not worth building, and
 /// freeing thousands of them costs the hot thread more than it seems.
 pub fn export_saturated() -> bool {
-    GATE.get().is_some_and(|g| g.breaker.is_open() || g.queued.load(Ordering::Relaxed) >= g.capacity)
+    EXPORT.get().is_some_and(|e| e.breaker.is_open() || e.queued.load(Ordering::Relaxed) >= e.capacity)
 }
 
 /// Counts `n` spans a hot path did not build because of [`export_saturated`], under the reason
 /// that applies (`telemetry_spans_dropped_total{reason="export_failed"|"queue_full"}`).
 pub fn count_unbuilt_spans(n: u64) {
-    if let Some(g) = GATE.get() {
-        if g.breaker.is_open() { g.export_failed.inc_by(n) } else { g.queue_full.inc_by(n) }
+    if let Some(e) = EXPORT.get() {
+        if e.breaker.is_open() { e.counters.export_failed.inc_by(n) } else { e.counters.queue_full.inc_by(n) }
     }
 }
 
@@ -301,11 +310,7 @@ impl ShouldSample for LinkedSampler {
 #[derive(Debug)]
 struct DroppingProcessor {
     inner: BatchSpanProcessor,
-    /// Spans handed to `inner` and not yet given to the exporter.
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
-    counters: ExportCounters,
-    breaker: Arc<Breaker>,
+    state: Arc<ExportState>,
 }
 
 impl std::fmt::Debug for ExportCounters {
@@ -317,29 +322,16 @@ impl std::fmt::Debug for ExportCounters {
 impl DroppingProcessor {
     fn new<E: SpanExporter + 'static>(exporter: E, counters: ExportCounters) -> Self {
         let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048usize).max(1);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let breaker = Arc::new(Breaker::default());
-        let exporter = CountingExporter {
-            inner: exporter,
-            queued: queued.clone(),
-            counters: counters.clone(),
-            breaker: breaker.clone(),
-            warnings: crate::logs::Throttle::new(Duration::from_secs(30)),
-        };
+        let state = Arc::new(ExportState { queued: AtomicUsize::new(0), capacity, breaker: Breaker::new(), counters });
+        let exporter = CountingExporter { inner: exporter, state: state.clone(), warnings: crate::logs::Throttle::new(Duration::from_secs(30)) };
         // The gate admits at most `capacity` spans, so the SDK's own queue never overflows.
         let config = BatchConfigBuilder::default().with_max_queue_size(capacity).build();
-        Self { inner: BatchSpanProcessor::new(exporter, config), queued, capacity, counters, breaker }
+        Self { inner: BatchSpanProcessor::new(exporter, config), state }
     }
 
-    /// Makes this processor's queue the one [`export_saturated`] reports on.
+    /// Makes this processor's export state the one [`export_saturated`] reports on.
     fn publish(&self) {
-        let _ = GATE.set(Gate {
-            queued: self.queued.clone(),
-            capacity: self.capacity,
-            breaker: self.breaker.clone(),
-            queue_full: self.counters.queue_full.clone(),
-            export_failed: self.counters.export_failed.clone(),
-        });
+        let _ = EXPORT.set(self.state.clone());
     }
 }
 
@@ -349,9 +341,10 @@ impl SpanProcessor for DroppingProcessor {
     }
 
     fn on_end(&self, span: SpanData) {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.counters.queue_full.inc();
+        let s = &self.state;
+        if s.queued.fetch_add(1, Ordering::AcqRel) >= s.capacity {
+            s.queued.fetch_sub(1, Ordering::AcqRel);
+            s.counters.queue_full.inc();
             return;
         }
         self.inner.on_end(span);
@@ -373,29 +366,28 @@ impl SpanProcessor for DroppingProcessor {
 #[derive(Debug)]
 struct CountingExporter<E> {
     inner: E,
-    queued: Arc<AtomicUsize>,
-    counters: ExportCounters,
-    breaker: Arc<Breaker>,
+    state: Arc<ExportState>,
     warnings: crate::logs::Throttle,
 }
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
-        self.queued.fetch_sub(n, Ordering::AcqRel);
-        if self.breaker.is_open() {
-            self.counters.export_failed.inc_by(n as u64);
+        let s = &self.state;
+        s.queued.fetch_sub(n, Ordering::AcqRel);
+        if s.breaker.is_open() {
+            s.counters.export_failed.inc_by(n as u64);
             return Err(OTelSdkError::InternalFailure("collector paused after a failed export".into()));
         }
         let result = self.inner.export(batch).await;
         match &result {
             Ok(()) => {
-                self.breaker.succeeded();
-                self.counters.exported.inc_by(n as u64);
+                s.breaker.succeeded();
+                s.counters.exported.inc_by(n as u64);
             }
             Err(e) => {
-                let pause = self.breaker.failed();
-                self.counters.export_failed.inc_by(n as u64);
+                let pause = s.breaker.failed();
+                s.counters.export_failed.inc_by(n as u64);
                 if let Some(suppressed) = self.warnings.allow() {
                     tracing::warn!(error = %e, spans = n, pause_ms = pause.as_millis() as u64, suppressed, "span export failed; spans are dropped until the collector answers");
                 }
@@ -600,14 +592,9 @@ mod tests {
     #[test]
     fn after_a_failed_export_the_collector_gets_a_pause_and_batches_are_dropped_unsent() {
         let counters = ExportCounters::register(&Registry::new());
-        let breaker = Arc::new(Breaker::default());
-        let exporter = CountingExporter {
-            inner: Failing::default(),
-            queued: Arc::new(AtomicUsize::new(6)),
-            counters: counters.clone(),
-            breaker: breaker.clone(),
-            warnings: crate::logs::Throttle::new(Duration::from_secs(30)),
-        };
+        let state = Arc::new(ExportState { queued: AtomicUsize::new(6), capacity: 8, breaker: Breaker::new(), counters: counters.clone() });
+        let exporter = CountingExporter { inner: Failing::default(), state: state.clone(), warnings: crate::logs::Throttle::new(Duration::from_secs(30)) };
+        let breaker = &state.breaker;
         let span = |name: &'static str| {
             SpanData {
                 span_context: SpanContext::empty_context(),
@@ -632,7 +619,7 @@ mod tests {
         assert!(rt.block_on(exporter.export(vec![span("c"), span("d"), span("e"), span("f")])).is_err());
         assert_eq!(exporter.inner.0.load(Ordering::Relaxed), 1, "the second batch was not sent");
         assert_eq!(counters.export_failed.get(), 6);
-        assert_eq!(exporter.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(state.queued.load(Ordering::Relaxed), 0);
         assert_eq!(breaker.failed(), Duration::from_secs(2), "pauses double");
     }
 
@@ -648,8 +635,11 @@ mod tests {
         let counters = ExportCounters::register(&registry);
         let (release, rx) = std::sync::mpsc::channel();
         let exporter = Exporter { fail: true, release: Arc::new(std::sync::Mutex::new(rx)) };
-        let mut processor = DroppingProcessor::new(exporter, counters.clone());
-        processor.capacity = 8;
+        // A gate of 8 in front of the SDK's default queue (2,048, batches of 512): nothing is
+        // exported before the flush, so the gate alone decides what is dropped.
+        let state = Arc::new(ExportState { queued: AtomicUsize::new(0), capacity: 8, breaker: Breaker::new(), counters: counters.clone() });
+        let counting = CountingExporter { inner: exporter, state: state.clone(), warnings: crate::logs::Throttle::new(Duration::from_secs(30)) };
+        let processor = DroppingProcessor { inner: BatchSpanProcessor::new(counting, BatchConfigBuilder::default().build()), state };
         let provider = SdkTracerProvider::builder().with_sampler(Sampler::AlwaysOn).with_span_processor(processor).build();
         let tracer = provider.tracer("t");
         for _ in 0..50 {
