@@ -37,18 +37,19 @@ pub struct SpanNaming<'a> {
     pub group: &'a str,
 }
 
-/// A record's `process` span, or — when its producer's trace is not sampled — just the context
-/// its outputs carry on (a span that would not be recorded is not built).
+/// A record's `process` span and, once its outputs are sent, its `send` span — or, when its
+/// producer's trace is not sampled, just the context its outputs carry on (a span that would not
+/// be recorded is not built).
 enum RecordSpan {
-    /// Boxed: most records are unsampled, and a span is large.
-    Recording(Box<SdkSpan>),
+    /// Boxed: most records are unsampled, and spans are large.
+    Recording(Box<(SdkSpan, Option<SdkSpan>)>),
     Unsampled(SpanContext),
 }
 
 impl RecordSpan {
     fn context(&self) -> &SpanContext {
         match self {
-            RecordSpan::Recording(s) => s.span_context(),
+            RecordSpan::Recording(s) => s.0.span_context(),
             RecordSpan::Unsampled(sc) => sc,
         }
     }
@@ -56,9 +57,9 @@ impl RecordSpan {
 
 pub struct BatchSpans {
     process: Vec<RecordSpan>,
-    send: Vec<Option<SdkSpan>>,
     batch: Option<SdkSpan>,
     output_topic: String,
+    send_name: Cow<'static, str>,
 }
 
 impl BatchSpans {
@@ -90,20 +91,18 @@ impl BatchSpans {
                 process.push(RecordSpan::Unsampled(span.span_context().clone()));
                 continue;
             }
-            {
-                span.set_attributes([
-                    KeyValue::new("messaging.system", "kafka"),
-                    KeyValue::new("messaging.operation.name", "process"),
-                    KeyValue::new("messaging.operation.type", "process"),
-                    KeyValue::new("messaging.destination.name", naming.input_topic.to_string()),
-                    KeyValue::new("messaging.destination.partition.id", src.partition.to_string()),
-                    KeyValue::new("messaging.kafka.offset", src.offset),
-                    KeyValue::new("messaging.kafka.message.key", src.key.to_string()),
-                    KeyValue::new("messaging.consumer.group.name", naming.group.to_string()),
-                    KeyValue::new("fraudstream.transaction_id", src.transaction_id.to_string()),
-                ]);
-            }
-            process.push(RecordSpan::Recording(Box::new(span)));
+            span.set_attributes([
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.operation.name", "process"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", naming.input_topic.to_string()),
+                KeyValue::new("messaging.destination.partition.id", src.partition.to_string()),
+                KeyValue::new("messaging.kafka.offset", src.offset),
+                KeyValue::new("messaging.kafka.message.key", src.key.to_string()),
+                KeyValue::new("messaging.consumer.group.name", naming.group.to_string()),
+                KeyValue::new("fraudstream.transaction_id", src.transaction_id.to_string()),
+            ]);
+            process.push(RecordSpan::Recording(Box::new((span, None))));
         }
         if unbuilt > 0 {
             telemetry::trace::count_unbuilt_spans(unbuilt);
@@ -129,25 +128,25 @@ impl BatchSpans {
             let batch_cx = span.span_context().clone();
             for s in &mut process {
                 if let RecordSpan::Recording(s) = s {
-                    s.add_link(batch_cx.clone(), vec![KeyValue::new("fraudstream.link", "batch")]);
+                    s.0.add_link(batch_cx.clone(), vec![KeyValue::new("fraudstream.link", "batch")]);
                 }
             }
             span
         });
-        let send = (0..process.len()).map(|_| None).collect();
-        Self { process, send, batch, output_topic: naming.output_topic.to_string() }
+        let send_name = if naming.output_topic == topics::DECISIONS { Cow::Borrowed("send decisions") } else { Cow::Owned(format!("send {}", naming.output_topic)) };
+        Self { process, batch, output_topic: naming.output_topic.to_string(), send_name }
     }
 
     /// The trace headers for record i's outputs: the `send decisions` span's context when the
     /// record is sampled (the span starts now), otherwise the record's own span context.
     pub fn output_headers(&mut self, i: usize, key: &str) -> OwnedHeaders {
-        let process = match &self.process[i] {
-            RecordSpan::Recording(s) => s.span_context(),
+        let traced = match &mut self.process[i] {
+            RecordSpan::Recording(s) => s,
             RecordSpan::Unsampled(sc) => return kafka_headers(sc),
         };
         let tracer = tracer();
         let span = tracer
-            .span_builder(format!("send {}", self.output_topic))
+            .span_builder(self.send_name.clone())
             .with_kind(SpanKind::Producer)
             .with_attributes([
                 KeyValue::new("messaging.system", "kafka"),
@@ -156,9 +155,9 @@ impl BatchSpans {
                 KeyValue::new("messaging.destination.name", self.output_topic.clone()),
                 KeyValue::new("messaging.kafka.message.key", key.to_string()),
             ])
-            .start_with_context(tracer, &child_of(process));
+            .start_with_context(tracer, &child_of(traced.0.span_context()));
         let headers = kafka_headers(span.span_context());
-        self.send[i] = Some(span);
+        traced.1 = Some(span);
         headers
     }
 
@@ -171,8 +170,9 @@ impl BatchSpans {
     /// stage times, decision attributes on each record's span.
     pub fn finish(mut self, decisions: &[Decision], fetch: (SystemTime, SystemTime), stages: StageTimes, ended: SystemTime) {
         let tracer = tracer();
-        for (i, (span, d)) in self.process.iter_mut().zip(decisions).enumerate() {
-            let RecordSpan::Recording(span) = span else { continue };
+        for (record, d) in self.process.iter_mut().zip(decisions) {
+            let RecordSpan::Recording(traced) = record else { continue };
+            let (span, send) = &mut **traced;
             let parent = child_of(span.span_context());
             let stage = |name: &'static str, (from, to): (SystemTime, SystemTime), attributes: Vec<KeyValue>| {
                 let mut s = tracer.span_builder(name).with_start_time(from).with_attributes(attributes).start_with_context(tracer, &parent);
@@ -203,7 +203,7 @@ impl BatchSpans {
                 KeyValue::new("fraudstream.model_version", d.model_version.clone()),
                 KeyValue::new("fraudstream.degraded", d.degraded),
             ]);
-            if let Some(mut send) = self.send[i].take() {
+            if let Some(send) = send {
                 send.end_with_timestamp(ended);
             }
             span.end_with_timestamp(ended);
@@ -221,7 +221,8 @@ impl BatchSpans {
             RecordSpan::Recording(s) => Some(&mut **s),
             RecordSpan::Unsampled(_) => None,
         });
-        for span in self.send.iter_mut().flatten().chain(recording).chain(self.batch.iter_mut()) {
+        let spans = recording.flat_map(|(process, send)| send.iter_mut().chain(std::iter::once(process)));
+        for span in spans.chain(self.batch.iter_mut()) {
             span.set_status(Status::error(reason.to_string()));
             span.end();
         }
