@@ -170,7 +170,9 @@ fn preload(brokers: &str, n: usize, users: u64) -> Result<()> {
     for i in 0..n {
         let tx = g.payment(&population[i % population.len()], now).transaction;
         let payload = schemas::encode(&tx)?;
-        let mut record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload);
+        let traceparent = format!("00-{:032x}-{:016x}-00", i + 1, i + 1);
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent.as_bytes()) });
+        let mut record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload).headers(headers);
         loop {
             match p.send(record) {
                 Ok(()) => break,
@@ -222,7 +224,7 @@ async fn measure(port: u16, n: u64, p: &mut Process) -> Result<Measured> {
                 _ => {}
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -5,7 +5,7 @@
 //! (at-least-once: after every output is acknowledged) its outputs.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,6 +92,7 @@ pub struct PipelineContext {
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: AtomicBool,
     lag: prometheus::IntGaugeVec,
+    gate: Arc<CommitGate>,
 }
 
 impl ClientContext for PipelineContext {
@@ -119,6 +120,8 @@ impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // The batch committing now may hold these partitions' offsets.
+                self.gate.wait_idle(TXN_TIMEOUT);
                 let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
                 revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
@@ -132,10 +135,45 @@ impl ConsumerContext for PipelineContext {
     }
 }
 
-/// Counts delivery failures, so at-least-once mode knows whether a batch's outputs all landed.
+/// Counts delivered (acknowledged or failed) output records, so the committer can wait for a
+/// batch's outputs without polling, and failures, so at-least-once mode knows whether they all
+/// landed. Every record librdkafka accepted gets exactly one report, a purged one included.
 #[derive(Default)]
 pub struct DeliveryContext {
     failures: AtomicU64,
+    delivered: AtomicU64,
+    /// The count the committer waits for; reports below it need not wake anyone.
+    target: AtomicU64,
+    lock: Mutex<()>,
+    reached: Condvar,
+}
+
+impl DeliveryContext {
+    /// Waits until `target` records have been reported; false on timeout.
+    fn wait_delivered(&self, target: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.target.store(target, Ordering::SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.delivered.load(Ordering::SeqCst) < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self.reached.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+}
+
+impl DeliveryContext {
+    fn count_delivery(&self) {
+        let delivered = self.delivered.fetch_add(1, Ordering::SeqCst) + 1;
+        if delivered >= self.target.load(Ordering::SeqCst) {
+            // Taking the lock orders this after the waiter's check: the wake-up cannot be missed.
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.reached.notify_all();
+        }
+    }
 }
 
 impl ClientContext for DeliveryContext {}
@@ -146,6 +184,32 @@ impl ProducerContext for DeliveryContext {
         if let Err((e, _)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "output record not delivered");
+        }
+        self.count_delivery();
+    }
+}
+
+/// Whether a batch's commit is under way on the committer thread. A rebalance waits for it before
+/// giving partitions away, so their next owner starts from offsets this scorer has settled.
+#[derive(Default)]
+pub struct CommitGate {
+    busy: Mutex<bool>,
+    idle: Condvar,
+}
+
+impl CommitGate {
+    fn set(&self, busy: bool) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = busy;
+        if !busy {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self, timeout: Duration) {
+        let guard = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let (_guard, result) = self.idle.wait_timeout_while(guard, timeout, |busy| *busy).unwrap_or_else(|p| p.into_inner());
+        if result.timed_out() {
+            tracing::warn!("rebalance went ahead while a batch was still committing");
         }
     }
 }
@@ -189,12 +253,45 @@ pub struct Pipeline {
     store_warnings: telemetry::logs::Throttle,
     dlq_warnings: telemetry::logs::Throttle,
     cfg: PipelineConfig,
-    consumer: BaseConsumer<PipelineContext>,
-    producer: ThreadedProducer<DeliveryContext>,
+    consumer: Arc<BaseConsumer<PipelineContext>>,
+    producer: Arc<ThreadedProducer<DeliveryContext>>,
+    committer: Committer,
+    /// The previous batch: produced, its commit under way on the committer thread.
+    in_flight: Option<InFlight>,
+    /// Output records handed to librdkafka so far; the committer waits for as many reports.
+    sent: u64,
     scorer: Scorer,
     store: FeatureStore,
     metrics: ScorerMetrics,
-    encode_buf: Vec<u8>,
+    /// The last batch's encoded outputs, kept for their buffers' capacity.
+    encoded: Encoded,
+}
+
+/// A batch's encoded outputs: per decision, where its `Decision` and then its `BusinessEvent`
+/// end in `bytes` (each starts where the previous record ended), and their trace headers.
+#[derive(Default)]
+struct Encoded {
+    bytes: Vec<u8>,
+    records: Vec<(usize, usize, OwnedHeaders)>,
+}
+
+/// A batch whose outputs are produced and whose commit runs on the committer thread, with what
+/// the loop does once it is settled.
+struct InFlight {
+    records: usize,
+    rewind: HashMap<i32, i64>,
+    scored: Option<Scored>,
+}
+
+/// A scored batch's decisions and spans, kept until its commit settles.
+struct Scored {
+    started: Instant,
+    decisions: Vec<Decision>,
+    record_times: Vec<Option<i64>>,
+    spans: BatchSpans,
+    fetch_times: (SystemTime, SystemTime),
+    stages: crate::scoring::StageTimes,
+    dead: Vec<(i32, i64, DeadLetter)>,
 }
 
 impl Pipeline {
@@ -231,14 +328,15 @@ impl Pipeline {
             consumer_cfg.set(k, v);
             producer_cfg.set(k, v);
         }
-        let consumer: BaseConsumer<PipelineContext> =
-            consumer_cfg
-                .create_with_context(PipelineContext {
-                    revoked: Mutex::new(Vec::new()),
-                    assigned: AtomicBool::new(false),
-                    lag: metrics.consumer_lag.clone(),
-                })
-                .context("creating the Kafka consumer")?;
+        let gate = Arc::new(CommitGate::default());
+        let consumer: BaseConsumer<PipelineContext> = consumer_cfg
+            .create_with_context(PipelineContext {
+                revoked: Mutex::new(Vec::new()),
+                assigned: AtomicBool::new(false),
+                lag: metrics.consumer_lag.clone(),
+                gate: Arc::clone(&gate),
+            })
+            .context("creating the Kafka consumer")?;
         let producer: ThreadedProducer<DeliveryContext> =
             producer_cfg.create_with_context(DeliveryContext::default()).context("creating the Kafka producer")?;
         if cfg.delivery == Delivery::ExactlyOnce {
@@ -247,16 +345,21 @@ impl Pipeline {
                 .context("initialising Kafka transactions (is transactional.id unique per scorer?)")?;
         }
         consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
+        let (consumer, producer) = (Arc::new(consumer), Arc::new(producer));
+        let committer = Committer::start(cfg.delivery, Arc::clone(&producer), Arc::clone(&consumer), gate)?;
         Ok(Self {
             store_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
             dlq_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
             cfg,
             consumer,
             producer,
+            committer,
+            in_flight: None,
+            sent: 0,
             scorer,
             store,
             metrics,
-            encode_buf: Vec::with_capacity(1024),
+            encoded: Encoded::default(),
         })
     }
 
@@ -264,7 +367,7 @@ impl Pipeline {
         self.consumer.context().assigned.load(Ordering::Relaxed)
     }
 
-    /// Runs until `stop` is set, then finishes the batch in hand, commits it and leaves the group.
+    /// Runs until `stop` is set, then settles the batch in hand, commits it and leaves the group.
     /// `readiness` turns true once the consumer group has given this scorer its partitions.
     pub fn run(&mut self, stop: &AtomicBool, readiness: &telemetry::ops::Readiness) -> Result<(), StepError> {
         while !stop.load(Ordering::Relaxed) {
@@ -280,6 +383,9 @@ impl Pipeline {
                 Err(fatal) => return Err(fatal),
             }
         }
+        if let Err(e) = self.settle(&HashMap::new()) {
+            tracing::warn!(error = %e, "the last batch did not commit; it will be read again");
+        }
         self.close();
         Ok(())
     }
@@ -291,14 +397,20 @@ impl Pipeline {
         tracing::info!("scorer left the consumer group");
     }
 
-    /// Collects, scores and commits one batch; returns how many input records it covered.
+    /// Collects and scores a batch while the previous one commits, then produces it and starts its
+    /// commit. Returns how many input records the settled previous batch covered.
+    ///
+    /// Two batches overlap: batch N+1 is polled, decoded, looked up in Redis and scored while
+    /// batch N's outputs are acknowledged and its transaction commits on the committer thread.
+    /// N+1's transaction begins only after N's commit settles; if N's fails, N+1 is discarded
+    /// unproduced and both are read again.
     pub fn step(&mut self) -> Result<usize, StepError> {
         if self.cfg.work == Work::Passthrough {
             return self.step_passthrough();
         }
         let batch = self.collect();
         if batch.is_empty() {
-            return Ok(0);
+            return self.settle(&HashMap::new());
         }
         let started = Instant::now();
         let started_at = SystemTime::now();
@@ -359,66 +471,86 @@ impl Pipeline {
         };
         self.metrics.model_inference.observe(inference_started.elapsed().as_secs_f64());
 
-        if let Err(e) = self.write_and_commit(&decisions, &mut spans, &dead, &offsets, &rewind) {
-            spans.fail(&e.to_string());
-            return Err(e);
-        }
-
-        let now_ms = schemas::now_millis();
-        for (i, (d, record_ms)) in decisions.iter().zip(&record_times).enumerate() {
-            self.observe(d, started, *record_ms, now_ms);
-            log_decision(d, || spans.ids(i));
-        }
-        spans.finish(&decisions, fetch_times, self.scorer.last_stages(), SystemTime::now());
-        self.metrics.records.inc_by(n as u64);
-        for (partition, offset, d) in &dead {
-            self.metrics.dlq.with_label_values(&[d.kind]).inc();
-            self.metrics.errors.with_label_values(&[d.kind]).inc();
-            if let Some(suppressed) = self.dlq_warnings.allow() {
-                tracing::warn!(partition, offset, kind = d.kind, error = %d.error, suppressed, "record sent to the dead-letter topic");
+        let encoded = match self.encode_outputs(&decisions, &mut spans) {
+            Ok(e) => e,
+            Err(e) => {
+                spans.fail(&e.to_string());
+                return Err(StepError::Fatal(e.to_string()));
             }
+        };
+        // The previous batch's transaction must be settled before this one's begins.
+        let settled = match self.settle(&rewind) {
+            Ok(n) => n,
+            Err(e) => {
+                spans.fail("an earlier batch was rolled back");
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.begin() {
+            spans.fail(&e.to_string());
+            return Err(self.classify(e, &rewind));
         }
-        Ok(n)
+        if let Err(e) = self.produce_outputs(&decisions, encoded, &dead) {
+            spans.fail(&e.to_string());
+            return Err(self.roll_back(e, &rewind));
+        }
+        let scored = Scored { started, decisions, record_times, spans, fetch_times, stages: self.scorer.last_stages(), dead };
+        self.start_commit(offsets, InFlight { records: n, rewind, scored: Some(scored) })?;
+        Ok(settled)
     }
 
-    /// The passthrough loop: poll a batch, produce every record as it is, commit like `step`.
+    /// The passthrough loop: the same shape as `step` — poll a batch, settle the previous one,
+    /// produce, hand the commit over — with every record forwarded as it is.
     fn step_passthrough(&mut self) -> Result<usize, StepError> {
-        let mut bounds = BatchOffsets::default();
-        let mut n = 0;
+        let consumer = Arc::clone(&self.consumer);
+        let mut messages = Vec::with_capacity(self.cfg.max_batch);
         let mut timeout = self.cfg.poll_timeout;
-        let mut began = false;
-        while n < self.cfg.max_batch {
-            let msg = match self.consumer.poll(timeout) {
+        while messages.len() < self.cfg.max_batch {
+            match consumer.poll(timeout) {
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "consume error");
                     break;
                 }
-                Some(Ok(m)) => m,
-            };
+                Some(Ok(m)) => messages.push(m),
+            }
             timeout = Duration::ZERO;
-            if !began && self.cfg.delivery == Delivery::ExactlyOnce {
-                self.producer.begin_transaction().map_err(|e| StepError::Fatal(e.to_string()))?;
-                began = true;
-            }
-            bounds.add(msg.partition(), msg.offset());
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.decisions_topic).payload(msg.payload().unwrap_or_default());
-            if let Some(k) = msg.key() {
-                record = record.key(k);
-            }
-            if let Some(h) = msg.headers() {
-                record = record.headers(h.detach());
-            }
-            send_record(&self.producer, record).map_err(|e| StepError::Fatal(e.to_string()))?;
-            n += 1;
         }
-        if n == 0 {
-            return Ok(0);
+        let revoked = self.take_revoked();
+        messages.retain(|m| !revoked.contains(&m.partition()));
+        if messages.is_empty() {
+            return self.settle(&HashMap::new());
         }
-        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
-        self.commit(&bounds.to_commit(&self.cfg.input_topic), failures_before, &bounds.rewind())?;
-        self.metrics.records.inc_by(n as u64);
-        Ok(n)
+        let mut bounds = BatchOffsets::default();
+        for m in &messages {
+            bounds.add(m.partition(), m.offset());
+        }
+        let rewind = bounds.rewind();
+        let settled = self.settle(&rewind)?;
+        if let Err(e) = self.begin() {
+            return Err(self.classify(e, &rewind));
+        }
+        let produced = (|| {
+            for m in &messages {
+                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.decisions_topic).payload(m.payload().unwrap_or_default());
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                if let Some(h) = m.headers() {
+                    record = record.headers(h.detach());
+                }
+                send_record(&self.producer, record)?;
+                self.sent += 1;
+            }
+            Ok(())
+        })();
+        if let Err(e) = produced {
+            return Err(self.roll_back(e, &rewind));
+        }
+        let n = messages.len();
+        drop(messages);
+        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None })?;
+        Ok(settled)
     }
 
     /// Polls until `max_batch` records are in hand or nothing more is buffered.
@@ -438,10 +570,10 @@ impl Pipeline {
             // Take what is already buffered, without waiting for more.
             timeout = Duration::ZERO;
         }
-        let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
+        let revoked = self.take_revoked();
         if !revoked.is_empty() {
             let before = batch.len();
-            batch.retain(|i| !revoked.iter().any(|(t, p)| *t == self.cfg.input_topic && *p == i.partition));
+            batch.retain(|i| !revoked.contains(&i.partition));
             if before != batch.len() {
                 tracing::info!(dropped = before - batch.len(), "records of revoked partitions left for their new owner");
             }
@@ -449,36 +581,110 @@ impl Pipeline {
         batch
     }
 
-    /// Produces the batch's outputs and commits them with its input offsets.
-    fn write_and_commit(
-        &mut self,
-        decisions: &[Decision],
-        spans: &mut BatchSpans,
-        dead: &[(i32, i64, DeadLetter)],
-        offsets: &TopicPartitionList,
-        rewind: &HashMap<i32, i64>,
-    ) -> Result<(), StepError> {
-        if self.cfg.delivery == Delivery::ExactlyOnce {
-            self.producer.begin_transaction().map_err(|e| self.classify(e, rewind))?;
-        }
-        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
-        if let Err(e) = self.produce_outputs(decisions, spans, dead) {
-            return Err(self.roll_back(e, rewind));
-        }
-        self.commit(offsets, failures_before, rewind)
+    /// Input partitions revoked since the last call: records of theirs still in hand belong to
+    /// their new owner.
+    fn take_revoked(&self) -> Vec<i32> {
+        let revoked = std::mem::take(&mut *self.consumer.context().revoked.lock().unwrap_or_else(|p| p.into_inner()));
+        revoked.into_iter().filter(|(t, _)| *t == self.cfg.input_topic).map(|(_, p)| p).collect()
     }
 
-    fn produce_outputs(&mut self, decisions: &[Decision], spans: &mut BatchSpans, dead: &[(i32, i64, DeadLetter)]) -> Result<(), KafkaError> {
+    fn begin(&mut self) -> Result<(), KafkaError> {
+        if self.cfg.delivery == Delivery::ExactlyOnce {
+            self.producer.begin_transaction()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch's commit to the committer thread.
+    fn start_commit(&mut self, offsets: TopicPartitionList, batch: InFlight) -> Result<(), StepError> {
+        let group = match self.cfg.delivery {
+            Delivery::ExactlyOnce => Some(self.consumer.group_metadata().ok_or_else(|| StepError::Fatal("consumer has no group metadata".into()))?),
+            Delivery::AtLeastOnce => None,
+        };
+        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
+        self.committer.submit(CommitJob { offsets, group, delivered: self.sent, failures_before })?;
+        self.in_flight = Some(batch);
+        Ok(())
+    }
+
+    /// Waits for the batch in flight to commit and finishes it (metrics, decision logs, spans).
+    /// If it failed, it is rolled back and read again from its first offsets, together with the
+    /// batch in hand (whose first offsets are `also_rewind`). Returns how many records it covered.
+    fn settle(&mut self, also_rewind: &HashMap<i32, i64>) -> Result<usize, StepError> {
+        let Some(batch) = self.in_flight.take() else { return Ok(0) };
+        match self.committer.result() {
+            Ok(committed) => {
+                if let Some(scored) = batch.scored {
+                    self.finish(scored, committed);
+                }
+                self.metrics.records.inc_by(batch.records as u64);
+                Ok(batch.records)
+            }
+            Err(failure) => {
+                if let Some(scored) = batch.scored {
+                    scored.spans.fail(&failure.to_string());
+                }
+                let rewind = earliest(batch.rewind, also_rewind);
+                Err(match failure {
+                    CommitFailure::Outputs(e) => self.roll_back(e, &rewind),
+                    CommitFailure::Offsets(e) => {
+                        // Outputs are out but offsets are not: the batch is read again (at least once).
+                        self.metrics.errors.with_label_values(&["commit"]).inc();
+                        self.rewind(&rewind);
+                        StepError::Retry(format!("offset commit failed: {e}"))
+                    }
+                    CommitFailure::Stopped => StepError::Fatal(CommitFailure::Stopped.to_string()),
+                })
+            }
+        }
+    }
+
+    fn finish(&mut self, scored: Scored, committed: (Instant, SystemTime)) {
+        let Scored { started, decisions, record_times, spans, fetch_times, stages, dead } = scored;
+        let now_ms = schemas::now_millis();
+        let latency = committed.0.saturating_duration_since(started).as_secs_f64();
+        for (i, (d, record_ms)) in decisions.iter().zip(&record_times).enumerate() {
+            self.observe(d, latency, *record_ms, now_ms);
+            log_decision(d, || spans.ids(i));
+        }
+        spans.finish(&decisions, fetch_times, stages, committed.1);
+        for (partition, offset, d) in &dead {
+            self.metrics.dlq.with_label_values(&[d.kind]).inc();
+            self.metrics.errors.with_label_values(&[d.kind]).inc();
+            if let Some(suppressed) = self.dlq_warnings.allow() {
+                tracing::warn!(partition, offset, kind = d.kind, error = %d.error, suppressed, "record sent to the dead-letter topic");
+            }
+        }
+    }
+
+    /// Encodes the batch's decisions and business events, with their trace headers, ahead of
+    /// their transaction: handed to librdkafka back to back afterwards, they leave in a few large
+    /// produce requests instead of many small ones, which is what makes the commit quick.
+    fn encode_outputs(&mut self, decisions: &[Decision], spans: &mut BatchSpans) -> Result<Encoded, KafkaError> {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.bytes.clear();
+        encoded.records.clear();
         for (i, d) in decisions.iter().enumerate() {
             let trace = spans.output_headers(i, &d.user_id);
-            self.encode_buf.clear();
-            schemas::encode_into(d, &mut self.encode_buf).map_err(|e| encode_error(&e))?;
-            send(&self.producer, &self.cfg.decisions_topic, d.user_id.as_bytes(), &self.encode_buf, trace.clone())?;
-            let event = business_event(d);
-            self.encode_buf.clear();
-            schemas::encode_into(&event, &mut self.encode_buf).map_err(|e| encode_error(&e))?;
-            send(&self.producer, &self.cfg.events_topic, d.user_id.as_bytes(), &self.encode_buf, trace)?;
+            schemas::encode_into(d, &mut encoded.bytes).map_err(|e| encode_error(&e))?;
+            let decision_end = encoded.bytes.len();
+            schemas::encode_into(&business_event(d), &mut encoded.bytes).map_err(|e| encode_error(&e))?;
+            encoded.records.push((decision_end, encoded.bytes.len(), trace));
         }
+        Ok(encoded)
+    }
+
+    fn produce_outputs(&mut self, decisions: &[Decision], mut encoded: Encoded, dead: &[(i32, i64, DeadLetter)]) -> Result<(), KafkaError> {
+        let mut start = 0;
+        for (d, (decision_end, event_end, trace)) in decisions.iter().zip(encoded.records.drain(..)) {
+            let key = d.user_id.as_bytes();
+            send(&self.producer, &self.cfg.decisions_topic, key, &encoded.bytes[start..decision_end], trace.clone())?;
+            self.sent += 1;
+            send(&self.producer, &self.cfg.events_topic, key, &encoded.bytes[decision_end..event_end], trace)?;
+            self.sent += 1;
+            start = event_end;
+        }
+        self.encoded = encoded;
         for (partition, offset, d) in dead {
             let mut h = OwnedHeaders::new_with_capacity(d.headers.len() + 5);
             for (k, v) in &d.headers {
@@ -500,48 +706,9 @@ impl Pipeline {
                 record = record.payload(p.as_slice());
             }
             send_record(&self.producer, record)?;
+            self.sent += 1;
         }
         Ok(())
-    }
-
-    fn commit(&mut self, offsets: &TopicPartitionList, failures_before: u64, rewind: &HashMap<i32, i64>) -> Result<(), StepError> {
-        match self.cfg.delivery {
-            Delivery::ExactlyOnce => {
-                if let Err(e) = await_delivery(&self.producer, TXN_TIMEOUT) {
-                    return Err(self.roll_back(e, rewind));
-                }
-                let group = self
-                    .consumer
-                    .group_metadata()
-                    .ok_or_else(|| StepError::Fatal("consumer has no group metadata".into()))?;
-                if let Err(e) = self.producer.send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT) {
-                    return Err(self.roll_back(e, rewind));
-                }
-                loop {
-                    match self.producer.commit_transaction(TXN_TIMEOUT) {
-                        Ok(()) => return Ok(()),
-                        Err(KafkaError::Transaction(ref t)) if t.is_retriable() => {
-                            tracing::warn!(error = %t, "retrying commit");
-                        }
-                        Err(e) => return Err(self.roll_back(e, rewind)),
-                    }
-                }
-            }
-            Delivery::AtLeastOnce => {
-                await_delivery(&self.producer, TXN_TIMEOUT).map_err(|e| self.roll_back(e, rewind))?;
-                let failed = self.producer.context().failures.load(Ordering::Relaxed) - failures_before;
-                if failed > 0 {
-                    return Err(self.roll_back(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut), rewind));
-                }
-                self.consumer.commit(offsets, CommitMode::Sync).map_err(|e| {
-                    self.metrics.errors.with_label_values(&["commit"]).inc();
-                    // Outputs are out but offsets are not: the batch is read again (at least once).
-                    let err = StepError::Retry(format!("offset commit failed: {e}"));
-                    self.rewind(rewind);
-                    err
-                })
-            }
-        }
     }
 
     /// Aborts the open transaction (exactly-once) and seeks back to the batch's first offsets, so
@@ -579,13 +746,13 @@ impl Pipeline {
         }
     }
 
-    fn observe(&self, d: &Decision, batch_started: Instant, record_ms: Option<i64>, now_ms: i64) {
+    fn observe(&self, d: &Decision, latency_seconds: f64, record_ms: Option<i64>, now_ms: i64) {
         let m = &self.metrics;
         m.predictions
             .with_label_values(&[d.decision.as_str(), d.risk_level.as_str(), &d.model_version])
             .inc();
         m.prediction_score.observe(d.fraud_probability);
-        m.prediction_latency.observe(batch_started.elapsed().as_secs_f64());
+        m.prediction_latency.observe(latency_seconds);
         if let Some(ts) = record_ms {
             m.decision_latency.observe(((now_ms - ts).max(0) as f64) / 1e3);
         }
@@ -671,18 +838,122 @@ pub fn send_record<'a, C: ProducerContext<DeliveryOpaque = ()>>(
     }
 }
 
-/// Waits until every produced record is acknowledged (or failed). rdkafka's `flush` polls in
-/// 100 ms steps and librdkafka's commit would wait on it, adding 100 ms to every batch; the
-/// producer's own thread serves the delivery reports, so watching the queue drain is enough.
-fn await_delivery(producer: &ThreadedProducer<DeliveryContext>, timeout: Duration) -> Result<(), KafkaError> {
-    let deadline = Instant::now() + timeout;
-    while producer.in_flight_count() > 0 {
-        if Instant::now() >= deadline {
-            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut));
-        }
-        std::thread::sleep(Duration::from_micros(100));
+/// A batch's commit, as the committer thread runs it.
+struct CommitJob {
+    offsets: TopicPartitionList,
+    /// Exactly-once: the group the offsets are committed for, in the transaction.
+    group: Option<rdkafka::consumer::ConsumerGroupMetadata>,
+    /// The producer's delivery count once this batch's outputs are all reported.
+    delivered: u64,
+    failures_before: u64,
+}
+
+/// Why a batch's commit failed.
+#[derive(Debug, thiserror::Error)]
+enum CommitFailure {
+    /// Outputs not acknowledged or the transaction not committed: roll back and redo the batch.
+    #[error("{0}")]
+    Outputs(KafkaError),
+    /// At-least-once: outputs are out but the offsets were not committed.
+    #[error("{0}")]
+    Offsets(KafkaError),
+    /// The committer thread is gone (it panicked): the scorer cannot go on.
+    #[error("the committer thread has stopped")]
+    Stopped,
+}
+
+/// When a batch committed: for its latency metric and its spans' end.
+type Committed = (Instant, SystemTime);
+
+/// The thread that waits for a batch's outputs to be acknowledged and commits its offsets (with
+/// the transaction, exactly-once; after it, at-least-once), so the loop can score the next batch
+/// meanwhile. One job at a time: the loop settles each before submitting the next.
+struct Committer {
+    jobs: Option<mpsc::SyncSender<CommitJob>>,
+    results: mpsc::Receiver<Result<Committed, CommitFailure>>,
+    gate: Arc<CommitGate>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(
+        delivery: Delivery,
+        producer: Arc<ThreadedProducer<DeliveryContext>>,
+        consumer: Arc<BaseConsumer<PipelineContext>>,
+        gate: Arc<CommitGate>,
+    ) -> std::io::Result<Self> {
+        let (jobs, inbox) = mpsc::sync_channel::<CommitJob>(1);
+        let (outbox, results) = mpsc::sync_channel(1);
+        let thread_gate = Arc::clone(&gate);
+        let thread = std::thread::Builder::new().name("scorer-commit".into()).spawn(move || {
+            for job in inbox {
+                let result = commit_batch(delivery, &producer, &consumer, job);
+                if outbox.send(result).is_err() {
+                    break;
+                }
+                thread_gate.set(false);
+            }
+        })?;
+        Ok(Self { jobs: Some(jobs), results, gate, thread: Some(thread) })
     }
-    Ok(())
+
+    fn submit(&self, job: CommitJob) -> Result<(), StepError> {
+        self.gate.set(true);
+        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        if !sent {
+            self.gate.set(false);
+            return Err(StepError::Fatal("the committer thread has stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn result(&self) -> Result<Committed, CommitFailure> {
+        self.results
+            .recv()
+            .unwrap_or(Err(CommitFailure::Stopped))
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
+}
+
+fn commit_batch(
+    delivery: Delivery,
+    producer: &ThreadedProducer<DeliveryContext>,
+    consumer: &BaseConsumer<PipelineContext>,
+    job: CommitJob,
+) -> Result<Committed, CommitFailure> {
+    let context = producer.context();
+    let delivered = |context: &DeliveryContext| {
+        if context.wait_delivered(job.delivered, TXN_TIMEOUT) { Ok(()) } else { Err(CommitFailure::Outputs(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut))) }
+    };
+    match (delivery, job.group) {
+        (Delivery::ExactlyOnce, Some(group)) => {
+            delivered(context)?;
+            producer.send_offsets_to_transaction(&job.offsets, &group, TXN_TIMEOUT).map_err(CommitFailure::Outputs)?;
+            loop {
+                match producer.commit_transaction(TXN_TIMEOUT) {
+                    Ok(()) => break,
+                    Err(KafkaError::Transaction(ref t)) if t.is_retriable() => tracing::warn!(error = %t, "retrying commit"),
+                    Err(e) => return Err(CommitFailure::Outputs(e)),
+                }
+            }
+        }
+        _ => {
+            delivered(context)?;
+            if context.failures.load(Ordering::Relaxed) > job.failures_before {
+                return Err(CommitFailure::Outputs(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+            }
+            consumer.commit(&job.offsets, CommitMode::Sync).map_err(CommitFailure::Offsets)?;
+        }
+    }
+    Ok((Instant::now(), SystemTime::now()))
 }
 
 fn encode_error(e: &schemas::Error) -> KafkaError {
@@ -701,6 +972,15 @@ pub fn business_event(d: &Decision) -> BusinessEvent {
         model_version: d.model_version.clone(),
         timestamp: d.decided_at,
     }
+}
+
+/// Per partition, the earlier of two batches' first offsets: where to seek back to when both
+/// must be read again.
+fn earliest(mut a: HashMap<i32, i64>, b: &HashMap<i32, i64>) -> HashMap<i32, i64> {
+    for (&partition, &offset) in b {
+        a.entry(partition).and_modify(|first| *first = (*first).min(offset)).or_insert(offset);
+    }
+    a
 }
 
 /// The first and last offset a batch holds per partition.
@@ -733,6 +1013,52 @@ impl BatchOffsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_batches_are_read_again_from_the_earlier_first_offset_of_each_partition() {
+        let committing = HashMap::from([(0, 100), (1, 40)]);
+        let in_hand = HashMap::from([(0, 120), (2, 7)]);
+        assert_eq!(earliest(committing, &in_hand), HashMap::from([(0, 100), (1, 40), (2, 7)]));
+    }
+
+    #[test]
+    fn the_committer_wakes_when_the_batch_is_delivered_and_not_before() {
+        let context = std::sync::Arc::new(DeliveryContext::default());
+        assert!(!context.wait_delivered(3, Duration::from_millis(20)), "nothing delivered yet");
+        let reporter = {
+            let context = std::sync::Arc::clone(&context);
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    std::thread::sleep(Duration::from_millis(5));
+                    context.count_delivery();
+                }
+            })
+        };
+        assert!(context.wait_delivered(3, Duration::from_secs(5)));
+        assert_eq!(context.delivered.load(Ordering::SeqCst), 3);
+        reporter.join().expect("reporter thread");
+        assert!(!context.wait_delivered(4, Duration::from_millis(20)), "the fourth record was never reported");
+    }
+
+    #[test]
+    fn a_rebalance_waits_for_the_commit_in_flight() {
+        let gate = std::sync::Arc::new(CommitGate::default());
+        gate.set(true);
+        let started = Instant::now();
+        let committer = {
+            let gate = std::sync::Arc::clone(&gate);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                gate.set(false);
+            })
+        };
+        gate.wait_idle(Duration::from_secs(5));
+        assert!(started.elapsed() >= Duration::from_millis(50), "returned before the commit settled");
+        committer.join().expect("committer thread");
+        let idle = Instant::now();
+        gate.wait_idle(Duration::from_secs(5));
+        assert!(idle.elapsed() < Duration::from_secs(1), "an idle gate does not wait");
+    }
 
     #[test]
     fn batch_offsets_commit_after_the_last_and_rewind_to_the_first() {
