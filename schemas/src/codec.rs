@@ -18,7 +18,7 @@ use crate::{Error, Result};
 pub type SchemaId = u32;
 
 const MAGIC: u8 = 0;
-const HEADER_LEN: usize = 5;
+pub(crate) const HEADER_LEN: usize = 5;
 /// Largest string, array or bytes length a record may declare; guards against corrupt lengths.
 const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
 
@@ -83,6 +83,12 @@ pub trait Record: Serialize + DeserializeOwned {
     fn write_body(&self, _out: &mut Vec<u8>) -> bool {
         false
     }
+
+    /// Reads the Avro body (written with `SCHEMA_ID`) with a hand-written reader, for hot-path
+    /// records; `None` means "use apache-avro", which also reports what is wrong with a bad body.
+    fn read_body(_body: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 impl Record for Transaction {
@@ -91,6 +97,9 @@ impl Record for Transaction {
     fn write_body(&self, out: &mut Vec<u8>) -> bool {
         self.write_avro(out);
         true
+    }
+    fn read_body(body: &[u8]) -> Option<Self> {
+        crate::fast::ReadAvro::read_avro(body)
     }
 }
 impl Record for Decision {
@@ -177,6 +186,16 @@ pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>> {
 /// Decodes one record of type `T`. Unknown ids, ids of other record types, corrupt bodies and
 /// trailing bytes are errors, never panics.
 pub fn decode<T: Record>(bytes: &[u8]) -> Result<T> {
+    if peek_schema_id(bytes).is_ok_and(|id| id == T::SCHEMA_ID)
+        && let Some(record) = T::read_body(&bytes[HEADER_LEN..])
+    {
+        return Ok(record);
+    }
+    decode_with_apache_avro(bytes)
+}
+
+/// `decode` without the hand-written readers.
+pub(crate) fn decode_with_apache_avro<T: Record>(bytes: &[u8]) -> Result<T> {
     let id = peek_schema_id(bytes)?;
     let reg = registered(id).ok_or(Error::UnknownSchemaId(id))?;
     if reg.name != T::NAME {
