@@ -345,9 +345,10 @@ fn run_stack(args: RunArgs) -> Result<()> {
     let drift_port = stack::port(9102)?;
     let gateway_port = stack::port(args.gateway_port)?;
     let mut gateway_args = vec!["--listen".to_string(), format!("127.0.0.1:{gateway_port}")];
-    if embedded_broker {
+    if embedded_broker && std::env::var_os("DECISIONS_FETCH_WAIT_MS").is_none() {
         // The embedded broker's fetch cost grows with the data it holds: fewer empty fetches from
         // the gateway's decisions reader keep it answering several times longer (BENCHMARKS.md).
+        // DECISIONS_FETCH_WAIT_MS, when set, is left to the gateway.
         gateway_args.extend(["--decisions-fetch-wait-ms".to_string(), "50".to_string()]);
     }
     let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];

@@ -643,8 +643,8 @@ impl Pipeline {
         let Scored { started, decisions, record_times, spans, fetch_times, stages, dead } = scored;
         let now_ms = schemas::now_millis();
         let latency = committed.0.saturating_duration_since(started).as_secs_f64();
-        for (i, (d, record_ms)) in decisions.iter().zip(&record_times).enumerate() {
-            self.observe(d, latency, *record_ms, now_ms);
+        self.observe(&decisions, &record_times, latency, now_ms);
+        for (i, d) in decisions.iter().enumerate() {
             log_decision(d, || spans.ids(i));
         }
         spans.finish(&decisions, fetch_times, stages, committed.1);
@@ -746,25 +746,38 @@ impl Pipeline {
         }
     }
 
-    fn observe(&self, d: &Decision, latency_seconds: f64, record_ms: Option<i64>, now_ms: i64) {
+    /// A committed batch's decisions in the metrics. Counters are added up per batch: one label
+    /// lookup per (decision, risk level, model) seen rather than one per record.
+    fn observe(&self, decisions: &[Decision], record_times: &[Option<i64>], latency_seconds: f64, now_ms: i64) {
         let m = &self.metrics;
-        m.predictions
-            .with_label_values(&[d.decision.as_str(), d.risk_level.as_str(), &d.model_version])
-            .inc();
-        m.prediction_score.observe(d.fraud_probability);
-        m.prediction_latency.observe(latency_seconds);
-        if let Some(ts) = record_ms {
-            m.decision_latency.observe(((now_ms - ts).max(0) as f64) / 1e3);
+        let mut predictions: Vec<((schemas::Verdict, schemas::RiskLevel, &str), u64)> = Vec::new();
+        let (mut degraded, mut revenue, mut blocked, mut review) = (0, 0.0, 0.0, 0.0);
+        for (d, record_ms) in decisions.iter().zip(record_times) {
+            let key = (d.decision, d.risk_level, d.model_version.as_str());
+            match predictions.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => predictions.push((key, 1)),
+            }
+            m.prediction_score.observe(d.fraud_probability);
+            m.prediction_latency.observe(latency_seconds);
+            if let Some(ts) = record_ms {
+                m.decision_latency.observe(((now_ms - ts).max(0) as f64) / 1e3);
+            }
+            degraded += u64::from(d.degraded);
+            let (usd, _) = crate::fx::to_usd(d.amount, &d.currency);
+            match BusinessEventKind::for_verdict(d.decision) {
+                BusinessEventKind::Revenue => revenue += usd,
+                BusinessEventKind::FraudBlocked => blocked += usd,
+                BusinessEventKind::ReviewQueued => review += usd,
+            }
         }
-        if d.degraded {
-            m.degraded.inc();
+        for ((verdict, risk, model), n) in predictions {
+            m.predictions.with_label_values(&[verdict.as_str(), risk.as_str(), model]).inc_by(n);
         }
-        let (usd, _) = crate::fx::to_usd(d.amount, &d.currency);
-        match BusinessEventKind::for_verdict(d.decision) {
-            BusinessEventKind::Revenue => m.revenue_usd.inc_by(usd),
-            BusinessEventKind::FraudBlocked => m.fraud_blocked_usd.inc_by(usd),
-            BusinessEventKind::ReviewQueued => m.review_queued_usd.inc_by(usd),
-        }
+        m.degraded.inc_by(degraded);
+        m.revenue_usd.inc_by(revenue);
+        m.fraud_blocked_usd.inc_by(blocked);
+        m.review_queued_usd.inc_by(review);
     }
 }
 
