@@ -317,8 +317,9 @@ impl Pipeline {
             .set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // A batch's records are produced back to back within microseconds; a 1 ms linger
-            // packs them into a few requests for the price of 1 ms on the batch.
+            // A batch's outputs are encoded first and handed over back to back (~1 ms for 1,000
+            // records); a 1 ms linger packs them into a few requests, and few requests keep the
+            // broker's transaction commit short (BENCHMARKS.md).
             .set("linger.ms", "1")
             .set("compression.type", "none");
         if cfg.delivery == Delivery::ExactlyOnce {
