@@ -2,6 +2,7 @@
 //! features, model, rules) is plain library code that tests call without a network.
 
 pub mod card;
+pub mod commit;
 pub mod config;
 pub mod features;
 pub mod fx;
