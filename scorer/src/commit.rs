@@ -13,7 +13,7 @@ use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProdu
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, TopicPartitionList};
 
-use crate::pipeline::{Delivery, PipelineContext, StepError, TXN_TIMEOUT};
+use crate::pipeline::{PipelineContext, StepError, TXN_TIMEOUT};
 
 /// Counts delivered (acknowledged or failed) output records, so the committer can wait for a
 /// batch's outputs without polling, and failures, so at-least-once mode knows whether they all
@@ -95,11 +95,11 @@ impl CommitGate {
 /// A batch's commit, as the committer thread runs it.
 pub(crate) struct CommitJob {
     pub(crate) offsets: TopicPartitionList,
-    /// Exactly-once: the group the offsets are committed for, in the transaction.
+    /// Exactly-once: the group the offsets are committed for, in the batch's transaction. None:
+    /// at-least-once, the offsets are committed by the consumer once the outputs all landed.
     pub(crate) group: Option<rdkafka::consumer::ConsumerGroupMetadata>,
     /// The producer's delivery count once this batch's outputs are all reported.
     pub(crate) delivered: u64,
-    pub(crate) failures_before: u64,
 }
 
 /// Why a batch's commit failed.
@@ -131,7 +131,6 @@ pub(crate) struct Committer {
 
 impl Committer {
     pub(crate) fn start(
-        delivery: Delivery,
         producer: Arc<ThreadedProducer<DeliveryContext>>,
         consumer: Arc<BaseConsumer<PipelineContext>>,
         gate: Arc<CommitGate>,
@@ -140,8 +139,12 @@ impl Committer {
         let (outbox, results) = mpsc::sync_channel(1);
         let thread_gate = Arc::clone(&gate);
         let thread = std::thread::Builder::new().name("scorer-commit".into()).spawn(move || {
+            // Delivery failures counted up to the end of the previous batch: every report of a
+            // batch is in once its commit has waited for them, and the next batch is produced only
+            // after that commit settles, so the failures since then are this batch's own.
+            let mut failures_seen = 0;
             for job in inbox {
-                let result = commit_batch(delivery, &producer, &consumer, job);
+                let result = commit_batch(&producer, &consumer, job, &mut failures_seen);
                 if outbox.send(result).is_err() {
                     break;
                 }
@@ -178,18 +181,19 @@ impl Drop for Committer {
 }
 
 fn commit_batch(
-    delivery: Delivery,
     producer: &ThreadedProducer<DeliveryContext>,
     consumer: &BaseConsumer<PipelineContext>,
     job: CommitJob,
+    failures_seen: &mut u64,
 ) -> Result<Committed, CommitFailure> {
     let context = producer.context();
-    let delivered = |context: &DeliveryContext| {
-        if context.wait_delivered(job.delivered, TXN_TIMEOUT) { Ok(()) } else { Err(CommitFailure::Outputs(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut))) }
-    };
-    match (delivery, job.group) {
-        (Delivery::ExactlyOnce, Some(group)) => {
-            delivered(context)?;
+    if !context.wait_delivered(job.delivered, TXN_TIMEOUT) {
+        return Err(CommitFailure::Outputs(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
+    }
+    let failures = context.failures.load(Ordering::SeqCst);
+    let failed = failures - std::mem::replace(failures_seen, failures);
+    match job.group {
+        Some(group) => {
             producer.send_offsets_to_transaction(&job.offsets, &group, TXN_TIMEOUT).map_err(CommitFailure::Outputs)?;
             loop {
                 match producer.commit_transaction(TXN_TIMEOUT) {
@@ -199,9 +203,8 @@ fn commit_batch(
                 }
             }
         }
-        _ => {
-            delivered(context)?;
-            if context.failures.load(Ordering::Relaxed) > job.failures_before {
+        None => {
+            if failed > 0 {
                 return Err(CommitFailure::Outputs(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut)));
             }
             consumer.commit(&job.offsets, CommitMode::Sync).map_err(CommitFailure::Offsets)?;

@@ -270,7 +270,7 @@ impl Pipeline {
         }
         consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
         let (consumer, producer) = (Arc::new(consumer), Arc::new(producer));
-        let committer = Committer::start(cfg.delivery, Arc::clone(&producer), Arc::clone(&consumer), gate)?;
+        let committer = Committer::start(Arc::clone(&producer), Arc::clone(&consumer), gate)?;
         Ok(Self {
             store_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
             dlq_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
@@ -454,27 +454,29 @@ impl Pipeline {
         if let Err(e) = self.begin() {
             return Err(self.classify(e, &rewind));
         }
-        let produced = (|| {
-            for m in &messages {
-                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.decisions_topic).payload(m.payload().unwrap_or_default());
-                if let Some(k) = m.key() {
-                    record = record.key(k);
-                }
-                if let Some(h) = m.headers() {
-                    record = record.headers(h.detach());
-                }
-                send_record(&self.producer, record)?;
-                self.sent += 1;
-            }
-            Ok(())
-        })();
-        if let Err(e) = produced {
+        if let Err(e) = self.forward(&messages) {
             return Err(self.roll_back(e, &rewind));
         }
         let n = messages.len();
         drop(messages);
         self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None })?;
         Ok(settled)
+    }
+
+    /// Produces each record unchanged (key, payload, headers) to the passthrough's output topic.
+    fn forward(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<(), KafkaError> {
+        for m in messages {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.decisions_topic).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(h) = m.headers() {
+                record = record.headers(h.detach());
+            }
+            send_record(&self.producer, record)?;
+            self.sent += 1;
+        }
+        Ok(())
     }
 
     /// Polls until `max_batch` records are in hand or nothing more is buffered.
@@ -525,8 +527,7 @@ impl Pipeline {
             Delivery::ExactlyOnce => Some(self.consumer.group_metadata().ok_or_else(|| StepError::Fatal("consumer has no group metadata".into()))?),
             Delivery::AtLeastOnce => None,
         };
-        let failures_before = self.producer.context().failures.load(Ordering::Relaxed);
-        self.committer.submit(CommitJob { offsets, group, delivered: self.sent, failures_before })?;
+        self.committer.submit(CommitJob { offsets, group, delivered: self.sent })?;
         self.in_flight = Some(batch);
         Ok(())
     }
