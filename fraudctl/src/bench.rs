@@ -16,9 +16,9 @@ pub struct ScorerBench {
     pub max_batch: u32,
     pub delivery: String,
     pub users: u64,
-    /// One scorer run per entry, after the passthrough.
+    /// One scorer run per entry, after the passthrough and the fan-out.
     pub tracing: Vec<Tracing>,
-    /// How many times to repeat the sequence (passthrough, then the scorer runs).
+    /// How many times to repeat the sequence (passthrough, fan-out, then the scorer runs).
     pub repeat: usize,
 }
 
@@ -39,6 +39,43 @@ impl Tracing {
             Tracing::Off => "scorer",
             Tracing::Sampled => "scorer, 10 % traced",
             Tracing::Dead => "scorer, 10 % traced, collector down",
+        }
+    }
+}
+
+/// What one run of the scorer binary does with the records.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    /// Each record forwarded unchanged to one topic.
+    Passthrough,
+    /// Each record forwarded unchanged to two topics: the scorer's output volume, no processing.
+    FanOut,
+    Score(Tracing),
+}
+
+impl Run {
+    /// The scorer's `--work` value and the run's output topics.
+    fn topics(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Run::Passthrough => ("passthrough", "bench-passthrough-out", "bench-passthrough-unused"),
+            Run::FanOut => ("fan-out", "bench-fanout-decisions", "bench-fanout-events"),
+            Run::Score(_) => ("score", "bench-score-decisions", "bench-score-events"),
+        }
+    }
+
+    fn process_name(self) -> &'static str {
+        match self {
+            Run::Passthrough => "scorer-passthrough",
+            Run::FanOut => "scorer-fanout",
+            Run::Score(_) => "scorer-score",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Run::Passthrough => "passthrough",
+            Run::FanOut => "fan-out",
+            Run::Score(t) => t.label(),
         }
     }
 }
@@ -93,33 +130,26 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let sink = rt.block_on(otlp_sink())?;
     let mut results = Vec::new();
-    let runs: Vec<Option<Tracing>> =
-        (0..b.repeat.max(1)).flat_map(|_| std::iter::once(None).chain(b.tracing.iter().copied().map(Some))).collect();
-    for tracing in runs {
+    let scored = b.tracing.iter().copied().map(Run::Score);
+    let runs: Vec<Run> = (0..b.repeat.max(1)).flat_map(|_| [Run::Passthrough, Run::FanOut].into_iter().chain(scored.clone())).collect();
+    for run in runs {
         // Every run gets a fresh broker holding the same records: the in-memory broker slows
         // down as its topics grow, which would otherwise favour whichever run goes first.
         let kafka_port = stack::free_port()?;
         let broker = stack::start_tansu(kafka_port, &dir)?;
         let brokers = format!("127.0.0.1:{kafka_port}");
+        let (mode, decisions, events) = run.topics();
         let mut all = crate::topics::standard(b.partitions);
-        for extra in ["bench-passthrough-out", "bench-score-decisions", "bench-score-events"] {
-            all.push((extra.to_string(), b.partitions));
-        }
+        all.extend([decisions, events].map(|t| (t.to_string(), b.partitions)));
         rt.block_on(crate::topics::create(&brokers, &all))?;
         eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
         preload(&brokers, b.records, b.users)?;
 
-        let mode = if tracing.is_none() { "passthrough" } else { "score" };
         let port = stack::free_port()?;
-        let (decisions, events) = if mode == "passthrough" {
-            ("bench-passthrough-out", "bench-score-events")
-        } else {
-            ("bench-score-decisions", "bench-score-events")
-        };
         let mut env = vec![("RUST_LOG", "warn".to_string())];
-        match tracing {
-            Some(Tracing::Sampled) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink}"))),
-            Some(Tracing::Dead) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", stack::free_port()?))),
+        match run {
+            Run::Score(Tracing::Sampled) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink}"))),
+            Run::Score(Tracing::Dead) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", stack::free_port()?))),
             _ => {}
         }
         let args: Vec<String> = [
@@ -136,9 +166,9 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
         ]
         .map(String::from)
         .to_vec();
-        let mut p = Process::spawn(if mode == "score" { "scorer-score" } else { "scorer-passthrough" }, &stack::sibling("scorer")?, &args, &dir, &env)?;
+        let mut p = Process::spawn(run.process_name(), &stack::sibling("scorer")?, &args, &dir, &env)?;
         let m = rt.block_on(measure(port, b.records as u64, &mut p)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
-        let label = tracing.map_or("passthrough", Tracing::label);
+        let label = run.label();
         eprintln!(
             "{label}: {:.0} records/s, {:.3} CPU-s per 100k, {:.0} MiB resident, spans exported {:.0}, dropped {:.0}",
             m.rate(),

@@ -1,6 +1,7 @@
 //! fraudctl: the commands people run by hand against fraudstream.
 
 pub mod bench;
+pub mod broker_bench;
 pub mod features;
 pub mod labels;
 pub mod stack;

@@ -50,7 +50,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// The scorer (Redis and model included) against a passthrough with the same loop, side by side.
+    /// The scorer (Redis and model included) against a passthrough with the same loop, side by side
+    /// (and a fan-out: the passthrough writing each record to two topics, as scoring does).
     Scorer {
         #[arg(long, default_value_t = 300_000)]
         records: usize,
@@ -70,6 +71,22 @@ enum BenchCommand {
         /// Repeat the whole sequence this many times (run-to-run spread).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+    },
+    /// The embedded broker's CPU per step as its topic fills, with and without a consumer
+    /// following it (what the gateway benchmark's numbers rest on).
+    Broker {
+        /// Records per second, one per produce request (as the gateway sends them).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 4)]
+        steps: u32,
+        #[arg(long, default_value_t = 10.0)]
+        step_seconds: f64,
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
+        /// The producer's linger.ms; above 0, records share requests and stored batches.
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u32,
     },
 }
 
@@ -240,19 +257,41 @@ fn main() -> Result<()> {
         Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, repeat }) => {
             let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, repeat };
             let results = fraudctl::bench::run(&b)?;
-            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | resident MiB | spans exported | spans dropped |");
-            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-            let mut base = 1.0;
+            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | resident MiB | spans exported | spans dropped |");
+            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            let (mut passthrough, mut fan_out) = (f64::NAN, f64::NAN);
             for m in &results {
-                if m.mode == "passthrough" {
-                    base = m.rate();
+                match m.mode {
+                    "passthrough" => passthrough = m.rate(),
+                    "fan-out" => fan_out = m.rate(),
+                    _ => {}
                 }
                 println!(
-                    "| {} | {} | {:.0} | {:.3} | {:.2} | {:.0} | {:.0} | {:.0} |",
-                    m.mode, m.records, m.rate(), m.cpu_per_100k(), m.rate() / base, m.rss_bytes / 1048576.0, m.spans_exported, m.spans_dropped
+                    "| {} | {} | {:.0} | {:.3} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+                    m.mode,
+                    m.records,
+                    m.rate(),
+                    m.cpu_per_100k(),
+                    m.rate() / passthrough,
+                    m.rate() / fan_out,
+                    m.rss_bytes / 1048576.0,
+                    m.spans_exported,
+                    m.spans_dropped
                 );
             }
             println!("\n({records} records, {partitions} partitions, max batch {max_batch}, {delivery})");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Broker { rate, steps, step_seconds, partitions, linger_ms }) => {
+            let b = fraudctl::broker_bench::BrokerBench { rate, steps, step_seconds, partitions, linger_ms };
+            let results = fraudctl::broker_bench::run(&b)?;
+            println!("| topic | records stored | records read in the step | broker CPU (% of a core) |");
+            println!("| --- | ---: | ---: | ---: |");
+            for s in &results {
+                let topic = if s.followed { "followed by a consumer" } else { "not read" };
+                println!("| {topic} | {} | {} | {:.0} |", s.stored, s.read, s.broker_cores * 100.0);
+            }
+            println!("\n({rate} records/s, linger.ms {linger_ms}, {partitions} partitions, {step_seconds} s steps)");
             Ok(())
         }
         Command::Features(FeaturesCommand::Load { redis_url, key_prefix, users, seed, file, model_card }) => {

@@ -22,7 +22,8 @@ pub struct ScorerArgs {
     /// exactly-once (Kafka transactions) or at-least-once.
     #[arg(long, env = "SCORER_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
     pub delivery: Delivery,
-    /// `passthrough` forwards records unscored (a benchmark yardstick for the same loop).
+    /// `passthrough` forwards records unscored, `fan-out` forwards each to both output topics
+    /// (benchmark yardsticks for the same loop).
     #[arg(long, env = "SCORER_WORK", value_enum, default_value_t = Work::Score, hide = true)]
     pub work: Work,
     /// Feature store.

@@ -44,6 +44,9 @@ pub enum Work {
     /// Forward each record unchanged to the decisions topic: the same loop, client settings and
     /// delivery with no processing, as the yardstick for benchmarks.
     Passthrough,
+    /// Forward each record unchanged to both the decisions and the business-events topics: the
+    /// passthrough with scoring's output volume (two records per input), for benchmarks.
+    FanOut,
 }
 
 #[derive(Debug, Clone)]
@@ -329,7 +332,7 @@ impl Pipeline {
     /// N+1's transaction begins only after N's commit settles; if N's fails, N+1 is discarded
     /// unproduced and both are read again.
     pub fn step(&mut self) -> Result<usize, StepError> {
-        if self.cfg.work == Work::Passthrough {
+        if self.cfg.work != Work::Score {
             return self.step_passthrough();
         }
         let batch = self.collect();
@@ -463,18 +466,25 @@ impl Pipeline {
         Ok(settled)
     }
 
-    /// Produces each record unchanged (key, payload, headers) to the passthrough's output topic.
+    /// Produces each record unchanged (key, payload, headers) to the passthrough's output topic,
+    /// or to both output topics for the fan-out.
     fn forward(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<(), KafkaError> {
+        let topics: &[&str] = match self.cfg.work {
+            Work::FanOut => &[&self.cfg.decisions_topic, &self.cfg.events_topic],
+            Work::Passthrough | Work::Score => &[&self.cfg.decisions_topic],
+        };
         for m in messages {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.cfg.decisions_topic).payload(m.payload().unwrap_or_default());
-            if let Some(k) = m.key() {
-                record = record.key(k);
+            for topic in topics {
+                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(m.payload().unwrap_or_default());
+                if let Some(k) = m.key() {
+                    record = record.key(k);
+                }
+                if let Some(h) = m.headers() {
+                    record = record.headers(h.detach());
+                }
+                send_record(&self.producer, record)?;
+                self.sent += 1;
             }
-            if let Some(h) = m.headers() {
-                record = record.headers(h.detach());
-            }
-            send_record(&self.producer, record)?;
-            self.sent += 1;
         }
         Ok(())
     }

@@ -317,3 +317,38 @@ fn a_second_scorer_joining_mid_stream_shares_the_work_and_nothing_is_lost() {
     assert_eq!(by_id.len(), txs.len(), "every transaction decided");
     println!("two scorers: {} transactions, {dups} duplicate decisions", txs.len());
 }
+
+/// The benchmark yardsticks move the same records as scoring without processing them: the
+/// passthrough forwards each record once, the fan-out once to each output topic, with key,
+/// payload and headers unchanged, and both commit their input offsets like the scorer.
+#[test]
+fn passthrough_and_fan_out_forward_every_record_unchanged() {
+    let mut stack = Stack::start(2);
+    let n = 300;
+    let sent: Vec<(Vec<u8>, Vec<u8>, String)> =
+        (0..n).map(|i| (format!("k{}", i % 17).into_bytes(), format!("payload {i}").into_bytes(), format!("h{i}"))).collect();
+    let p = stack.producer();
+    for (k, v, h) in &sent {
+        p.send(topics::TRANSACTIONS, Some(k), v, &[("origin", h)]);
+    }
+    p.flush();
+    let mut expected: Vec<(Option<Vec<u8>>, Vec<u8>, String)> = sent.iter().map(|(k, v, h)| (Some(k.clone()), v.clone(), h.clone())).collect();
+    expected.sort();
+    let outputs = |records: Vec<Received>| {
+        let mut got: Vec<_> = records.into_iter().map(|r| (r.key, r.payload, r.headers["origin"].clone())).collect();
+        got.sort();
+        got
+    };
+
+    let [pass, pass_unused, fan_decisions, fan_events] = ["pass-out", "pass-unused", "fan-decisions", "fan-events"].map(unique);
+    testkit::kafka::create_topics(&stack.broker.bootstrap(), &[(&pass, 2), (&pass_unused, 2), (&fan_decisions, 2), (&fan_events, 2)]);
+    for (work, decisions, events) in [("passthrough", &pass, &pass_unused), ("fan-out", &fan_decisions, &fan_events)] {
+        // A group of its own: each reads `transactions` from the start.
+        stack.group = unique(work);
+        let _s = stack.scorer(work, &["--work", work, "--decisions-topic", decisions, "--business-events-topic", events]);
+        assert_eq!(outputs(stack.read(decisions, n, 60)), expected, "{work}: every record once, unchanged");
+        if work == "fan-out" {
+            assert_eq!(outputs(stack.read(events, n, 60)), expected, "fan-out: every record on the second topic too");
+        }
+    }
+}
