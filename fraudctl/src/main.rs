@@ -259,21 +259,22 @@ fn main() -> Result<()> {
             let results = fraudctl::bench::run(&b)?;
             println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | resident MiB | spans exported | spans dropped |");
             println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-            let (mut passthrough, mut fan_out) = (f64::NAN, f64::NAN);
+            let (mut passthrough, mut fan_out) = (None, None);
+            let ratio = |rate: f64, base: Option<f64>| base.map_or_else(String::new, |b| format!("{:.2}", rate / b));
             for m in &results {
                 match m.mode {
-                    "passthrough" => passthrough = m.rate(),
-                    "fan-out" => fan_out = m.rate(),
+                    "passthrough" => passthrough = Some(m.rate()),
+                    "fan-out" => fan_out = Some(m.rate()),
                     _ => {}
                 }
                 println!(
-                    "| {} | {} | {:.0} | {:.3} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+                    "| {} | {} | {:.0} | {:.3} | {} | {} | {:.0} | {:.0} | {:.0} |",
                     m.mode,
                     m.records,
                     m.rate(),
                     m.cpu_per_100k(),
-                    m.rate() / passthrough,
-                    m.rate() / fan_out,
+                    ratio(m.rate(), passthrough),
+                    ratio(m.rate(), fan_out),
                     m.rss_bytes / 1048576.0,
                     m.spans_exported,
                     m.spans_dropped
