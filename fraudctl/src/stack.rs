@@ -82,6 +82,13 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// Resident memory of process `pid` (or `"self"`) in bytes, from `/proc/<pid>/statm`.
+pub fn resident_bytes(pid: &str) -> Result<f64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: f64 = statm.split_whitespace().nth(1).context("short /proc statm")?.parse()?;
+    Ok(pages * 4096.0)
+}
+
 /// `preferred` if nothing listens there, else any free port.
 pub fn port(preferred: u16) -> Result<u16> {
     if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
@@ -172,4 +179,26 @@ pub fn wait_for_port(port: u16, what: &str, child: &mut Process) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("{what} did not listen on port {port} within 15 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process_cpu_and_memory() {
+        let rss = resident_bytes("self").unwrap();
+        assert!(rss > 1024.0 * 1024.0 && rss < 64.0 * 1024.0 * 1024.0 * 1024.0, "{rss}");
+        // Spinning shows up as CPU time (the deadline only guards against a counter that never moves).
+        let before = cpu_seconds("self").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut x = 0u64;
+        while cpu_seconds("self").unwrap() - before < 0.05 {
+            assert!(std::time::Instant::now() < deadline, "no CPU time counted after 20 s of spinning");
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        assert!(resident_bytes("no-such-process").is_err());
+    }
 }

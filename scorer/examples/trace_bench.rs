@@ -26,9 +26,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    pages * 4096.0 / (1024.0 * 1024.0)
+    fraudctl::stack::resident_bytes("self").expect("/proc/self/statm") / (1024.0 * 1024.0)
 }
 
 fn child(batches: usize) {

@@ -66,8 +66,7 @@ impl BatchSpans {
     /// Starts the records' spans (`parents[i]` is record i's extracted context) as of `started`.
     pub fn start(started: SystemTime, sources: &[RecordSource<'_>], parents: &[Context], naming: &SpanNaming<'_>) -> Self {
         let tracer = tracer();
-        let name: Cow<'static, str> =
-            if naming.input_topic == topics::TRANSACTIONS { Cow::Borrowed("process transactions") } else { Cow::Owned(format!("process {}", naming.input_topic)) };
+        let name = operation_name("process", &naming.input_topic, topics::TRANSACTIONS, "process transactions");
         // With the export queue full, sampled records are not traced here (their spans would
         // only be dropped); their context passes on so later services can still trace them.
         let saturated = telemetry::trace::export_saturated();
@@ -133,7 +132,7 @@ impl BatchSpans {
             }
             span
         });
-        let send_name = if naming.output_topic == topics::DECISIONS { Cow::Borrowed("send decisions") } else { Cow::Owned(format!("send {}", naming.output_topic)) };
+        let send_name = operation_name("send", &naming.output_topic, topics::DECISIONS, "send decisions");
         Self { process, batch, output_topic: naming.output_topic.to_string(), send_name }
     }
 
@@ -235,4 +234,24 @@ const SPANS_PER_RECORD: u64 = 5;
 /// A context whose parent is `sc`, a span of this process.
 fn child_of(sc: &SpanContext) -> Context {
     Context::new().with_remote_span_context(SpanContext::new(sc.trace_id(), sc.span_id(), sc.trace_flags(), false, sc.trace_state().clone()))
+}
+
+/// The messaging span name `<operation> <topic>` (OpenTelemetry's convention), without an
+/// allocation per batch for the standard topic, whose name is given spelled out.
+fn operation_name(operation: &str, topic: &str, standard_topic: &str, standard_name: &'static str) -> Cow<'static, str> {
+    debug_assert_eq!(standard_name, format!("{operation} {standard_topic}"));
+    if topic == standard_topic { Cow::Borrowed(standard_name) } else { Cow::Owned(format!("{operation} {topic}")) }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_names_follow_operation_and_topic() {
+        assert_eq!(operation_name("process", topics::TRANSACTIONS, topics::TRANSACTIONS, "process transactions"), "process transactions");
+        assert!(matches!(operation_name("send", topics::DECISIONS, topics::DECISIONS, "send decisions"), Cow::Borrowed(_)));
+        assert_eq!(operation_name("send", "decisions-eu", topics::DECISIONS, "send decisions"), "send decisions-eu");
+    }
 }
