@@ -155,10 +155,18 @@ fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
         assert!(out.status.success() && report.trim().is_empty(), "{job} /metrics fails promtool check metrics:\n{report}");
     }
 
-    // Recording rules run every 30 s: wait for an evaluation that saw the traffic.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while query(prom_port, "slo:decision_latency:error_ratio_rate5m")["data"]["result"].as_array().is_none_or(Vec::is_empty) {
-        assert!(Instant::now() < deadline, "recording rules never evaluated");
+    // Recording rules run every 30 s, all in one group: wait for an evaluation after the traffic
+    // ended (the timestamp of a recorded sample is its evaluation's). An evaluation during or
+    // before the traffic can lack series the first requests created, such as the gateway's
+    // per-route request counters.
+    let traffic_ended = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let evaluated_at = || -> Option<f64> {
+        let r = query(prom_port, "timestamp(slo:decision_latency:error_ratio_rate5m)");
+        r["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(75);
+    while evaluated_at().is_none_or(|t| t <= traffic_ended) {
+        assert!(Instant::now() < deadline, "recording rules not evaluated after the traffic within 75 s");
         std::thread::sleep(Duration::from_millis(500));
     }
     let up = query(prom_port, "sum(up)");
