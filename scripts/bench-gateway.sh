@@ -5,7 +5,7 @@
 # down as its partitions fill, so a rate run after another would pay for the earlier rate's records).
 # Prints oha's summary and each process's CPU use per rate. Not a test: no pass/fail.
 #
-#   scripts/bench-gateway.sh [RATE ...]     default rates: 500 1000 2000; DURATION=20s by default
+#   scripts/bench-gateway.sh [RATE ...]     default rates: 500 1000 2000; DURATION=20s, PARTITIONS=2 by default
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/setup.sh run)"
@@ -40,7 +40,7 @@ with open(sys.argv[1], "w") as f:
 PY
 
 start_stack() {
-  target/release/fraudctl run --no-traffic --gateway-port 8000 > "$work/stack.log" 2>&1 &
+  target/release/fraudctl run --no-traffic --gateway-port 8000 --partitions "${PARTITIONS:-2}" > "$work/stack.log" 2>&1 &
   stack_pid=$!
   for _ in $(seq 1 300); do
     curl -sf http://127.0.0.1:8000/health/ready >/dev/null 2>&1 && break
