@@ -122,11 +122,7 @@ fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
 
     // Traffic through HTTP and straight to Kafka, with labels a second later.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !get(&format!("http://127.0.0.1:{sc_port}/health/ready")).contains("\"ready\"") {
-        assert!(Instant::now() < deadline, "scorer never ready");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(testkit::wait_ready(sc_port, Duration::from_secs(60)), "scorer not ready within 60 s");
     let cfg = TrafficConfig {
         gateway: Some(format!("http://127.0.0.1:{gw_port}")),
         brokers: Some(broker.bootstrap()),

@@ -18,6 +18,30 @@ pub fn free_port() -> u16 {
     fraudctl::stack::free_port().expect("no free loopback port")
 }
 
+/// Waits until the service on `port` answers `GET /health/ready` with 200 (the gateway and the
+/// scorer both serve it); false when it did not within `timeout`.
+pub fn wait_ready(port: u16, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut c| {
+                c.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+                let mut head = [0u8; 12];
+                c.read_exact(&mut head)?;
+                Ok(head.ends_with(b"200"))
+            })
+            .unwrap_or(false);
+        if ready {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A server binary from `scripts/setup.sh`; a missing one fails the test, never skips it.
 fn binary(found: anyhow::Result<PathBuf>) -> PathBuf {
     found.unwrap_or_else(|e| panic!("{e:#} (the README's test command runs `scripts/setup.sh test`)"))

@@ -2,7 +2,7 @@
 //! processes.
 #![allow(dead_code)] // each test file uses part of it
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -48,7 +48,7 @@ impl Stack {
         let mut s = Service::start("scorer", &args, env);
         s.wait_for_log("scorer ready", Duration::from_secs(30));
         // Ready means the group gave it partitions: requests from now on are scored at once.
-        wait_ready_blocking(ops_port, "scorer");
+        assert!(testkit::wait_ready(ops_port, Duration::from_secs(60)), "scorer not ready within 60 s");
         s
     }
 
@@ -61,50 +61,23 @@ impl Stack {
         let mut args = vec!["--brokers".to_string(), self.broker.bootstrap(), "--listen".into(), format!("127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let service = Service::start("gateway", &args, env);
-        let g = Gateway { service, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+        let g = Gateway { service, port, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
         g
-    }
-}
-
-/// Waits until the service answering on `port` reports ready (`GET /health/ready` → 200).
-fn wait_ready_blocking(port: u16, what: &str) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", port))
-            .and_then(|mut c| {
-                c.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-                let mut head = [0u8; 12];
-                c.read_exact(&mut head)?;
-                Ok(head.ends_with(b"200"))
-            })
-            .unwrap_or(false);
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} not ready within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub struct Gateway {
     pub service: Service,
+    pub port: u16,
     pub base: String,
     pub http: reqwest::Client,
 }
 
 impl Gateway {
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/health/ready", self.base)).send().await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "gateway not ready:\n{}", self.service.logs());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let port = self.port;
+        let ready = tokio::task::spawn_blocking(move || testkit::wait_ready(port, Duration::from_secs(30))).await.unwrap();
+        assert!(ready, "gateway not ready within 30 s:\n{}", self.service.logs());
     }
 
     pub async fn predict(&self, body: &Value) -> (StatusCode, Value) {
