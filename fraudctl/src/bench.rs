@@ -1,6 +1,7 @@
 //! Benchmarks that print numbers (never pass/fail): the scorer against a plain passthrough with
 //! the same loop, client and broker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -118,7 +119,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
-pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
+/// Runs the sequence; `stop` (Ctrl-C) ends it early with an error, its processes stopped.
+pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
     let dir = std::env::temp_dir().join(format!("fraudstream-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let redis_port = stack::free_port()?;
@@ -143,7 +145,7 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
         all.extend([decisions, events].map(|t| (t.to_string(), b.partitions)));
         rt.block_on(crate::topics::create(&brokers, &all))?;
         eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
-        preload(&brokers, b.records, b.users)?;
+        preload(&brokers, b.records, b.users, stop)?;
 
         let port = stack::free_port()?;
         let mut env = vec![("RUST_LOG", "warn".to_string())];
@@ -167,7 +169,7 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
         .map(String::from)
         .to_vec();
         let mut p = Process::spawn(run.process_name(), &stack::sibling("scorer")?, &args, &dir, &env)?;
-        let m = rt.block_on(measure(port, b.records as u64, &mut p)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
+        let m = rt.block_on(measure(port, b.records as u64, &mut p, stop)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
         let label = run.label();
         eprintln!(
             "{label}: {:.0} records/s, {:.3} CPU-s per 100k, {:.0} MiB resident, spans exported {:.0}, dropped {:.0}",
@@ -185,7 +187,7 @@ pub fn run(b: &ScorerBench) -> Result<Vec<Measured>> {
     Ok(results)
 }
 
-fn preload(brokers: &str, n: usize, users: u64) -> Result<()> {
+fn preload(brokers: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()> {
     use rdkafka::ClientConfig;
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -198,6 +200,9 @@ fn preload(brokers: &str, n: usize, users: u64) -> Result<()> {
     let now = 1_764_000_000_000;
     let population: Vec<_> = (0..users).map(|u| Generator::user(1, u)).collect();
     for i in 0..n {
+        if i % 10_000 == 0 && stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
         let tx = g.payment(&population[i % population.len()], now).transaction;
         let payload = schemas::encode(&tx)?;
         let traceparent = format!("00-{:032x}-{:016x}-00", i + 1, i + 1);
@@ -220,7 +225,7 @@ fn preload(brokers: &str, n: usize, users: u64) -> Result<()> {
 /// Samples the scorer's /metrics until it processed `n` records; measures between 5 % and 95 %
 /// of them, past group joining and before the tail. CPU comes from /proc (10 ms resolution):
 /// `process_cpu_seconds_total` counts whole seconds, too coarse for runs of a few seconds.
-async fn measure(port: u16, n: u64, p: &mut Process) -> Result<Measured> {
+async fn measure(port: u16, n: u64, p: &mut Process, stop: &AtomicBool) -> Result<Measured> {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let (lo, hi) = (n / 20, n - n / 20);
@@ -228,6 +233,9 @@ async fn measure(port: u16, n: u64, p: &mut Process) -> Result<Measured> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         p.check_running()?;
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
         if Instant::now() > deadline {
             bail!("not done within 600 s");
         }

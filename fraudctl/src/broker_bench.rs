@@ -43,7 +43,8 @@ pub struct Step {
     pub read: u64,
 }
 
-pub fn run(b: &BrokerBench) -> Result<Vec<Step>> {
+/// Runs both phases; `stop` (Ctrl-C) ends them early with an error, the broker stopped.
+pub fn run(b: &BrokerBench, stop: &AtomicBool) -> Result<Vec<Step>> {
     let dir = std::env::temp_dir().join(format!("fraudstream-broker-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -54,9 +55,9 @@ pub fn run(b: &BrokerBench) -> Result<Vec<Step>> {
         let broker = stack::start_tansu(port, &dir)?;
         let brokers = format!("127.0.0.1:{port}");
         rt.block_on(crate::topics::create(&brokers, &[(TOPIC.to_string(), b.partitions)]))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let follower_stop = Arc::new(AtomicBool::new(false));
         let read = Arc::new(AtomicU64::new(0));
-        let follower = followed.then(|| follow(&brokers, b.partitions, Arc::clone(&stop), Arc::clone(&read))).transpose()?;
+        let follower = followed.then(|| follow(&brokers, b.partitions, Arc::clone(&follower_stop), Arc::clone(&read))).transpose()?;
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("enable.idempotence", "true")
@@ -71,6 +72,10 @@ pub fn run(b: &BrokerBench) -> Result<Vec<Step>> {
             let started = Instant::now();
             let n = (f64::from(b.rate) * b.step_seconds) as u64;
             for i in 0..n {
+                if stop.load(Ordering::Relaxed) {
+                    follower_stop.store(true, Ordering::Relaxed);
+                    anyhow::bail!("interrupted");
+                }
                 let due = started + Duration::from_secs_f64(i as f64 / f64::from(b.rate));
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
@@ -104,7 +109,7 @@ pub fn run(b: &BrokerBench) -> Result<Vec<Step>> {
             );
             steps.push(step);
         }
-        stop.store(true, Ordering::Relaxed);
+        follower_stop.store(true, Ordering::Relaxed);
         if let Some(f) = follower {
             f.join().map_err(|_| anyhow::anyhow!("the follower thread panicked"))?;
         }

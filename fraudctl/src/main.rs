@@ -256,7 +256,9 @@ fn main() -> Result<()> {
         }
         Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, repeat }) => {
             let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, repeat };
-            let results = fraudctl::bench::run(&b)?;
+            // Ctrl-C ends the run with its broker, Redis and scorer stopped, not left running.
+            let signals = runtime()?;
+            let results = fraudctl::bench::run(&b, &ctrl_c_flag(&signals))?;
             println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | resident MiB | spans exported | spans dropped |");
             println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
             let (mut passthrough, mut fan_out) = (None, None);
@@ -285,7 +287,8 @@ fn main() -> Result<()> {
         }
         Command::Bench(BenchCommand::Broker { rate, steps, step_seconds, partitions, linger_ms }) => {
             let b = fraudctl::broker_bench::BrokerBench { rate, steps, step_seconds, partitions, linger_ms };
-            let results = fraudctl::broker_bench::run(&b)?;
+            let signals = runtime()?;
+            let results = fraudctl::broker_bench::run(&b, &ctrl_c_flag(&signals))?;
             println!("| topic | records stored | records read in the step | broker CPU (% of a core) |");
             println!("| --- | ---: | ---: | ---: |");
             for s in &results {
