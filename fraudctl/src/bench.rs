@@ -207,16 +207,8 @@ fn preload(brokers: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()>
         let payload = schemas::encode(&tx)?;
         let traceparent = format!("00-{:032x}-{:016x}-00", i + 1, i + 1);
         let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent.as_bytes()) });
-        let mut record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload).headers(headers);
-        loop {
-            match p.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        let record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload).headers(headers);
+        scorer::pipeline::send_record(&p, record)?;
     }
     p.flush(Duration::from_secs(120))?;
     Ok(())

@@ -81,17 +81,8 @@ pub fn run(b: &BrokerBench, stop: &AtomicBool) -> Result<Vec<Step>> {
                     std::thread::sleep(wait);
                 }
                 let key = (sent % 5000).to_string();
-                let mut record = BaseRecord::to(TOPIC).key(&key).payload(&payload);
                 // The queue is bounded; wait for room rather than drop a record.
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((_, r)) => {
-                            record = r;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    }
-                }
+                scorer::pipeline::send_record(&producer, BaseRecord::to(TOPIC).key(key.as_bytes()).payload(payload.as_slice())).context("producing")?;
                 sent += 1;
             }
             producer.flush(Duration::from_secs(30)).context("flushing the producer")?;
