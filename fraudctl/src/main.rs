@@ -407,24 +407,14 @@ fn run_stack(args: RunArgs) -> Result<()> {
         )?,
     ];
     let gateway = format!("http://127.0.0.1:{gateway_port}");
-    rt.block_on(async {
-        let http = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut ready = true;
-            for url in [format!("{gateway}/health/ready"), format!("http://127.0.0.1:{scorer_port}/health/ready")] {
-                ready &= http.get(url).send().await.is_ok_and(|r| r.status().is_success());
-            }
-            if ready {
-                return Ok(());
-            }
-            for s in services.iter_mut() {
-                s.check_running().with_context(|| format!("see {}", log_dir.display()))?;
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "the gateway and scorer were not ready within 60 s; logs in {}", log_dir.display());
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(stack::is_ready(gateway_port) && stack::is_ready(scorer_port)) {
+        for s in services.iter_mut() {
+            s.check_running().with_context(|| format!("see {}", log_dir.display()))?;
         }
-    })?;
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the gateway and scorer were not ready within 60 s; logs in {}", log_dir.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     println!("gateway  {gateway} — POST /v1/predict, GET /v1/decisions/{{id}}, /openapi.json, /metrics");
     println!("scorer   http://127.0.0.1:{scorer_port}/metrics");
     println!("drift    http://127.0.0.1:{drift_port}/metrics (feature_psi every {} s, model_performance from labels)", args.drift_window);

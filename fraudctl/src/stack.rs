@@ -89,6 +89,21 @@ pub fn resident_bytes(pid: &str) -> Result<f64> {
     Ok(pages * 4096.0)
 }
 
+/// Whether the service on local `port` answers `GET /health/ready` with 200 (the gateway and the
+/// scorer both serve it); false while it is starting, not ready or not listening.
+pub fn is_ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head)?;
+            Ok(head.ends_with(b"200"))
+        })
+        .unwrap_or(false)
+}
+
 /// `preferred` if nothing listens there, else any free port.
 pub fn port(preferred: u16) -> Result<u16> {
     if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {

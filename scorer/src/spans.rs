@@ -66,7 +66,7 @@ impl BatchSpans {
     /// Starts the records' spans (`parents[i]` is record i's extracted context) as of `started`.
     pub fn start(started: SystemTime, sources: &[RecordSource<'_>], parents: &[Context], naming: &SpanNaming<'_>) -> Self {
         let tracer = tracer();
-        let name = operation_name("process", &naming.input_topic, topics::TRANSACTIONS, "process transactions");
+        let name = operation_name("process", naming.input_topic, topics::TRANSACTIONS, "process transactions");
         // With the export queue full, sampled records are not traced here (their spans would
         // only be dropped); their context passes on so later services can still trace them.
         let saturated = telemetry::trace::export_saturated();
@@ -132,7 +132,7 @@ impl BatchSpans {
             }
             span
         });
-        let send_name = operation_name("send", &naming.output_topic, topics::DECISIONS, "send decisions");
+        let send_name = operation_name("send", naming.output_topic, topics::DECISIONS, "send decisions");
         Self { process, batch, output_topic: naming.output_topic.to_string(), send_name }
     }
 

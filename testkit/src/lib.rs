@@ -21,18 +21,9 @@ pub fn free_port() -> u16 {
 /// Waits until the service on `port` answers `GET /health/ready` with 200 (the gateway and the
 /// scorer both serve it); false when it did not within `timeout`.
 pub fn wait_ready(port: u16, timeout: Duration) -> bool {
-    use std::io::{Read, Write};
     let deadline = Instant::now() + timeout;
     loop {
-        let ready = TcpStream::connect(("127.0.0.1", port))
-            .and_then(|mut c| {
-                c.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-                let mut head = [0u8; 12];
-                c.read_exact(&mut head)?;
-                Ok(head.ends_with(b"200"))
-            })
-            .unwrap_or(false);
-        if ready {
+        if fraudctl::stack::is_ready(port) {
             return true;
         }
         if Instant::now() >= deadline {
