@@ -120,7 +120,12 @@ fn main() -> Result<()> {
         // The job's state is in memory and rebuilt from new traffic after a restart; committing
         // as it goes only avoids re-reading what it already counted.
         .set("enable.auto.commit", "true")
-        .set("fetch.wait.max.ms", "100")
+        // Windows span minutes: fetch at most twice a second, in large responses, instead of
+        // once per broker round trip. Every fetch that returns records costs the broker in
+        // proportion to the batches stored in the partition (BENCHMARKS.md, "The embedded
+        // broker"), and the scorer and the gateway's reader need that broker quick.
+        .set("fetch.wait.max.ms", "500")
+        .set("fetch.min.bytes", "1048576")
         .create()
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
