@@ -172,25 +172,26 @@ pub fn redis_args(port: u16) -> Vec<String> {
 /// An in-memory Tansu broker on `port`, listening when this returns.
 pub fn start_tansu(port: u16, log_dir: &Path) -> Result<Process> {
     let mut p = Process::spawn("tansu", &tansu()?, &tansu_args(port), log_dir, &[])?;
-    wait_for_port(port, "the Tansu broker", &mut p)?;
+    wait_for_port(port, "the Tansu broker", || p.check_running())?;
     Ok(p)
 }
 
 /// A Redis on `port`, listening when this returns.
 pub fn start_redis(port: u16, log_dir: &Path) -> Result<Process> {
     let mut p = Process::spawn("redis", &redis_server()?, &redis_args(port), log_dir, &[])?;
-    wait_for_port(port, "redis-server", &mut p)?;
+    wait_for_port(port, "redis-server", || p.check_running())?;
     Ok(p)
 }
 
-/// Waits until something accepts connections on `port`.
-pub fn wait_for_port(port: u16, what: &str, child: &mut Process) -> Result<()> {
+/// Waits until something accepts connections on `port`; `running` fails when the process that
+/// should listen there has exited.
+pub fn wait_for_port(port: u16, what: &str, mut running: impl FnMut() -> Result<()>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
-        child.check_running()?;
+        running()?;
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("{what} did not listen on port {port} within 15 s")

@@ -8,7 +8,6 @@ pub mod kafka;
 pub mod otlp;
 pub mod process;
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,17 +38,11 @@ fn binary(found: anyhow::Result<PathBuf>) -> PathBuf {
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} before listening on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{what} did not listen on port {port} within 10 s");
+    let running = || match child.try_wait()? {
+        Some(status) => anyhow::bail!("{what} exited with {status}"),
+        None => Ok(()),
+    };
+    fraudctl::stack::wait_for_port(port, what, running).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 fn stop_child(child: &mut Option<Child>) {
@@ -153,6 +146,7 @@ pub fn unique(prefix: &str) -> String {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     #[test]
     fn redis_starts_answers_and_restarts() {
