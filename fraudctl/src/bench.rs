@@ -19,6 +19,8 @@ pub struct ScorerBench {
     pub users: u64,
     /// One scorer run per entry, after the passthrough and the fan-out.
     pub tracing: Vec<Tracing>,
+    /// Then one scorer run whose feature store is unreachable.
+    pub store_down: bool,
     /// How many times to repeat the sequence (passthrough, fan-out, then the scorer runs).
     pub repeat: usize,
 }
@@ -52,6 +54,8 @@ enum Run {
     /// Each record forwarded unchanged to two topics: the scorer's output volume, no processing.
     FanOut,
     Score(Tracing),
+    /// Scoring with no feature store to reach (no tracing): every batch on the card's defaults.
+    ScoreStoreDown,
 }
 
 impl Run {
@@ -60,7 +64,7 @@ impl Run {
         match self {
             Run::Passthrough => ("passthrough", "bench-passthrough-out", "bench-passthrough-unused"),
             Run::FanOut => ("fan-out", "bench-fanout-decisions", "bench-fanout-events"),
-            Run::Score(_) => ("score", "bench-score-decisions", "bench-score-events"),
+            Run::Score(_) | Run::ScoreStoreDown => ("score", "bench-score-decisions", "bench-score-events"),
         }
     }
 
@@ -69,6 +73,7 @@ impl Run {
             Run::Passthrough => "scorer-passthrough",
             Run::FanOut => "scorer-fanout",
             Run::Score(_) => "scorer-score",
+            Run::ScoreStoreDown => "scorer-store-down",
         }
     }
 
@@ -77,6 +82,7 @@ impl Run {
             Run::Passthrough => "passthrough",
             Run::FanOut => "fan-out",
             Run::Score(t) => t.label(),
+            Run::ScoreStoreDown => "scorer, feature store down",
         }
     }
 }
@@ -132,7 +138,7 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let sink = rt.block_on(otlp_sink())?;
     let mut results = Vec::new();
-    let scored = b.tracing.iter().copied().map(Run::Score);
+    let scored = b.tracing.iter().copied().map(Run::Score).chain(b.store_down.then_some(Run::ScoreStoreDown));
     let runs: Vec<Run> = (0..b.repeat.max(1)).flat_map(|_| [Run::Passthrough, Run::FanOut].into_iter().chain(scored.clone())).collect();
     for run in runs {
         // Every run gets a fresh broker holding the same records: the in-memory broker slows
@@ -148,6 +154,10 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
         preload(&brokers, b.records, b.users, stop)?;
 
         let port = stack::free_port()?;
+        let run_redis_url = match run {
+            Run::ScoreStoreDown => format!("redis://127.0.0.1:{}/", stack::free_port()?),
+            _ => redis_url.clone(),
+        };
         let mut env = vec![("RUST_LOG", "warn".to_string())];
         match run {
             Run::Score(Tracing::Sampled) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{sink}"))),
@@ -157,7 +167,7 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
         let args: Vec<String> = [
             "--work", mode,
             "--brokers", &brokers,
-            "--redis-url", &redis_url,
+            "--redis-url", &run_redis_url,
             "--group-id", &format!("bench-{mode}"),
             "--transactional-id", &format!("bench-{mode}"),
             "--delivery", &b.delivery,

@@ -68,6 +68,10 @@ enum BenchCommand {
         /// that accepts everything), dead (10 % to a port where nothing listens).
         #[arg(long, value_delimiter = ',', default_value = "off")]
         tracing: Vec<fraudctl::bench::Tracing>,
+        /// One more scorer run, with its feature store unreachable (every batch scored on the model
+        /// card's defaults, as during a Redis outage): what the Redis lookups cost.
+        #[arg(long)]
+        store_down: bool,
         /// Repeat the whole sequence this many times (run-to-run spread).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
@@ -254,8 +258,8 @@ fn main() -> Result<()> {
             println!("published {sent} labels to {}", schemas::topics::LABELS);
             Ok(())
         }
-        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, repeat }) => {
-            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, repeat };
+        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, store_down, repeat }) => {
+            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, store_down, repeat };
             // Ctrl-C ends the run with its broker, Redis and scorer stopped, not left running.
             let signals = runtime()?;
             let results = fraudctl::bench::run(&b, &ctrl_c_flag(&signals))?;
@@ -264,8 +268,9 @@ fn main() -> Result<()> {
             let (mut passthrough, mut fan_out) = (None, None);
             let ratio = |rate: f64, base: Option<f64>| base.map_or_else(String::new, |b| format!("{:.2}", rate / b));
             for m in &results {
+                // Each repetition starts with its passthrough: ratios are taken within one repetition.
                 match m.mode {
-                    "passthrough" => passthrough = Some(m.rate()),
+                    "passthrough" => (passthrough, fan_out) = (Some(m.rate()), None),
                     "fan-out" => fan_out = Some(m.rate()),
                     _ => {}
                 }
