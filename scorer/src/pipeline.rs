@@ -720,8 +720,14 @@ impl Pipeline {
 /// "why"); approvals, the bulk, at debug. The ids are those of the record's `process` span, in
 /// the trace the request started.
 fn log_decision(d: &Decision, ids: impl FnOnce() -> SpanIds) {
-    // Approvals are most decisions: skip formatting the ids unless their debug line is wanted.
-    if d.decision == schemas::Verdict::Approve && !tracing::enabled!(tracing::Level::DEBUG) {
+    // Format the ids and the explanation only for a line that is wanted: approvals (most
+    // decisions) log at debug, reviews and blocks at info (off when a scorer runs at warn).
+    let wanted = if d.decision == schemas::Verdict::Approve {
+        tracing::enabled!(tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(tracing::Level::INFO)
+    };
+    if !wanted {
         return;
     }
     let SpanIds { trace_id, span_id } = ids();
