@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 use crate::stack;
 
@@ -57,7 +57,7 @@ pub fn run(b: &BrokerBench, stop: &AtomicBool) -> Result<Vec<Step>> {
         rt.block_on(crate::topics::create(&brokers, &[(TOPIC.to_string(), b.partitions)]))?;
         let follower_stop = Arc::new(AtomicBool::new(false));
         let read = Arc::new(AtomicU64::new(0));
-        let follower = followed.then(|| follow(&brokers, b.partitions, Arc::clone(&follower_stop), Arc::clone(&read))).transpose()?;
+        let follower = followed.then(|| follow(&brokers, Arc::clone(&follower_stop), Arc::clone(&read))).transpose()?;
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("enable.idempotence", "true")
@@ -112,7 +112,7 @@ pub fn run(b: &BrokerBench, stop: &AtomicBool) -> Result<Vec<Step>> {
 
 /// A consumer reading every partition of the topic from the start, as a tailing service does
 /// (`read_committed`, 5 ms fetch wait — the gateway's decisions reader's settings).
-fn follow(brokers: &str, partitions: i32, stop: Arc<AtomicBool>, read: Arc<AtomicU64>) -> Result<std::thread::JoinHandle<()>> {
+fn follow(brokers: &str, stop: Arc<AtomicBool>, read: Arc<AtomicU64>) -> Result<std::thread::JoinHandle<()>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-broker-follower")
@@ -122,11 +122,7 @@ fn follow(brokers: &str, partitions: i32, stop: Arc<AtomicBool>, read: Arc<Atomi
         .set("fetch.min.bytes", "1")
         .create()
         .context("creating the follower")?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    crate::topics::assign_all(&consumer, TOPIC, Offset::Beginning, Duration::from_secs(5))?;
     Ok(std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
