@@ -40,6 +40,11 @@ with open(sys.argv[1], "w") as f:
 PY
 
 start_stack() {
+  # fraudctl run moves to another port when 8000 is taken; the load would then hit whatever holds it.
+  if curl -s -o /dev/null http://127.0.0.1:8000/; then
+    echo "port 8000 is in use (a stack left running?); stop it first" >&2
+    exit 1
+  fi
   target/release/fraudctl run --no-traffic --gateway-port 8000 --partitions "${PARTITIONS:-2}" > "$work/stack.log" 2>&1 &
   stack_pid=$!
   for _ in $(seq 1 300); do
