@@ -2,6 +2,7 @@
 //! that is down or slow never stops scoring: the batch is marked unavailable (the scorer falls
 //! back to the card's defaults) and the store is retried after a short backoff.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use std::sync::LazyLock;
@@ -88,7 +89,9 @@ impl FeatureStore {
         Ok(self.conn.as_mut().expect("connection was just set"))
     }
 
-    /// Looks every user up in one pipelined round trip.
+    /// Looks every user up in one round trip; answers one lookup per id given, in order. Each
+    /// distinct user is read once, however often it appears in the batch: a burst of payments
+    /// from one user (card testing) costs the store one lookup.
     pub fn fetch<'a>(&mut self, user_ids: impl ExactSizeIterator<Item = &'a str>) -> Fetched {
         let started = Instant::now();
         let n = user_ids.len();
@@ -99,18 +102,32 @@ impl FeatureStore {
             return self.unavailable(n, "feature store unavailable (backing off)".into(), started);
         }
         let mut call = READ_USERS.prepare_invoke();
+        let mut distinct: HashMap<&str, usize> = HashMap::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
+        let mut key = String::with_capacity(self.key_prefix.len() + 16);
         for user in user_ids {
-            call.key(self.key(user));
+            let next = distinct.len();
+            let slot = *distinct.entry(user).or_insert_with(|| {
+                key.clear();
+                key.push_str(&self.key_prefix);
+                key.push_str(user);
+                call.key(key.as_str());
+                next
+            });
+            slots.push(slot);
         }
         call.arg(&UserFeatures::FIELDS[..]);
+        let users = distinct.len();
         let result: redis::RedisResult<String> = self.connection().and_then(|conn| call.invoke(conn));
         match result {
-            Ok(packed) => match unpack(&packed, n, &self.defaults) {
-                Some((lookups, hits)) => {
+            Ok(packed) => match unpack(&packed, users, &self.defaults) {
+                Some(found) => {
                     self.retry_at = None;
+                    let lookups = if users == n { found } else { slots.iter().map(|&s| found[s].clone()).collect() };
+                    let hits = lookups.iter().filter(|l| matches!(l, UserLookup::Found(_))).count() as u64;
                     Fetched { lookups, hits, misses: n as u64 - hits, error: None, elapsed: started.elapsed() }
                 }
-                None => self.fail(n, format!("feature store answered a malformed reply for {n} users"), started),
+                None => self.fail(n, format!("feature store answered a malformed reply for {users} users"), started),
             },
             Err(e) => self.fail(n, e.to_string(), started),
         }
@@ -150,11 +167,10 @@ impl FeatureStore {
 }
 
 /// Splits the script's reply into one lookup per user; `None` when the reply has the wrong shape.
-fn unpack(packed: &str, users: usize, defaults: &UserFeatures) -> Option<(Vec<UserLookup>, u64)> {
+fn unpack(packed: &str, users: usize, defaults: &UserFeatures) -> Option<Vec<UserLookup>> {
     let k = UserFeatures::FIELDS.len();
     let mut values = packed.split(SEPARATOR);
     let mut lookups = Vec::with_capacity(users);
-    let mut hits = 0;
     let mut row: [&str; 6] = [""; 6];
     for _ in 0..users {
         for slot in row.iter_mut() {
@@ -163,13 +179,12 @@ fn unpack(packed: &str, users: usize, defaults: &UserFeatures) -> Option<(Vec<Us
         if row.iter().all(|v| v.is_empty()) {
             lookups.push(UserLookup::Missing);
         } else {
-            hits += 1;
             let fields = UserFeatures::FIELDS.iter().zip(row).filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, v));
             lookups.push(UserLookup::Found(UserFeatures::from_fields(fields, defaults)));
         }
     }
     debug_assert_eq!(k, row.len());
-    values.next().is_none().then_some((lookups, hits))
+    values.next().is_none().then_some(lookups)
 }
 
 #[cfg(test)]
@@ -184,8 +199,7 @@ mod tests {
     fn unpacks_found_missing_and_partial_users() {
         let sep = SEPARATOR.to_string();
         let packed = ["10", "0", "4", "55.5", "1", "US", "", "", "", "", "", "", "", "7", "", "", "", ""].join(&sep);
-        let (lookups, hits) = unpack(&packed, 3, &defaults()).unwrap();
-        assert_eq!(hits, 2);
+        let lookups = unpack(&packed, 3, &defaults()).unwrap();
         let UserLookup::Found(a) = &lookups[0] else { panic!() };
         assert_eq!((a.account_age_days, a.avg_amount_30d, a.home_country.as_deref()), (10.0, 55.5, Some("US")));
         assert_eq!(lookups[1], UserLookup::Missing);

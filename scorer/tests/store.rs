@@ -1,0 +1,68 @@
+//! The feature store against a real Redis: one lookup per id given, in order, with each distinct
+//! user read from Redis once per batch.
+
+use std::time::Duration;
+
+use scorer::UserLookup;
+use scorer::features::UserFeatures;
+use scorer::store::FeatureStore;
+use testkit::{RedisServer, unique};
+
+fn defaults() -> UserFeatures {
+    UserFeatures { account_age_days: 30.0, txn_count_1h: 0.0, txn_count_24h: 1.0, avg_amount_30d: 50.0, chargebacks_90d: 0.0, home_country: None }
+}
+
+fn user(age: f64, country: &str) -> UserFeatures {
+    UserFeatures { account_age_days: age, txn_count_1h: 2.0, txn_count_24h: 9.0, avg_amount_30d: 80.0, chargebacks_90d: 1.0, home_country: Some(country.into()) }
+}
+
+/// How many `HMGET`s Redis has run since it started (the lookup script issues one per user).
+fn hmget_calls(url: &str) -> u64 {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_hmget:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn a_batch_gets_one_lookup_per_record_and_redis_one_read_per_distinct_user() {
+    let redis = RedisServer::start();
+    let prefix = format!("{}:", unique("features"));
+    let mut store = FeatureStore::new(&redis.url(), prefix, Duration::from_secs(1), Duration::from_millis(100), defaults()).unwrap();
+    let (a, b) = (user(400.0, "US"), user(12.0, "DE"));
+    store.store([("a", &a), ("b", &b)]).unwrap();
+
+    let before = hmget_calls(&redis.url());
+    // A burst from one user, a user the store does not know (twice), and another user.
+    let ids = ["a", "a", "ghost", "b", "a", "ghost", "a"];
+    let fetched = store.fetch(ids.iter().copied());
+    assert_eq!(hmget_calls(&redis.url()) - before, 3, "one read per distinct user");
+
+    assert!(fetched.error.is_none(), "{:?}", fetched.error);
+    assert_eq!((fetched.hits, fetched.misses), (5, 2), "counted per record");
+    let want = |id: &str| match id {
+        "a" => UserLookup::Found(a.clone()),
+        "b" => UserLookup::Found(b.clone()),
+        _ => UserLookup::Missing,
+    };
+    let expected: Vec<UserLookup> = ids.iter().map(|id| want(id)).collect();
+    assert_eq!(fetched.lookups, expected);
+
+    // All distinct: the same answers, one read each.
+    let before = hmget_calls(&redis.url());
+    let fetched = store.fetch(["b", "ghost", "a"].into_iter());
+    assert_eq!(hmget_calls(&redis.url()) - before, 3);
+    assert_eq!(fetched.lookups, vec![want("b"), UserLookup::Missing, want("a")]);
+}
+
+#[test]
+fn a_store_that_is_down_answers_unavailable_for_every_record() {
+    let mut redis = RedisServer::start();
+    let mut store = FeatureStore::new(&redis.url(), "features:user:", Duration::from_millis(300), Duration::from_millis(100), defaults()).unwrap();
+    redis.stop();
+    let fetched = store.fetch(["a", "a", "b"].into_iter());
+    assert!(fetched.error.is_some());
+    assert_eq!(fetched.lookups, vec![UserLookup::Unavailable; 3]);
+    assert_eq!((fetched.hits, fetched.misses), (0, 0));
+}
