@@ -177,7 +177,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-
 /// Withdraws a request's interest in its decision however the request ends (answered, timed
 /// out, or dropped by a disconnecting client), so waiters never leak.
 struct Waiting<'a> {

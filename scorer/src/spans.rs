@@ -243,7 +243,6 @@ fn operation_name(operation: &str, topic: &str, standard_topic: &str, standard_n
     if topic == standard_topic { Cow::Borrowed(standard_name) } else { Cow::Owned(format!("{operation} {topic}")) }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

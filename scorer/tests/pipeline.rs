@@ -243,6 +243,38 @@ fn redis_outage_degrades_decisions_and_recovery_needs_no_restart() {
     drop(scorer);
 }
 
+/// A Redis that stops answering (frozen, not refusing connections) costs each batch at most the
+/// lookup timeout: decisions go on degraded, and come back with features once it answers again.
+#[test]
+fn a_redis_that_stops_answering_degrades_decisions_until_it_answers_again() {
+    let stack = Stack::start(1);
+    let scorer = stack.scorer("a", &["--redis-timeout-ms", "100", "--redis-backoff-ms", "200"]);
+    let p = stack.producer();
+    let txs = payments(60, "slow-redis");
+
+    p.send_transactions(topics::TRANSACTIONS, txs[..20].iter().map(|(t, _)| t));
+    p.flush();
+    assert!(decisions(&stack.read(topics::DECISIONS, 20, 60)).iter().all(|d| !d.degraded && d.user_features_found));
+
+    stack.redis.pause();
+    p.send_transactions(topics::TRANSACTIONS, txs[20..40].iter().map(|(t, _)| t));
+    p.flush();
+    let phase2 = decisions(&stack.read(topics::DECISIONS, 40, 60));
+    let frozen: Vec<_> = phase2.iter().filter(|d| txs[20..40].iter().any(|(t, _)| t.transaction_id == d.transaction_id)).collect();
+    assert_eq!(frozen.len(), 20, "scoring went on while Redis did not answer");
+    assert!(frozen.iter().all(|d| d.degraded && !d.user_features_found));
+
+    stack.redis.resume();
+    std::thread::sleep(Duration::from_millis(300)); // past the backoff
+    p.send_transactions(topics::TRANSACTIONS, txs[40..].iter().map(|(t, _)| t));
+    p.flush();
+    let phase3 = decisions(&stack.read(topics::DECISIONS, 60, 60));
+    let recovered: Vec<_> = phase3.iter().filter(|d| txs[40..].iter().any(|(t, _)| t.transaction_id == d.transaction_id)).collect();
+    assert_eq!(recovered.len(), 20);
+    assert!(recovered.iter().all(|d| !d.degraded && d.user_features_found), "features again, without a restart");
+    assert!(scorer.logs().contains("feature store unavailable"));
+}
+
 /// Streams `n` transactions at a steady rate, stops the scorer with `signal` while they are
 /// still flowing, restarts it, and returns (decisions by id, duplicates, transactions).
 fn interrupted_run(signal: &str, n: usize, delivery: &str) -> (HashMap<String, Decision>, usize, Vec<Transaction>) {

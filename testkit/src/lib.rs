@@ -78,6 +78,23 @@ impl RedisServer {
         stop_child(&mut self.child);
     }
 
+    /// Freezes the server (SIGSTOP): connections are still accepted by the kernel but nothing is
+    /// answered, as with a Redis stuck on a slow command or a stalled host.
+    pub fn pause(&self) {
+        self.send_signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT), data intact.
+    pub fn resume(&self) {
+        self.send_signal("CONT");
+    }
+
+    fn send_signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Starts the server again on the same port (empty).
     pub fn restart(&mut self) {
         self.stop();
