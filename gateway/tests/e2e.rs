@@ -202,6 +202,23 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     assert_documented("/v1/predict", "post", status);
     assert!(body["error"].as_str().unwrap().contains("Kafka did not acknowledge"));
     assert!(took < Duration::from_secs(5), "the request hung for {took:?}");
+
+    // Readiness follows: a gateway that cannot reach Kafka leaves the load balancer's rotation.
+    let port = gw.port;
+    let unready = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if !fraudctl::stack::is_ready(port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(unready, "still ready 20 s after the broker stopped:\n{}", gw.service.logs());
+    assert!(gw.service.logs().contains("readiness changed"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
