@@ -1,6 +1,8 @@
 //! The drift job on a real broker: decisions from the real scorer, a window of traffic like the
 //! training data, then a window with one feature shifted; then delayed labels.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! PSI against numpy's, computed by the training script on the same inputs
 //! (`model/golden/drift.json`).
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use drift_job::psi::{Binning, psi};
 use scorer::ModelCard;
 use serde::Deserialize;

@@ -1,6 +1,8 @@
 //! Precision, recall, F1 and the false-positive rate against `sklearn.metrics` on the same fixed
 //! labelled set (`model/golden/drift.json`, written by the training script).
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use drift_job::quality::{QualityWindow, Threshold};
 use schemas::Verdict;
 use scorer::ModelCard;

@@ -2,6 +2,8 @@
 //! tests (promtool), the Prometheus and Alertmanager configs (promtool, amtool), and a runbook
 //! for every alert.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

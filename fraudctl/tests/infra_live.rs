@@ -3,6 +3,8 @@
 //! expression parses and evaluates, and every dashboard query and recording rule has data. Also
 //! lints each service's /metrics with `promtool check metrics`.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

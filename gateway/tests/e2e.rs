@@ -1,6 +1,8 @@
 //! The whole pipeline from HTTP to `decisions` and back: gateway and scorer processes against a
 //! real Tansu broker and a real Redis.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -46,7 +48,7 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
     let gw = stack.gateway(&["--decision-deadline-ms", "5000"]);
     gw.wait_ready().await;
 
-    let mut g = Generator::new(SEED, Drift::None, &unique("http"));
+    let mut g = Generator::new(SEED, Drift::None, unique("http"));
     let users: Vec<_> = (0..USERS).map(|n| Generator::user(SEED, n)).collect();
     let txs: Vec<_> = (0..40).map(|i| g.payment(&users[i % USERS as usize], 1_764_000_000_000).transaction).collect();
 
@@ -122,7 +124,9 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
     gw.wait_ready().await;
     use reqwest::Method;
 
-    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, StatusCode)> = vec![
+    // (method, path, content type, body, expected status)
+    type Case = (Method, &'static str, Option<&'static str>, Vec<u8>, StatusCode);
+    let cases: Vec<Case> = vec![
         (Method::POST, "/v1/predict", Some("application/json"), b"{\"amount\": ".to_vec(), StatusCode::BAD_REQUEST),
         (Method::POST, "/v1/predict", Some("application/json"), b"[1, 2]".to_vec(), StatusCode::BAD_REQUEST),
         (Method::POST, "/v1/predict", Some("text/plain"), b"{}".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
@@ -170,7 +174,7 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let mut stack = Stack::start();
     let gw = stack.gateway(&["--decision-deadline-ms", "300", "--produce-timeout-ms", "800"]);
     gw.wait_ready().await;
-    let mut g = Generator::new(SEED, Drift::None, &unique("pending"));
+    let mut g = Generator::new(SEED, Drift::None, unique("pending"));
     let tx = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
 
     // No scorer yet: accepted by Kafka, no decision within the deadline.
@@ -228,7 +232,7 @@ async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_
     let gw = std::sync::Arc::new(stack.gateway(&["--decision-deadline-ms", "20000"]));
     gw.wait_ready().await;
 
-    let mut g = Generator::new(SEED, Drift::None, &unique("kill"));
+    let mut g = Generator::new(SEED, Drift::None, unique("kill"));
     let txs: Vec<_> = (0..400).map(|i| g.payment(&Generator::user(SEED, i % USERS), 1_764_000_000_000).transaction).collect();
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();

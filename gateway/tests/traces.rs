@@ -3,6 +3,8 @@
 //! ids of their spans and no personal data; a dead collector costs no request and its drops are
 //! counted.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -54,7 +56,7 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
     let gw = stack.gateway_with(&["--decision-deadline-ms", "5000"], &otel_env(receiver.endpoint()));
     gw.wait_ready().await;
 
-    let mut g = Generator::new(SEED, Drift::None, &unique("traced"));
+    let mut g = Generator::new(SEED, Drift::None, unique("traced"));
     let user = Generator::user(SEED, 7);
     // An e-mail address as the user id: personal data that must not reach the logs.
     let pii_user = "jane.doe@example.com";
@@ -183,7 +185,7 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
     let gw = stack.gateway_with(&["--decision-deadline-ms", "5000"], &with(silent.endpoint()));
     gw.wait_ready().await;
 
-    let mut g = Generator::new(SEED, Drift::None, &unique("nocollector"));
+    let mut g = Generator::new(SEED, Drift::None, unique("nocollector"));
     let mut answers: HashMap<StatusCode, usize> = HashMap::new();
     for i in 0..120u64 {
         let (status, _) = gw.predict(&seed_body(&g.payment(&Generator::user(SEED, i % 50), 1_764_000_000_000).transaction)).await;

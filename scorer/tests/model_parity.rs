@@ -1,6 +1,8 @@
 //! The Rust scoring core against what scikit-learn computed for the same rows at training time
 //! (`model/golden/predictions.json`), through the real ONNX Runtime.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::time::Instant;
 
 use schemas::{PaymentMethod, Transaction, Verdict};

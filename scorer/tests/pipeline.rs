@@ -2,6 +2,8 @@
 //! poison records dead-lettered, Redis outages degraded and recovered, shutdowns and crashes
 //! losing nothing.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

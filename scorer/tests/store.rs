@@ -1,6 +1,8 @@
 //! The feature store against a real Redis: one lookup per id given, in order, with each distinct
 //! user read from Redis once per batch.
 
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
 use std::time::Duration;
 
 use scorer::UserLookup;

@@ -1,5 +1,7 @@
 //! The stack the end-to-end tests run: a real Tansu broker and Redis, the scorer and gateway as
 //! processes.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 #![allow(dead_code)] // each test file uses part of it
 
 use std::time::Duration;
@@ -61,8 +63,7 @@ impl Stack {
         let mut args = vec!["--brokers".to_string(), self.broker.bootstrap(), "--listen".into(), format!("127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let service = Service::start("gateway", &args, env);
-        let g = Gateway { service, port, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-        g
+        Gateway { service, port, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
     }
 }
 
