@@ -29,6 +29,9 @@ use crate::request::parse_transaction;
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
+/// The W3C Trace Context response header: `00-<trace id>-<server span id>-<flags>`.
+pub const TRACERESPONSE: &str = "traceresponse";
+
 pub struct AppState {
     pub producer: FutureProducer,
     pub board: Arc<DecisionBoard>,
@@ -134,9 +137,16 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
         let cx = parent.with_span(span);
         req.extensions_mut().insert(RequestTrace(cx.clone()));
         let log_span = tracing::info_span!("request", trace_id = %ids.trace_id, span_id = %ids.span_id);
-        let response = next.run(req).instrument(log_span).await;
-        let status = response.status();
+        let mut response = next.run(req).instrument(log_span).await;
+        // W3C `traceresponse`: every API answer, errors included, names its trace, so a caller
+        // can hand it to on-call (or look it up itself) without parsing the body.
         let span = cx.span();
+        if span.span_context().is_valid()
+            && let Ok(value) = HeaderValue::from_bytes(&telemetry::trace::traceparent(span.span_context()))
+        {
+            response.headers_mut().insert(TRACERESPONSE, value);
+        }
+        let status = response.status();
         span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
         if status.is_server_error() {
             span.set_status(Status::error(status.canonical_reason().unwrap_or("server error")));

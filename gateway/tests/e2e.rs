@@ -136,8 +136,9 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         (Method::GET, "/v1/decisions/never-seen", None, vec![], StatusCode::NOT_FOUND),
     ];
     for (method, path, ct, body, want) in cases {
-        let (status, json) = gw.raw(method.clone(), path, ct, body).await;
+        let (status, headers, json) = gw.raw_with_headers(method.clone(), path, ct, body).await;
         assert_eq!(status, want, "{method} {path} {ct:?}: {json}");
+        assert!(headers.contains_key("traceresponse"), "{method} {path}: no traceresponse");
         assert!(json["error"].is_string() && json["details"].is_array(), "{json}");
         let spec_path = if path.starts_with("/v1/decisions/") { "/v1/decisions/{transaction_id}" } else { path };
         assert_documented(spec_path, &method.as_str().to_lowercase(), status);
@@ -164,9 +165,20 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         let want: Vec<(String, String)> = want.iter().map(|(f, r)| (f.to_string(), r.to_string())).collect();
         assert_eq!(got, want, "{body}");
     }
+    // Every API answer names its trace (W3C `traceresponse`), errors included, with no collector
+    // configured; scrapes and health checks are not traced.
+    let r = gw.http.post(format!("{}/v1/predict", gw.base)).json(&json!({"amount": 1})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let value = r.headers()["traceresponse"].to_str().unwrap().to_string();
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 32, 16, 2], "{value}");
+    assert!(parts[1].chars().all(|c| c.is_ascii_hexdigit()) && parts[1] != "0".repeat(32), "{value}");
+    let health = gw.http.get(format!("{}/health/live", gw.base)).send().await.unwrap();
+    assert!(health.headers().get("traceresponse").is_none());
+
     // Nothing invalid reached Kafka.
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 11"#), "{metrics}");
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 12"#), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,6 +83,7 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let traceresponse = r.headers()["traceresponse"].to_str().unwrap().to_string();
     let continued_answer: Value = r.json().await.unwrap();
     assert_eq!(continued_answer["trace_id"], caller_trace);
 
@@ -135,6 +136,17 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
     // The continued trace.
     let continued_server = one(&spans, caller_trace, "POST /v1/predict");
     assert_eq!(continued_server.parent_span_id, caller_span);
+    // The answer names the gateway's server span (W3C `traceresponse`).
+    assert_eq!(traceresponse, format!("00-{caller_trace}-{}-01", continued_server.span_id));
+
+    // An error names its trace too: the 422's server span is exported with the same ids.
+    let r = gw.http.post(format!("{}/v1/predict", gw.base)).json(&serde_json::json!({"amount": -1})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let parts: Vec<String> = r.headers()["traceresponse"].to_str().unwrap().split('-').map(String::from).collect();
+    assert_eq!(parts.len(), 4, "{parts:?}");
+    let rejected = receiver.wait_for(Duration::from_secs(30), |spans| spans.iter().any(|s| s.trace_id == parts[1] && s.span_id == parts[2]));
+    let rejected = rejected.iter().find(|s| s.trace_id == parts[1] && s.span_id == parts[2]).unwrap();
+    assert_eq!((rejected.name.as_str(), rejected.attr("http.response.status_code")), ("POST /v1/predict", Some("422")));
     assert_eq!(one(&spans, caller_trace, "process transactions").parent_span_id, one(&spans, caller_trace, "send transactions").span_id);
 
     // Logs: JSON lines carrying their span's ids, no personal data.

@@ -492,8 +492,9 @@ pub fn kafka_headers(sc: &SpanContext) -> OwnedHeaders {
     if state.is_empty() { headers } else { headers.insert(Header { key: "tracestate", value: Some(state.as_bytes()) }) }
 }
 
-/// `00-<trace id>-<span id>-<flags>` in lowercase hex.
-fn traceparent(sc: &SpanContext) -> [u8; 55] {
+/// `00-<trace id>-<span id>-<flags>` in lowercase hex: a `traceparent` (or, for an HTTP
+/// response, `traceresponse`) value for `sc`.
+pub fn traceparent(sc: &SpanContext) -> [u8; 55] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 55];
     out[..2].copy_from_slice(b"00");

@@ -88,14 +88,20 @@ impl Gateway {
     }
 
     pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        let (status, _, json) = self.raw_with_headers(method, path, content_type, body).await;
+        (status, json)
+    }
+
+    pub async fn raw_with_headers(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
         let r = req.send().await.unwrap();
         let status = r.status();
+        let headers = r.headers().clone();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}")))
+        (status, headers, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}")))
     }
 
     pub async fn metrics(&self) -> String {
