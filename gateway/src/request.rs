@@ -51,15 +51,23 @@ pub fn parse_transaction(
         Some(_) => wrong(&mut errors, "timestamp", "must be an RFC 3339 string or epoch milliseconds"),
     };
 
-    let (Some(transaction_id), Some(user_id), Some(amount), Some(payment_method), Some(timestamp)) =
-        (transaction_id, user_id, amount, payment_method, timestamp)
-    else {
-        return Err(errors);
+    // Contract checks (empty ids, amount range, codes) run on every field that did parse, even
+    // when others did not, so that one answer names every bad field. A field that failed to
+    // parse has a stand-in value here whose own check is not reported.
+    let parsed = [transaction_id.is_some(), user_id.is_some(), amount.is_some(), payment_method.is_some(), timestamp.is_some()];
+    let tx = Transaction {
+        transaction_id: transaction_id.unwrap_or_default(),
+        user_id: user_id.unwrap_or_default(),
+        amount: amount.unwrap_or(1.0),
+        currency,
+        payment_method: payment_method.unwrap_or(PaymentMethod::Card),
+        merchant_id,
+        country,
+        timestamp: timestamp.unwrap_or(now_ms),
     };
-    let tx = Transaction { transaction_id, user_id, amount, currency, payment_method, merchant_id, country, timestamp };
-    // Type errors first, then contract checks on the fields that did parse.
-    errors.extend(tx.field_errors(limits));
-    if errors.is_empty() { Ok(tx) } else { Err(errors) }
+    let reported: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
+    errors.extend(tx.field_errors(limits).into_iter().filter(|e| !reported.contains(&e.field)));
+    if errors.is_empty() && parsed.iter().all(|p| *p) { Ok(tx) } else { Err(errors) }
 }
 
 fn missing<T>(errors: &mut Vec<FieldError>, field: &str) -> Option<T> {
@@ -145,6 +153,23 @@ mod tests {
         assert_eq!(fields, ["transaction_id", "user_id", "amount", "payment_method", "currency"]);
         assert_eq!(errors[0].reason, "is required");
         assert!(errors[3].reason.contains("card, bank_transfer"));
+    }
+
+    #[test]
+    fn contract_checks_apply_to_the_fields_that_parsed_when_others_did_not() {
+        let errors = parse(json!({"transaction_id": "", "amount": -1, "country": "usa", "currency": 1})).unwrap_err();
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("user_id", "is required"),
+                ("payment_method", "is required"),
+                ("currency", "must be a string"),
+                ("transaction_id", "must not be empty"),
+                ("amount", "must be > 0"),
+                ("country", "must be a two-letter ISO 3166-1 code such as US"),
+            ]
+        );
     }
 
     #[test]
