@@ -10,6 +10,15 @@ use tokio::sync::oneshot;
 
 use schemas::Decision;
 
+/// A decision read from Kafka, with the trace it was made in (its record's `traceparent`): the
+/// trace of the request that published the transaction, or the scorer's own for a transaction
+/// that came with none.
+#[derive(Debug)]
+pub struct Decided {
+    pub decision: Decision,
+    pub trace_id: Option<String>,
+}
+
 /// Requests waiting for decisions, and recent decisions, both bounded.
 pub struct DecisionBoard {
     inner: Mutex<Board>,
@@ -18,9 +27,9 @@ pub struct DecisionBoard {
 }
 
 struct Board {
-    waiters: HashMap<String, Vec<oneshot::Sender<Arc<Decision>>>>,
+    waiters: HashMap<String, Vec<oneshot::Sender<Arc<Decided>>>>,
     waiting: usize,
-    recent: HashMap<String, Arc<Decision>>,
+    recent: HashMap<String, Arc<Decided>>,
     order: VecDeque<String>,
 }
 
@@ -54,7 +63,7 @@ impl DecisionBoard {
 
     /// Registers interest in `transaction_id`'s decision. Call before publishing the transaction,
     /// so that a fast decision cannot slip past.
-    pub fn wait_for(&self, transaction_id: &str) -> Result<oneshot::Receiver<Arc<Decision>>, WaitError> {
+    pub fn wait_for(&self, transaction_id: &str) -> Result<oneshot::Receiver<Arc<Decided>>, WaitError> {
         let mut b = self.lock();
         if b.waiting >= self.max_waiters {
             return Err(WaitError::Full);
@@ -79,7 +88,7 @@ impl DecisionBoard {
         }
     }
 
-    pub fn recent(&self, transaction_id: &str) -> Option<Arc<Decision>> {
+    pub fn recent(&self, transaction_id: &str) -> Option<Arc<Decided>> {
         self.lock().recent.get(transaction_id).cloned()
     }
 
@@ -87,14 +96,14 @@ impl DecisionBoard {
         self.lock().waiting
     }
 
-    /// Records a decision read from Kafka and wakes its waiters.
-    pub fn deliver(&self, decision: Decision) -> Delivered {
+    /// Records a decision read from Kafka (and the trace it was made in) and wakes its waiters.
+    pub fn deliver(&self, decision: Decision, trace_id: Option<String>) -> Delivered {
         let mut b = self.lock();
         if b.recent.contains_key(&decision.transaction_id) {
             return Delivered::Duplicate;
         }
         let id = decision.transaction_id.clone();
-        let decision = Arc::new(decision);
+        let decision = Arc::new(Decided { decision, trace_id });
         let mut waiting = 0;
         if let Some(list) = b.waiters.remove(&id) {
             b.waiting -= list.len();
@@ -147,11 +156,12 @@ mod tests {
         let a = board.wait_for("t1").unwrap();
         let b = board.wait_for("t1").unwrap();
         assert_eq!(board.waiting(), 2);
-        assert_eq!(board.deliver(decision("t1", 0.1)), Delivered::First { waiting: 2 });
-        assert_eq!(board.deliver(decision("t1", 0.9)), Delivered::Duplicate);
-        assert_eq!(a.await.unwrap().fraud_probability, 0.1);
-        assert_eq!(b.await.unwrap().fraud_probability, 0.1);
-        assert_eq!(board.recent("t1").unwrap().fraud_probability, 0.1);
+        assert_eq!(board.deliver(decision("t1", 0.1), Some("trace-1".into())), Delivered::First { waiting: 2 });
+        assert_eq!(board.deliver(decision("t1", 0.9), None), Delivered::Duplicate);
+        assert_eq!(a.await.unwrap().decision.fraud_probability, 0.1);
+        assert_eq!(b.await.unwrap().decision.fraud_probability, 0.1);
+        let first = board.recent("t1").unwrap();
+        assert_eq!((first.decision.fraud_probability, first.trace_id.as_deref()), (0.1, Some("trace-1")));
         assert_eq!(board.waiting(), 0);
     }
 
@@ -165,7 +175,7 @@ mod tests {
         board.forget("b");
         assert!(board.wait_for("c").is_ok());
         for i in 0..5 {
-            board.deliver(decision(&format!("r{i}"), 0.0));
+            board.deliver(decision(&format!("r{i}"), 0.0), None);
         }
         assert!(board.recent("r0").is_none() && board.recent("r1").is_none());
         assert!(board.recent("r4").is_some());

@@ -20,10 +20,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use schemas::{Decision, FieldError, TransactionLimits};
+use schemas::{FieldError, TransactionLimits};
 use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
-use crate::decisions::{DecisionBoard, WaitError};
+use crate::decisions::{Decided, DecisionBoard, WaitError};
 use crate::metrics::GatewayMetrics;
 use crate::request::parse_transaction;
 
@@ -69,7 +69,10 @@ pub struct TopFeature {
 }
 
 impl PredictResponse {
-    fn new(d: &Decision, latency_ms: f64, trace_id: String) -> Self {
+    /// `trace_id`: the trace the decision was made in, else the current request's.
+    fn new(decided: &Decided, latency_ms: f64, request_trace: &RequestTrace) -> Self {
+        let d = &decided.decision;
+        let trace_id = decided.trace_id.clone().unwrap_or_else(|| request_trace.trace_id());
         Self {
             transaction_id: d.transaction_id.clone(),
             decision: d.decision.as_str(),
@@ -238,7 +241,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     // decision without publishing it twice.
     if let Some(d) = app.board.recent(&tx.transaction_id) {
         outcome("replayed");
-        return axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id())).into_response();
+        return axum::Json(PredictResponse::new(&d, ms(started), &trace)).into_response();
     }
     let rx = match app.board.wait_for(&tx.transaction_id) {
         Ok(rx) => rx,
@@ -304,7 +307,8 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     let server_span = trace.0.span();
     server_span.set_attribute(KeyValue::new("fraudstream.transaction_id", tx.transaction_id.clone()));
     match tokio::time::timeout(app.decision_deadline, rx).await {
-        Ok(Ok(d)) => {
+        Ok(Ok(decided)) => {
+            let d = &decided.decision;
             outcome("decided");
             server_span.set_attributes([
                 KeyValue::new("fraudstream.decision", d.decision.as_str()),
@@ -312,7 +316,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
                 KeyValue::new("fraudstream.degraded", d.degraded),
             ]);
             tracing::debug!(transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), model_version = %d.model_version, degraded = d.degraded, latency_ms = ms(started), "decision returned");
-            axum::Json(PredictResponse::new(&d, ms(started), trace.trace_id())).into_response()
+            axum::Json(PredictResponse::new(&decided, ms(started), &trace)).into_response()
         }
         _ => {
             outcome("pending");
@@ -337,7 +341,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
 
 async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, Path(id): Path<String>) -> Response {
     match app.board.recent(&id) {
-        Some(d) => axum::Json(PredictResponse::new(&d, d.processing_latency_ms, trace.trace_id())).into_response(),
+        Some(d) => axum::Json(PredictResponse::new(&d, d.decision.processing_latency_ms, &trace)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no recent decision for transaction {id}"), vec![]),
     }
 }

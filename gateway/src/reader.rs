@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use opentelemetry::trace::TraceContextExt;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use schemas::Decision;
@@ -67,7 +68,11 @@ pub fn spawn(
                 }
                 Some(Ok(msg)) => match schemas::decode::<Decision>(msg.payload().unwrap_or_default()) {
                     Ok(d) => {
-                        if board.deliver(d) == Delivered::Duplicate {
+                        let made_in = telemetry::trace::extract_from_kafka(msg.headers());
+                        let span = made_in.span();
+                        let sc = span.span_context();
+                        let trace_id = sc.is_valid().then(|| sc.trace_id().to_string());
+                        if board.deliver(d, trace_id) == Delivered::Duplicate {
                             metrics.duplicates.inc();
                         }
                     }

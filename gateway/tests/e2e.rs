@@ -92,6 +92,7 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
     let (status, again) = gw.predict(&seed_body(&txs[0])).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["fraud_probability"], answers[&txs[0].transaction_id]["fraud_probability"]);
+    assert_eq!(again["trace_id"], answers[&txs[0].transaction_id]["trace_id"], "the trace the decision was made in");
 
     // A record produced straight to Kafka is decided and can be looked up.
     let direct = g.payment(&users[3], 1_764_000_000_000).transaction;
@@ -100,10 +101,17 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
     p.flush();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = gw.raw(reqwest::Method::GET, &format!("/v1/decisions/{}", direct.transaction_id), None, vec![]).await;
+        let path = format!("/v1/decisions/{}", direct.transaction_id);
+        let (status, headers, body) = gw.raw_with_headers(reqwest::Method::GET, &path, None, vec![]).await;
         assert_documented("/v1/decisions/{transaction_id}", "get", status);
         if status == StatusCode::OK {
             assert_eq!(body["transaction_id"], direct.transaction_id.as_str());
+            // The trace the scorer started for it (the record came without one), not the lookup's.
+            let made_in = body["trace_id"].as_str().unwrap();
+            assert_eq!(made_in.len(), 32);
+            assert!(!headers["traceresponse"].to_str().unwrap().contains(made_in));
+            let (_, again) = gw.raw(reqwest::Method::GET, &path, None, vec![]).await;
+            assert_eq!(again["trace_id"], made_in);
             break;
         }
         assert_eq!(status, StatusCode::NOT_FOUND);
@@ -190,18 +198,19 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let tx = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
 
     // No scorer yet: accepted by Kafka, no decision within the deadline.
-    let (status, body) = gw.predict(&seed_body(&tx)).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, pending) = gw.predict(&seed_body(&tx)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{pending}");
     assert_documented("/v1/predict", "post", status);
-    assert_eq!(body["status"], "pending");
-    assert_eq!(body["transaction_id"], tx.transaction_id.as_str());
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["transaction_id"], tx.transaction_id.as_str());
 
     let _scorer = stack.scorer();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body) = gw.raw(reqwest::Method::GET, body["decision_url"].as_str().unwrap(), None, vec![]).await;
+        let (status, body) = gw.raw(reqwest::Method::GET, pending["decision_url"].as_str().unwrap(), None, vec![]).await;
         if status == StatusCode::OK {
             assert!(body["decision"].is_string());
+            assert_eq!(body["trace_id"], pending["trace_id"], "the pending answer's trace is the decision's");
             break;
         }
         assert!(Instant::now() < deadline, "pending transaction never decided");
