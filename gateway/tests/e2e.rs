@@ -304,3 +304,48 @@ async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_
     let pending = answers.values().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
     println!("scorer SIGKILL under HTTP load: {} requests, {pending} answered pending, {dups}", answers.len());
 }
+
+/// SIGTERM stops a gateway gracefully: requests already accepted by Kafka are still answered
+/// (here 202 pending: no scorer runs), the process exits 0, and every transaction it
+/// acknowledged is in `transactions`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_answers_the_requests_in_flight_and_loses_no_accepted_transaction() {
+    let stack = Stack::start();
+    let mut gw = stack.gateway(&["--decision-deadline-ms", "3000"]);
+    gw.wait_ready().await;
+    let mut g = Generator::new(SEED, Drift::None, unique("sigterm"));
+    let txs: Vec<_> = (0..5).map(|i| g.payment(&Generator::user(SEED, i), 1_764_000_000_000).transaction).collect();
+
+    let mut in_flight = Vec::new();
+    for tx in &txs {
+        let (http, url, body) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx));
+        in_flight.push(tokio::spawn(async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    // Every request published and waiting for its decision, then the stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.metrics().await.contains("gateway_waiting_requests 5") {
+        assert!(Instant::now() < deadline, "requests never all waiting:\n{}", gw.metrics().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.service.signal("TERM");
+
+    for h in in_flight {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["status"], "pending");
+    }
+    let code = tokio::task::block_in_place(|| gw.service.wait(Duration::from_secs(15)));
+    assert_eq!(code, Some(0), "graceful stop exits 0:\n{}", gw.service.logs());
+    assert!(gw.service.logs().contains("gateway stopping"));
+
+    let published: Vec<schemas::Transaction> =
+        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, txs.len(), Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let mut got: Vec<&str> = published.iter().map(|t| t.transaction_id.as_str()).collect();
+    let mut want: Vec<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "every acknowledged transaction is in Kafka, once");
+}
