@@ -186,7 +186,10 @@ enum FeaturesCommand {
         /// Seed of the synthetic population (use the same one for `traffic`).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// JSON lines: {"user_id": "42", "account_age_days": 12, "home_country": "US", ...}.
+        /// JSON lines: {"user_id": "42", "account_age_days": 12, "home_country": "US", ...}; fields
+        /// left out take the model card's defaults. The file is checked first: a bad line (unknown
+        /// field, a value that is not a number >= 0, no user_id) stops the load, naming the line,
+        /// before anything is written.
         #[arg(long)]
         file: Option<PathBuf>,
         /// Model card whose defaults fill fields a file leaves out.
