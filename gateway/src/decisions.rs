@@ -1,12 +1,15 @@
 //! Matching decisions to waiting requests. Every gateway reads all partitions of `decisions`
 //! itself (no shared group, `read_committed`), hands each decision to the requests waiting for
 //! its transaction id, and keeps a bounded window of recent decisions for lookups and for
-//! spotting duplicates: the first decision per transaction id wins.
+//! spotting duplicates: the first decision per transaction id wins. It also remembers which
+//! transactions it is publishing or has published without a decision yet, so that a retry of one
+//! (a client that timed out, or got 202 pending) waits for the same decision instead of
+//! publishing the transaction again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use schemas::Decision;
 
@@ -31,6 +34,57 @@ struct Board {
     waiting: usize,
     recent: HashMap<String, Arc<Decided>>,
     order: VecDeque<String>,
+    /// Transactions without a decision yet that a request here publishes or has published, with
+    /// the claim's number (so that an evicted claim is told from a newer one for the same id).
+    published: HashMap<String, (u64, watch::Sender<Publishing>)>,
+    published_order: VecDeque<(String, u64)>,
+    claims: u64,
+}
+
+/// Where this gateway is with publishing a transaction that has no decision yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publishing {
+    /// A request is publishing it now.
+    InFlight,
+    /// Kafka acknowledged it.
+    Accepted,
+    /// The publish failed, or its request went away: nothing is known to be in Kafka.
+    Failed,
+}
+
+/// What a request for a transaction with no known decision does about publishing it.
+pub enum Claim {
+    /// Nobody here has published it: publish it, and report how that went (`PublishClaim`).
+    Publish(PublishClaim),
+    /// This gateway published it already: wait for the decision only.
+    Accepted,
+    /// Another request here is publishing it now: wait until that settles, then claim again.
+    InFlight(watch::Receiver<Publishing>),
+}
+
+/// The right, and the duty, to publish a transaction and say how it went. Dropped without a
+/// report (its request went away), it counts as failed, so nobody waits on it for ever.
+pub struct PublishClaim {
+    board: Arc<DecisionBoard>,
+    transaction_id: String,
+    number: u64,
+    reported: bool,
+}
+
+impl PublishClaim {
+    /// Kafka acknowledged the transaction (`true`) or did not (`false`).
+    pub fn report(mut self, acknowledged: bool) {
+        self.reported = true;
+        self.board.settle(&self.transaction_id, self.number, acknowledged);
+    }
+}
+
+impl Drop for PublishClaim {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.board.settle(&self.transaction_id, self.number, false);
+        }
+    }
 }
 
 /// What happened to a decision read from Kafka.
@@ -51,7 +105,15 @@ pub enum WaitError {
 impl DecisionBoard {
     pub fn new(max_waiters: usize, max_recent: usize) -> Self {
         Self {
-            inner: Mutex::new(Board { waiters: HashMap::new(), waiting: 0, recent: HashMap::new(), order: VecDeque::new() }),
+            inner: Mutex::new(Board {
+                waiters: HashMap::new(),
+                waiting: 0,
+                recent: HashMap::new(),
+                order: VecDeque::new(),
+                published: HashMap::new(),
+                published_order: VecDeque::new(),
+                claims: 0,
+            }),
             max_waiters,
             max_recent: max_recent.max(1),
         }
@@ -88,6 +150,46 @@ impl DecisionBoard {
         }
     }
 
+    /// Decides who publishes `transaction_id`: the first request for it, unless this gateway has
+    /// already published it (and has no decision yet) or is publishing it now. Claims are
+    /// remembered for as many transactions as recent decisions; the oldest go first.
+    pub fn claim(self: &Arc<Self>, transaction_id: &str) -> Claim {
+        let mut b = self.lock();
+        if let Some((_, state)) = b.published.get(transaction_id) {
+            match *state.borrow() {
+                Publishing::InFlight => return Claim::InFlight(state.subscribe()),
+                Publishing::Accepted => return Claim::Accepted,
+                Publishing::Failed => {}
+            }
+        }
+        b.claims += 1;
+        let number = b.claims;
+        b.published.insert(transaction_id.to_string(), (number, watch::channel(Publishing::InFlight).0));
+        b.published_order.push_back((transaction_id.to_string(), number));
+        while b.published_order.len() > self.max_recent {
+            if let Some((old, n)) = b.published_order.pop_front()
+                && b.published.get(&old).is_some_and(|(current, _)| *current == n)
+            {
+                b.published.remove(&old);
+            }
+        }
+        Claim::Publish(PublishClaim { board: Arc::clone(self), transaction_id: transaction_id.to_string(), number, reported: false })
+    }
+
+    fn settle(&self, transaction_id: &str, number: u64, acknowledged: bool) {
+        let mut b = self.lock();
+        if b.published.get(transaction_id).is_none_or(|(current, _)| *current != number) {
+            return; // decided meanwhile, or evicted
+        }
+        if acknowledged {
+            if let Some((_, state)) = b.published.get(transaction_id) {
+                state.send_replace(Publishing::Accepted);
+            }
+        } else if let Some((_, state)) = b.published.remove(transaction_id) {
+            state.send_replace(Publishing::Failed);
+        }
+    }
+
     pub fn recent(&self, transaction_id: &str) -> Option<Arc<Decided>> {
         self.lock().recent.get(transaction_id).cloned()
     }
@@ -113,6 +215,8 @@ impl DecisionBoard {
                 }
             }
         }
+        // Decided: a retry is answered from `recent` now.
+        b.published.remove(&id);
         b.recent.insert(id.clone(), decision);
         b.order.push_back(id);
         while b.order.len() > self.max_recent {
@@ -163,6 +267,57 @@ mod tests {
         let first = board.recent("t1").unwrap();
         assert_eq!((first.decision.fraud_probability, first.trace_id.as_deref()), (0.1, Some("trace-1")));
         assert_eq!(board.waiting(), 0);
+    }
+
+    fn publish(c: Claim) -> PublishClaim {
+        match c {
+            Claim::Publish(p) => p,
+            Claim::Accepted => panic!("expected Publish, got Accepted"),
+            Claim::InFlight(_) => panic!("expected Publish, got InFlight"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_is_published_once_until_it_is_decided() {
+        let board = Arc::new(DecisionBoard::new(10, 10));
+        let first = publish(board.claim("t"));
+        let Claim::InFlight(mut watcher) = board.claim("t") else { panic!("a second request waits for the first") };
+        first.report(true);
+        assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Accepted);
+        assert!(matches!(board.claim("t"), Claim::Accepted), "a retry after the ack publishes nothing");
+        board.deliver(decision("t", 0.5), None);
+        assert!(board.recent("t").is_some());
+        // Decided: the claim is gone (a retry is answered from `recent` before claiming).
+        publish(board.claim("t")).report(true);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_abandoned_publish_lets_the_next_request_publish() {
+        let board = Arc::new(DecisionBoard::new(10, 10));
+        let first = publish(board.claim("t"));
+        let Claim::InFlight(mut watcher) = board.claim("t") else { panic!() };
+        first.report(false);
+        assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Failed);
+        let second = publish(board.claim("t"));
+        let Claim::InFlight(mut watcher) = board.claim("t") else { panic!() };
+        drop(second); // its request went away mid-publish
+        assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Failed);
+        publish(board.claim("t")).report(true);
+    }
+
+    #[test]
+    fn claims_are_bounded_and_an_evicted_one_is_published_again() {
+        let board = Arc::new(DecisionBoard::new(10, 2));
+        for id in ["a", "b", "c"] {
+            publish(board.claim(id)).report(true);
+        }
+        assert!(matches!(board.claim("c"), Claim::Accepted));
+        let again = publish(board.claim("a")); // evicted: published again (readers keep the first decision)
+        // A late report for an evicted claim does not touch the newer one.
+        board.settle("a", 1, false);
+        assert!(matches!(board.claim("a"), Claim::InFlight(_)));
+        again.report(true);
+        assert!(matches!(board.claim("a"), Claim::Accepted));
     }
 
     #[test]

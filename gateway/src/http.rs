@@ -20,10 +20,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use schemas::{FieldError, TransactionLimits};
+use schemas::{FieldError, Transaction, TransactionLimits};
 use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
-use crate::decisions::{Decided, DecisionBoard, WaitError};
+use crate::decisions::{Claim, Decided, DecisionBoard, Publishing, WaitError};
 use crate::metrics::GatewayMetrics;
 use crate::request::parse_transaction;
 
@@ -238,7 +238,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     };
 
     // The transaction id is the idempotency key: a retry of a decided transaction gets the same
-    // decision without publishing it twice.
+    // decision without publishing it twice (and one still undecided waits for it, below).
     if let Some(d) = app.board.recent(&tx.transaction_id) {
         outcome("replayed");
         return axum::Json(PredictResponse::new(&d, ms(started), &trace)).into_response();
@@ -253,12 +253,79 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     let _waiting = Waiting { board: &app.board, transaction_id: tx.transaction_id.clone() };
     app.metrics.waiting.set(app.board.waiting() as i64);
 
-    let payload = match schemas::encode(&tx) {
-        Ok(p) => p,
-        Err(e) => {
-            outcome("unavailable");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the transaction: {e}"), vec![]);
+    // Publish the transaction, unless a request here already has (a retry after a timeout or a
+    // 202) or is doing so now: then wait for that publish and the same decision.
+    let decided_already = loop {
+        if let Some(d) = app.board.recent(&tx.transaction_id) {
+            break Some(d); // decided since the first look, perhaps before `rx` was registered
         }
+        match app.board.claim(&tx.transaction_id) {
+            Claim::Publish(claim) => {
+                let published = publish(&app, &tx, &trace).await;
+                claim.report(published.is_ok());
+                if let Err(response) = published {
+                    outcome("unavailable");
+                    return response;
+                }
+                break None;
+            }
+            Claim::Accepted => {
+                app.metrics.repeated.inc();
+                break None;
+            }
+            Claim::InFlight(mut state) => {
+                // Settles within the other request's produce timeout; a dropped request counts as
+                // failed. Then look again: decided, accepted, or to be published here.
+                let _ = state.wait_for(|s| *s != Publishing::InFlight).await;
+            }
+        }
+    };
+
+    let server_span = trace.0.span();
+    server_span.set_attribute(KeyValue::new("fraudstream.transaction_id", tx.transaction_id.clone()));
+    let decided = match decided_already {
+        Some(d) => Some(d),
+        None => tokio::time::timeout(app.decision_deadline, rx).await.ok().and_then(Result::ok),
+    };
+    match decided {
+        Some(decided) => {
+            let d = &decided.decision;
+            outcome("decided");
+            server_span.set_attributes([
+                KeyValue::new("fraudstream.decision", d.decision.as_str()),
+                KeyValue::new("fraudstream.model_version", d.model_version.clone()),
+                KeyValue::new("fraudstream.degraded", d.degraded),
+            ]);
+            tracing::debug!(transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), model_version = %d.model_version, degraded = d.degraded, latency_ms = ms(started), "decision returned");
+            axum::Json(PredictResponse::new(&decided, ms(started), &trace)).into_response()
+        }
+        None => {
+            outcome("pending");
+            let id = tx.transaction_id;
+            server_span.set_attribute(KeyValue::new("fraudstream.decision", "pending"));
+            if let Some(suppressed) = app.pending_notices.allow() {
+                tracing::info!(transaction_id = %id, deadline_ms = app.decision_deadline.as_millis() as u64, suppressed, "no decision by the deadline; answered pending");
+            }
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({
+                    "status": "pending",
+                    "transaction_id": id,
+                    "trace_id": trace.trace_id(),
+                    "decision_url": format!("/v1/decisions/{id}"),
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Publishes `tx` to Kafka as a child span of the request; `Err` is the answer to give when Kafka
+/// did not acknowledge it in time.
+async fn publish(app: &AppState, tx: &Transaction, trace: &RequestTrace) -> Result<(), Response> {
+    let payload = match schemas::encode(tx) {
+        Ok(p) => p,
+        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the transaction: {e}"), vec![])),
     };
     // The record carries the producer span's context, so the scorer's spans continue this trace.
     let mut send_span = telemetry::trace::tracer()
@@ -297,46 +364,13 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     send_span.end();
     if let Err(e) = acked {
         app.metrics.errors.with_label_values(&["produce"]).inc();
-        outcome("unavailable");
         if let Some(suppressed) = app.produce_warnings.allow() {
             tracing::warn!(error = %e, transaction_id = %tx.transaction_id, suppressed, "transaction not acknowledged by Kafka");
         }
-        return error(StatusCode::SERVICE_UNAVAILABLE, format!("transaction not accepted: Kafka did not acknowledge it ({e})"), vec![]);
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("transaction not accepted: Kafka did not acknowledge it ({e})"), vec![]));
     }
+    Ok(())
 
-    let server_span = trace.0.span();
-    server_span.set_attribute(KeyValue::new("fraudstream.transaction_id", tx.transaction_id.clone()));
-    match tokio::time::timeout(app.decision_deadline, rx).await {
-        Ok(Ok(decided)) => {
-            let d = &decided.decision;
-            outcome("decided");
-            server_span.set_attributes([
-                KeyValue::new("fraudstream.decision", d.decision.as_str()),
-                KeyValue::new("fraudstream.model_version", d.model_version.clone()),
-                KeyValue::new("fraudstream.degraded", d.degraded),
-            ]);
-            tracing::debug!(transaction_id = %d.transaction_id, user_id = %d.user_id, decision = d.decision.as_str(), model_version = %d.model_version, degraded = d.degraded, latency_ms = ms(started), "decision returned");
-            axum::Json(PredictResponse::new(&decided, ms(started), &trace)).into_response()
-        }
-        _ => {
-            outcome("pending");
-            let id = tx.transaction_id;
-            server_span.set_attribute(KeyValue::new("fraudstream.decision", "pending"));
-            if let Some(suppressed) = app.pending_notices.allow() {
-                tracing::info!(transaction_id = %id, deadline_ms = app.decision_deadline.as_millis() as u64, suppressed, "no decision by the deadline; answered pending");
-            }
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({
-                    "status": "pending",
-                    "transaction_id": id,
-                    "trace_id": trace.trace_id(),
-                    "decision_url": format!("/v1/decisions/{id}"),
-                })),
-            )
-                .into_response()
-        }
-    }
 }
 
 async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, Path(id): Path<String>) -> Response {

@@ -12,6 +12,7 @@ pub struct GatewayMetrics {
     pub predictions: IntCounterVec,
     pub duplicates: IntCounter,
     pub waiting: IntGauge,
+    pub repeated: IntCounter,
     pub errors: IntCounterVec,
     pub build_info: IntGauge,
 }
@@ -65,6 +66,14 @@ impl GatewayMetrics {
             predictions,
             duplicates: register(r, IntCounter::new("duplicate_decisions_total", "Decisions read for a transaction that already had one; the first is kept.").expect("valid metric")),
             waiting: register(r, IntGauge::new("gateway_waiting_requests", "Requests waiting for their decision.").expect("valid metric")),
+            repeated: register(
+                r,
+                IntCounter::new(
+                    "gateway_repeated_requests_total",
+                    "Requests for a transaction this gateway had already published (no decision yet): not published again, answered with the first one's decision.",
+                )
+                .expect("valid metric"),
+            ),
             errors,
             build_info,
         }

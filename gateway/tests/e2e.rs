@@ -204,6 +204,22 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     assert_eq!(pending["status"], "pending");
     assert_eq!(pending["transaction_id"], tx.transaction_id.as_str());
 
+    // Retries of an undecided transaction — after the 202, and five at once for another — wait
+    // for the decision of the one publish instead of publishing again.
+    let (status, retry) = gw.predict(&seed_body(&tx)).await;
+    assert_eq!((status, &retry["status"]), (StatusCode::ACCEPTED, &json!("pending")));
+    let burst = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
+    let answers = predict_concurrently(&gw, &burst, 5).await;
+    assert!(answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "pending"), "{answers:?}");
+    let published: Vec<schemas::Transaction> =
+        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let mut ids: Vec<&str> = published.iter().map(|t| t.transaction_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![tx.transaction_id.as_str(), burst.transaction_id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "each transaction published once");
+    assert!(gw.metrics().await.contains("gateway_repeated_requests_total 5"), "{}", gw.metrics().await);
+
     let _scorer = stack.scorer();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -227,6 +243,11 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     assert_documented("/v1/predict", "post", status);
     assert!(body["error"].as_str().unwrap().contains("Kafka did not acknowledge"));
     assert!(took < Duration::from_secs(5), "the request hung for {took:?}");
+    // Two at once for one transaction: the one that waited on the other's failed publish tries
+    // itself, and neither is told it was accepted.
+    let twice = g.payment(&Generator::user(SEED, 4), 1_764_000_000_000).transaction;
+    let answers = predict_concurrently(&gw, &twice, 2).await;
+    assert!(answers.iter().all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE), "{answers:?}");
 
     // Readiness follows: a gateway that cannot reach Kafka leaves the load balancer's rotation.
     let port = gw.port;
@@ -303,6 +324,24 @@ async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_
     let dups = metrics.lines().find(|l| l.starts_with("duplicate_decisions_total")).unwrap_or("duplicate_decisions_total ?");
     let pending = answers.values().filter(|(s, _)| *s == StatusCode::ACCEPTED).count();
     println!("scorer SIGKILL under HTTP load: {} requests, {pending} answered pending, {dups}", answers.len());
+}
+
+/// `n` concurrent predictions of the same transaction.
+async fn predict_concurrently(gw: &common::Gateway, tx: &schemas::Transaction, n: usize) -> Vec<(StatusCode, Value)> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url, body) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx));
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await.unwrap();
+                (r.status(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }
 
 /// SIGTERM stops a gateway gracefully: requests already accepted by Kafka are still answered
