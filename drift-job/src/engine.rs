@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use schemas::{Decision, DriftReport, DriftSeverity, Label, Verdict};
+use schemas::{Decision, DriftReport, DriftSeverity, FirstSeen, Label, Verdict};
 
 use crate::metrics::DriftMetrics;
 use crate::quality::{Joined, LabelJoin, Outcome, QualityWindow, Threshold, Unmatched};
@@ -17,6 +17,8 @@ pub struct EngineConfig {
     pub join_max_entries: usize,
     pub join_ttl_ms: i64,
     pub quality_window: usize,
+    /// Transaction ids remembered to keep the first decision per transaction.
+    pub dedupe_ids: usize,
 }
 
 pub struct Engine {
@@ -25,6 +27,7 @@ pub struct Engine {
     windows: HashMap<String, PsiWindow>,
     join: LabelJoin,
     quality: HashMap<String, QualityWindow>,
+    seen: FirstSeen,
     metrics: DriftMetrics,
 }
 
@@ -36,13 +39,19 @@ impl Engine {
             windows: HashMap::new(),
             join,
             quality: HashMap::new(),
+            seen: FirstSeen::new(cfg.dedupe_ids),
             metrics,
             cfg,
         }
     }
 
-    /// A decision read at `now_ms` (processing time decides its window).
+    /// A decision read at `now_ms` (processing time decides its window). A later decision for a
+    /// transaction already decided is counted and left out of drift and quality.
     pub fn on_decision(&mut self, d: &Decision, now_ms: i64) {
+        if !self.seen.first(&d.transaction_id) {
+            self.metrics.duplicates.inc();
+            return;
+        }
         let Some(reference) = self.references.get(&d.model_version) else {
             self.metrics.decisions.with_label_values(&[d.model_version.as_str(), "unknown_model"]).inc();
             return;
@@ -129,5 +138,47 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{PaymentMethod, Transaction};
+    use scorer::{ModelCard, Scorer, UserLookup};
+
+    #[test]
+    fn a_second_decision_for_a_transaction_is_counted_and_left_out_of_drift_and_quality() {
+        let card = ModelCard::load(&ModelCard::bundled_path()).unwrap();
+        let version = card.model_version.clone();
+        let metrics = DriftMetrics::new(&prometheus::Registry::new(), std::slice::from_ref(&version));
+        let cfg = EngineConfig { window_ms: 60_000, min_samples: 1, join_max_entries: 100, join_ttl_ms: 3_600_000, quality_window: 100, dedupe_ids: 100 };
+        let mut engine = Engine::new(cfg, vec![Reference::from_card(&card)], metrics.clone());
+        let mut core = Scorer::from_card(card, 1).unwrap();
+        let tx = Transaction {
+            transaction_id: "t-1".into(),
+            user_id: "u".into(),
+            amount: 42.0,
+            currency: "USD".into(),
+            payment_method: PaymentMethod::Card,
+            merchant_id: None,
+            country: None,
+            timestamp: 1_764_000_000_000,
+        };
+        let decision = core.decide_batch(vec![(tx, UserLookup::Missing)], std::time::Instant::now()).unwrap().remove(0);
+        let now = 1_764_000_000_000;
+
+        engine.on_decision(&decision, now);
+        engine.on_decision(&decision, now); // the batch decided again after a scorer crash
+        engine.on_label(&Label { transaction_id: "t-1".into(), is_fraud: false, labelled_at: now }, now);
+
+        assert_eq!(metrics.duplicates.get(), 1);
+        assert_eq!(metrics.decisions.with_label_values(&[version.as_str(), "known"]).get(), 1);
+        assert_eq!(metrics.labels_joined.get(), 1);
+        // The repeat left nothing waiting for a label, and the window counted the transaction once.
+        let reports = engine.tick(now + 2 * 3_600_000);
+        assert_eq!(metrics.labels_unmatched.with_label_values(&["decision_expired"]).get(), 0);
+        assert!(!reports.is_empty());
+        assert!(reports.iter().all(|r| r.samples == 1), "{reports:?}");
     }
 }

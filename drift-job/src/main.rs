@@ -41,6 +41,10 @@ struct Args {
     /// Labelled decisions per model version that quality is computed over.
     #[arg(long, env = "QUALITY_WINDOW", default_value_t = 10_000)]
     quality_window: usize,
+    /// Transaction ids remembered to keep only the first decision per transaction (repeats come
+    /// from a scorer batch decided twice, within seconds).
+    #[arg(long, env = "DECISION_DEDUPE_IDS", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    dedupe_ids: u64,
     /// Consumer group session timeout, in ms (a shorter one also makes the broker settle the
     /// group faster).
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
         join_max_entries = args.join_max_entries,
         join_ttl_seconds = args.join_ttl_seconds,
         quality_window = args.quality_window,
+        dedupe_ids = args.dedupe_ids,
         listen = %args.listen,
         "drift-job starting"
     );
@@ -88,6 +93,7 @@ fn main() -> Result<()> {
             join_max_entries: args.join_max_entries,
             join_ttl_ms: (args.join_ttl_seconds * 1000) as i64,
             quality_window: args.quality_window,
+            dedupe_ids: usize::try_from(args.dedupe_ids).unwrap_or(usize::MAX),
         },
         references,
         metrics.clone(),

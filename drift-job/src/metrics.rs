@@ -23,6 +23,7 @@ pub struct DriftMetrics {
     pub false_positive_blocked_usd: CounterVec,
     pub fraud_missed_usd: CounterVec,
     pub errors: IntCounterVec,
+    pub duplicates: IntCounter,
     pub build_info: IntGauge,
 }
 
@@ -86,6 +87,7 @@ impl DriftMetrics {
             false_positive_blocked_usd,
             fraud_missed_usd,
             errors,
+            duplicates: register(r, IntCounter::new("duplicate_decisions_total", "Decisions read for a transaction that already had one; the first is kept.").expect("valid metric")),
             build_info,
         }
     }

@@ -52,6 +52,8 @@ pub struct TrafficStats {
     pub approve: AtomicU64,
     pub review: AtomicU64,
     pub block: AtomicU64,
+    /// Decisions for a transaction already counted (a scorer batch decided twice): not counted.
+    pub duplicates: AtomicU64,
     latencies: std::sync::Mutex<VecDeque<f64>>,
 }
 
@@ -82,8 +84,12 @@ impl TrafficStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let sent = get(&self.sent_http) + get(&self.sent_direct);
         let latency = self.percentiles().map_or_else(|| "-".to_string(), |(p50, p99)| format!("p50 {p50:.1} ms p99 {p99:.1} ms"));
+        let duplicates = match get(&self.duplicates) {
+            0 => String::new(),
+            n => format!(" | duplicate decisions {n}"),
+        };
         format!(
-            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {} skipped {} | labels {}",
+            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {} skipped {} | labels {}{duplicates}",
             sent as f64 / elapsed.as_secs_f64().max(1e-9),
             get(&self.sent_http),
             get(&self.sent_direct),
@@ -267,7 +273,8 @@ async fn produce(p: &FutureProducer, tx: &Transaction, stats: &TrafficStats) {
     }
 }
 
-/// Counts every decision appearing on `decisions` from now on (both paths).
+/// Counts every decision appearing on `decisions` from now on (both paths), the first per
+/// transaction; later ones are counted as duplicates.
 fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -281,10 +288,15 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
         .create()?;
     crate::topics::assign_all(&consumer, topics::DECISIONS, Offset::End, Duration::from_secs(5))?;
     Ok(std::thread::spawn(move || {
+        let mut seen = schemas::FirstSeen::new(200_000);
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
                 && let Ok(d) = schemas::decode::<Decision>(m.payload().unwrap_or_default())
             {
+                if !seen.first(&d.transaction_id) {
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let c = match d.decision {
                     Verdict::Approve => &stats.approve,
                     Verdict::Review => &stats.review,
@@ -296,3 +308,18 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
     }))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_duplicate_decisions_only_when_there_are_some() {
+        let stats = TrafficStats::default();
+        stats.approve.store(9, Ordering::Relaxed);
+        let line = stats.summary(Duration::from_secs(1));
+        assert!(line.contains("approve 9 review 0 block 0") && !line.contains("duplicate"), "{line}");
+        stats.duplicates.store(2, Ordering::Relaxed);
+        assert!(stats.summary(Duration::from_secs(1)).ends_with("| duplicate decisions 2"));
+    }
+}
