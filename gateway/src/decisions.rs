@@ -34,9 +34,10 @@ struct Board {
     waiting: usize,
     recent: HashMap<String, Arc<Decided>>,
     order: VecDeque<String>,
-    /// Transactions without a decision yet that a request here publishes or has published, with
-    /// the claim's number (so that an evicted claim is told from a newer one for the same id).
-    published: HashMap<String, (u64, watch::Sender<Publishing>)>,
+    /// Transactions without a decision yet that a request here publishes or has published: the
+    /// claim's number (so that an evicted claim is told from a newer one for the same id), its
+    /// state, and the trace of the request publishing it.
+    published: HashMap<String, (u64, watch::Sender<Publishing>, String)>,
     published_order: VecDeque<(String, u64)>,
     claims: u64,
 }
@@ -153,9 +154,11 @@ impl DecisionBoard {
     /// Decides who publishes `transaction_id`: the first request for it, unless this gateway has
     /// already published it (and has no decision yet) or is publishing it now. Claims are
     /// remembered for as many transactions as recent decisions; the oldest go first.
-    pub fn claim(self: &Arc<Self>, transaction_id: &str) -> Claim {
+    /// `trace_id`: the claiming request's trace, which answers about the transaction carry until
+    /// its decision (which continues that trace) is in.
+    pub fn claim(self: &Arc<Self>, transaction_id: &str, trace_id: &str) -> Claim {
         let mut b = self.lock();
-        if let Some((_, state)) = b.published.get(transaction_id) {
+        if let Some((_, state, _)) = b.published.get(transaction_id) {
             match *state.borrow() {
                 Publishing::InFlight => return Claim::InFlight(state.subscribe()),
                 Publishing::Accepted => return Claim::Accepted,
@@ -164,11 +167,11 @@ impl DecisionBoard {
         }
         b.claims += 1;
         let number = b.claims;
-        b.published.insert(transaction_id.to_string(), (number, watch::channel(Publishing::InFlight).0));
+        b.published.insert(transaction_id.to_string(), (number, watch::channel(Publishing::InFlight).0, trace_id.to_string()));
         b.published_order.push_back((transaction_id.to_string(), number));
         while b.published_order.len() > self.max_recent {
             if let Some((old, n)) = b.published_order.pop_front()
-                && b.published.get(&old).is_some_and(|(current, _)| *current == n)
+                && b.published.get(&old).is_some_and(|(current, _, _)| *current == n)
             {
                 b.published.remove(&old);
             }
@@ -178,16 +181,24 @@ impl DecisionBoard {
 
     fn settle(&self, transaction_id: &str, number: u64, acknowledged: bool) {
         let mut b = self.lock();
-        if b.published.get(transaction_id).is_none_or(|(current, _)| *current != number) {
+        if b.published.get(transaction_id).is_none_or(|(current, _, _)| *current != number) {
             return; // decided meanwhile, or evicted
         }
         if acknowledged {
-            if let Some((_, state)) = b.published.get(transaction_id) {
+            if let Some((_, state, _)) = b.published.get(transaction_id) {
                 state.send_replace(Publishing::Accepted);
             }
-        } else if let Some((_, state)) = b.published.remove(transaction_id) {
+        } else if let Some((_, state, _)) = b.published.remove(transaction_id) {
             state.send_replace(Publishing::Failed);
         }
+    }
+
+    /// For a transaction this gateway published (Kafka acknowledged it) and has no decision for
+    /// yet: the trace it was published in.
+    pub fn accepted(&self, transaction_id: &str) -> Option<String> {
+        let b = self.lock();
+        let (_, state, trace_id) = b.published.get(transaction_id)?;
+        (*state.borrow() == Publishing::Accepted).then(|| trace_id.clone())
     }
 
     pub fn recent(&self, transaction_id: &str) -> Option<Arc<Decided>> {
@@ -280,44 +291,46 @@ mod tests {
     #[tokio::test]
     async fn a_transaction_is_published_once_until_it_is_decided() {
         let board = Arc::new(DecisionBoard::new(10, 10));
-        let first = publish(board.claim("t"));
-        let Claim::InFlight(mut watcher) = board.claim("t") else { panic!("a second request waits for the first") };
+        let first = publish(board.claim("t", "trace-t"));
+        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t") else { panic!("a second request waits for the first") };
         first.report(true);
         assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Accepted);
-        assert!(matches!(board.claim("t"), Claim::Accepted), "a retry after the ack publishes nothing");
+        assert!(matches!(board.claim("t", "trace-t"), Claim::Accepted), "a retry after the ack publishes nothing");
+        assert_eq!(board.accepted("t").as_deref(), Some("trace-t"), "the first request's trace");
         board.deliver(decision("t", 0.5), None);
         assert!(board.recent("t").is_some());
+        assert_eq!(board.accepted("t"), None, "decided");
         // Decided: the claim is gone (a retry is answered from `recent` before claiming).
-        publish(board.claim("t")).report(true);
+        publish(board.claim("t", "trace-t")).report(true);
     }
 
     #[tokio::test]
     async fn a_failed_or_abandoned_publish_lets_the_next_request_publish() {
         let board = Arc::new(DecisionBoard::new(10, 10));
-        let first = publish(board.claim("t"));
-        let Claim::InFlight(mut watcher) = board.claim("t") else { panic!() };
+        let first = publish(board.claim("t", "trace-t"));
+        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t") else { panic!() };
         first.report(false);
         assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Failed);
-        let second = publish(board.claim("t"));
-        let Claim::InFlight(mut watcher) = board.claim("t") else { panic!() };
+        let second = publish(board.claim("t", "trace-t"));
+        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t") else { panic!() };
         drop(second); // its request went away mid-publish
         assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Failed);
-        publish(board.claim("t")).report(true);
+        publish(board.claim("t", "trace-t")).report(true);
     }
 
     #[test]
     fn claims_are_bounded_and_an_evicted_one_is_published_again() {
         let board = Arc::new(DecisionBoard::new(10, 2));
         for id in ["a", "b", "c"] {
-            publish(board.claim(id)).report(true);
+            publish(board.claim(id, "trace")).report(true);
         }
-        assert!(matches!(board.claim("c"), Claim::Accepted));
-        let again = publish(board.claim("a")); // evicted: published again (readers keep the first decision)
+        assert!(matches!(board.claim("c", "trace-c"), Claim::Accepted));
+        let again = publish(board.claim("a", "trace-a")); // evicted: published again (readers keep the first decision)
         // A late report for an evicted claim does not touch the newer one.
         board.settle("a", 1, false);
-        assert!(matches!(board.claim("a"), Claim::InFlight(_)));
+        assert!(matches!(board.claim("a", "trace-a"), Claim::InFlight(_)));
         again.report(true);
-        assert!(matches!(board.claim("a"), Claim::Accepted));
+        assert!(matches!(board.claim("a", "trace-a"), Claim::Accepted));
     }
 
     #[test]

@@ -259,7 +259,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
         if let Some(d) = app.board.recent(&tx.transaction_id) {
             break Some(d); // decided since the first look, perhaps before `rx` was registered
         }
-        match app.board.claim(&tx.transaction_id) {
+        match app.board.claim(&tx.transaction_id, &trace.trace_id()) {
             Claim::Publish(claim) => {
                 let published = publish(&app, &tx, &trace).await;
                 claim.report(published.is_ok());
@@ -306,16 +306,8 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
             if let Some(suppressed) = app.pending_notices.allow() {
                 tracing::info!(transaction_id = %id, deadline_ms = app.decision_deadline.as_millis() as u64, suppressed, "no decision by the deadline; answered pending");
             }
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({
-                    "status": "pending",
-                    "transaction_id": id,
-                    "trace_id": trace.trace_id(),
-                    "decision_url": format!("/v1/decisions/{id}"),
-                })),
-            )
-                .into_response()
+            // A retry's answer names the trace the transaction was published in.
+            pending(&id, app.board.accepted(&id).unwrap_or_else(|| trace.trace_id()))
         }
     }
 }
@@ -374,10 +366,25 @@ async fn publish(app: &AppState, tx: &Transaction, trace: &RequestTrace) -> Resu
 }
 
 async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, Path(id): Path<String>) -> Response {
-    match app.board.recent(&id) {
-        Some(d) => axum::Json(PredictResponse::new(&d, d.decision.processing_latency_ms, &trace)).into_response(),
+    if let Some(d) = app.board.recent(&id) {
+        return axum::Json(PredictResponse::new(&d, d.decision.processing_latency_ms, &trace)).into_response();
+    }
+    match app.board.accepted(&id) {
+        // Published here, acknowledged by Kafka, not decided yet.
+        Some(trace_id) => pending(&id, trace_id),
         None => error(StatusCode::NOT_FOUND, format!("no recent decision for transaction {id}"), vec![]),
     }
+}
+
+/// 202: accepted by Kafka, no decision yet.
+fn pending(transaction_id: &str, trace_id: String) -> Response {
+    let body = json!({
+        "status": "pending",
+        "transaction_id": transaction_id,
+        "trace_id": trace_id,
+        "decision_url": format!("/v1/decisions/{transaction_id}"),
+    });
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
 fn ms(started: Instant) -> f64 {

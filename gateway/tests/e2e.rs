@@ -208,6 +208,12 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     // for the decision of the one publish instead of publishing again.
     let (status, retry) = gw.predict(&seed_body(&tx)).await;
     assert_eq!((status, &retry["status"]), (StatusCode::ACCEPTED, &json!("pending")));
+    assert_eq!(retry["trace_id"], pending["trace_id"], "the trace it was published in");
+    // Looked up before its decision: accepted, pending — not unknown.
+    let (status, looked_up) = gw.raw(reqwest::Method::GET, pending["decision_url"].as_str().unwrap(), None, vec![]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{looked_up}");
+    assert_documented("/v1/decisions/{transaction_id}", "get", status);
+    assert_eq!((&looked_up["status"], &looked_up["trace_id"]), (&json!("pending"), &pending["trace_id"]));
     let burst = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
     let answers = predict_concurrently(&gw, &burst, 5).await;
     assert!(answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "pending"), "{answers:?}");
@@ -229,6 +235,7 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
             assert_eq!(body["trace_id"], pending["trace_id"], "the pending answer's trace is the decision's");
             break;
         }
+        assert_eq!(status, StatusCode::ACCEPTED, "accepted and not decided yet: {body}");
         assert!(Instant::now() < deadline, "pending transaction never decided");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
