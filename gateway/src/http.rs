@@ -362,7 +362,6 @@ async fn publish(app: &AppState, tx: &Transaction, trace: &RequestTrace) -> Resu
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("transaction not accepted: Kafka did not acknowledge it ({e})"), vec![]));
     }
     Ok(())
-
 }
 
 async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, Path(id): Path<String>) -> Response {
