@@ -23,6 +23,8 @@ pub struct ScorerBench {
     pub store_down: bool,
     /// How many times to repeat the sequence (passthrough, fan-out, then the scorer runs).
     pub repeat: usize,
+    /// Processes per run, sharing the input in one consumer group.
+    pub instances: u32,
 }
 
 /// How the scorer's spans are exported during a run.
@@ -153,7 +155,6 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
         eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
         preload(&brokers, b.records, b.users, stop)?;
 
-        let port = stack::free_port()?;
         let run_redis_url = match run {
             Run::ScoreStoreDown => format!("redis://127.0.0.1:{}/", stack::free_port()?),
             _ => redis_url.clone(),
@@ -164,22 +165,27 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
             Run::Score(Tracing::Dead) => env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", stack::free_port()?))),
             _ => {}
         }
-        let args: Vec<String> = [
-            "--work", mode,
-            "--brokers", &brokers,
-            "--redis-url", &run_redis_url,
-            "--group-id", &format!("bench-{mode}"),
-            "--transactional-id", &format!("bench-{mode}"),
-            "--delivery", &b.delivery,
-            "--max-batch", &b.max_batch.to_string(),
-            "--listen", &format!("127.0.0.1:{port}"),
-            "--decisions-topic", decisions,
-            "--business-events-topic", events,
-        ]
-        .map(String::from)
-        .to_vec();
-        let mut p = Process::spawn(run.process_name(), &stack::sibling("scorer")?, &args, &dir, &env)?;
-        let m = rt.block_on(measure(port, b.records as u64, &mut p, stop)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
+        let mut instances = Vec::new();
+        for i in 0..b.instances.max(1) {
+            let port = stack::free_port()?;
+            let args: Vec<String> = [
+                "--work", mode,
+                "--brokers", &brokers,
+                "--redis-url", &run_redis_url,
+                "--group-id", &format!("bench-{mode}"),
+                "--transactional-id", &format!("bench-{mode}-{i}"),
+                "--delivery", &b.delivery,
+                "--max-batch", &b.max_batch.to_string(),
+                "--listen", &format!("127.0.0.1:{port}"),
+                "--decisions-topic", decisions,
+                "--business-events-topic", events,
+            ]
+            .map(String::from)
+            .to_vec();
+            let name = format!("{}-{i}", run.process_name());
+            instances.push((port, Process::spawn(&name, &stack::sibling("scorer")?, &args, &dir, &env)?));
+        }
+        let m = rt.block_on(measure(&mut instances, b.records as u64, stop)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
         let label = run.label();
         eprintln!(
             "{label}: {:.0} records/s, {:.3} CPU-s per 100k, {:.0} MiB resident, spans exported {:.0}, dropped {:.0}",
@@ -190,7 +196,7 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
             m.spans_dropped
         );
         results.push(Measured { mode: label, ..m });
-        drop(p);
+        drop(instances);
         drop(broker);
     }
     drop(redis);
@@ -224,47 +230,78 @@ fn preload(brokers: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()>
     Ok(())
 }
 
-/// Samples the scorer's /metrics until it processed `n` records; measures between 5 % and 95 %
-/// of them, past group joining and before the tail. CPU comes from /proc (10 ms resolution):
+/// Samples the scorers' /metrics until together they processed `n` records; measures between 5 %
+/// and 95 % of them, past group joining (every process has records) and before the tail. Rates,
+/// CPU, memory and spans are sums over the processes. CPU comes from /proc (10 ms resolution):
 /// `process_cpu_seconds_total` counts whole seconds, too coarse for runs of a few seconds.
-async fn measure(port: u16, n: u64, p: &mut Process, stop: &AtomicBool) -> Result<Measured> {
+async fn measure(instances: &mut [(u16, Process)], n: u64, stop: &AtomicBool) -> Result<Measured> {
     let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/metrics");
     let (lo, hi) = (n / 20, n - n / 20);
     let mut start: Option<(Instant, f64, f64)> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        p.check_running()?;
         if stop.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
         if Instant::now() > deadline {
             bail!("not done within 600 s");
         }
-        if let Ok(r) = http.get(&url).send().await
-            && let Ok(text) = r.text().await
-            && let Some(done) = metric(&text, "scorer_records_total")
-        {
-            let cpu = p.cpu_seconds()?;
-            let now = Instant::now();
+        let mut sample = Sample::default();
+        let mut complete = true;
+        for (port, p) in instances.iter_mut() {
+            p.check_running()?;
+            let text = match http.get(format!("http://127.0.0.1:{port}/metrics")).send().await {
+                Ok(r) => r.text().await.ok(),
+                Err(_) => None,
+            };
+            match text.as_deref().and_then(|t| Some((t, metric(t, "scorer_records_total")?))) {
+                Some((text, done)) => sample.add(text, done, p.cpu_seconds()?),
+                None => complete = false,
+            }
+        }
+        let now = Instant::now();
+        if complete {
             match start {
-                None if done as u64 >= lo => start = Some((now, done, cpu)),
-                Some((t0, d0, c0)) if done as u64 >= hi => {
-                    let dropped: f64 = text.lines().filter(|l| l.starts_with("telemetry_spans_dropped_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+                None if sample.done as u64 >= lo && sample.idle == 0 => start = Some((now, sample.done, sample.cpu)),
+                Some((t0, d0, c0)) if sample.done as u64 >= hi => {
                     return Ok(Measured {
                         mode: "",
-                        records: (done - d0) as u64,
+                        records: (sample.done - d0) as u64,
                         seconds: (now - t0).as_secs_f64(),
-                        cpu_seconds: cpu - c0,
-                        rss_bytes: metric(&text, "process_resident_memory_bytes").unwrap_or(0.0),
-                        spans_exported: metric(&text, "telemetry_spans_exported_total").unwrap_or(0.0),
-                        spans_dropped: dropped,
+                        cpu_seconds: sample.cpu - c0,
+                        rss_bytes: sample.rss,
+                        spans_exported: sample.spans_exported,
+                        spans_dropped: sample.spans_dropped,
                     });
                 }
                 _ => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One reading of every process of a run, summed.
+#[derive(Default)]
+struct Sample {
+    done: f64,
+    cpu: f64,
+    rss: f64,
+    spans_exported: f64,
+    spans_dropped: f64,
+    /// Processes that have not handled a record yet (still joining the group).
+    idle: usize,
+}
+
+impl Sample {
+    fn add(&mut self, text: &str, done: f64, cpu: f64) {
+        self.done += done;
+        self.cpu += cpu;
+        self.idle += usize::from(done == 0.0);
+        self.rss += metric(text, "process_resident_memory_bytes").unwrap_or(0.0);
+        self.spans_exported += metric(text, "telemetry_spans_exported_total").unwrap_or(0.0);
+        self.spans_dropped +=
+            text.lines().filter(|l| l.starts_with("telemetry_spans_dropped_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
     }
 }
 

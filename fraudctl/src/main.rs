@@ -75,6 +75,10 @@ enum BenchCommand {
         /// Repeat the whole sequence this many times (run-to-run spread).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Processes per run, in one consumer group (each with its own transactional id): the
+        /// passthrough, the fan-out and the scorer alike. Records/s and CPU are their sums.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        instances: u32,
     },
     /// The embedded broker's CPU per step as its topic fills, with and without a consumer
     /// following it (what the gateway benchmark's numbers rest on).
@@ -261,8 +265,8 @@ fn main() -> Result<()> {
             println!("published {sent} labels to {}", schemas::topics::LABELS);
             Ok(())
         }
-        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, store_down, repeat }) => {
-            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, store_down, repeat };
+        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, store_down, repeat, instances }) => {
+            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, store_down, repeat, instances };
             // Ctrl-C ends the run with its broker, Redis and scorer stopped, not left running.
             let signals = runtime()?;
             let results = fraudctl::bench::run(&b, &ctrl_c_flag(&signals))?;
@@ -290,7 +294,8 @@ fn main() -> Result<()> {
                     m.spans_dropped
                 );
             }
-            println!("\n({records} records, {partitions} partitions, max batch {max_batch}, {delivery})");
+            let per_run = if instances == 1 { String::new() } else { format!(", {instances} processes per run") };
+            println!("\n({records} records, {partitions} partitions, max batch {max_batch}, {delivery}{per_run})");
             Ok(())
         }
         Command::Bench(BenchCommand::Broker { rate, steps, step_seconds, partitions, linger_ms }) => {

@@ -12,12 +12,13 @@ use anyhow::{Context, Result, bail};
 
 /// A child process of the local stack, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Process {
-    pub name: &'static str,
+    pub name: String,
     child: Child,
 }
 
 impl Process {
-    pub fn spawn(name: &'static str, program: &Path, args: &[String], log_dir: &Path, env: &[(&str, String)]) -> Result<Self> {
+    pub fn spawn(name: impl Into<String>, program: &Path, args: &[String], log_dir: &Path, env: &[(&str, String)]) -> Result<Self> {
+        let name = name.into();
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
         let err = log.try_clone()?;
         let mut cmd = Command::new(program);
