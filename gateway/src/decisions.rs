@@ -53,8 +53,10 @@ pub enum Publishing {
     Failed,
 }
 
-/// What a request for a transaction with no known decision does about publishing it.
+/// What a request for a transaction does about publishing it.
 pub enum Claim {
+    /// Decided already (perhaps since the request first looked): answer with it.
+    Decided(Arc<Decided>),
     /// Nobody here has published it: publish it, and report how that went (`PublishClaim`).
     Publish(PublishClaim),
     /// This gateway published it already: wait for the decision only.
@@ -151,13 +153,16 @@ impl DecisionBoard {
         }
     }
 
-    /// Decides who publishes `transaction_id`: the first request for it, unless this gateway has
-    /// already published it (and has no decision yet) or is publishing it now. Claims are
+    /// Decides who publishes `transaction_id`: the first request for it, unless it is decided,
+    /// this gateway has already published it (no decision yet) or is publishing it now. Claims are
     /// remembered for as many transactions as recent decisions; the oldest go first.
     /// `trace_id`: the claiming request's trace, which answers about the transaction carry until
     /// its decision (which continues that trace) is in.
     pub fn claim(self: &Arc<Self>, transaction_id: &str, trace_id: &str) -> Claim {
         let mut b = self.lock();
+        if let Some(d) = b.recent.get(transaction_id) {
+            return Claim::Decided(Arc::clone(d));
+        }
         if let Some((_, state, _)) = b.published.get(transaction_id) {
             match *state.borrow() {
                 Publishing::InFlight => return Claim::InFlight(state.subscribe()),
@@ -283,6 +288,7 @@ mod tests {
     fn publish(c: Claim) -> PublishClaim {
         match c {
             Claim::Publish(p) => p,
+            Claim::Decided(_) => panic!("expected Publish, got Decided"),
             Claim::Accepted => panic!("expected Publish, got Accepted"),
             Claim::InFlight(_) => panic!("expected Publish, got InFlight"),
         }
@@ -300,8 +306,8 @@ mod tests {
         board.deliver(decision("t", 0.5), None);
         assert!(board.recent("t").is_some());
         assert_eq!(board.accepted("t"), None, "decided");
-        // Decided: the claim is gone (a retry is answered from `recent` before claiming).
-        publish(board.claim("t", "trace-t")).report(true);
+        let Claim::Decided(d) = board.claim("t", "trace-t") else { panic!("a retry after the decision gets it") };
+        assert_eq!(d.decision.fraud_probability, 0.5);
     }
 
     #[tokio::test]

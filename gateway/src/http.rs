@@ -256,10 +256,9 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     // Publish the transaction, unless a request here already has (a retry after a timeout or a
     // 202) or is doing so now: then wait for that publish and the same decision.
     let decided_already = loop {
-        if let Some(d) = app.board.recent(&tx.transaction_id) {
-            break Some(d); // decided since the first look, perhaps before `rx` was registered
-        }
         match app.board.claim(&tx.transaction_id, &trace.trace_id()) {
+            // Decided since the first look, perhaps before `rx` was registered.
+            Claim::Decided(d) => break Some(d),
             Claim::Publish(claim) => {
                 let published = publish(&app, &tx, &trace).await;
                 claim.report(published.is_ok());
