@@ -18,6 +18,7 @@ use opentelemetry::{Context, KeyValue};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use schemas::{FieldError, Transaction, TransactionLimits};
@@ -190,16 +191,38 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Withdraws a request's interest in its decision however the request ends (answered, timed
-/// out, or dropped by a disconnecting client), so waiters never leak.
+/// A request's interest in its decision. However the request ends (answered, refused, timed
+/// out, or dropped by a disconnecting client), dropping this closes its receiver first and then
+/// withdraws it from the board, so waiters never leak.
 struct Waiting<'a> {
     board: &'a DecisionBoard,
     transaction_id: String,
+    decision: Option<oneshot::Receiver<Arc<Decided>>>,
+    gauge: &'a prometheus::IntGauge,
+}
+
+impl<'a> Waiting<'a> {
+    /// Registers the interest; `Err` when too many requests wait already.
+    fn register(board: &'a DecisionBoard, transaction_id: &str, gauge: &'a prometheus::IntGauge) -> Result<Self, WaitError> {
+        let decision = board.wait_for(transaction_id)?;
+        gauge.set(board.waiting() as i64);
+        Ok(Self { board, transaction_id: transaction_id.to_string(), decision: Some(decision), gauge })
+    }
+
+    /// The decision, if it comes within `deadline`.
+    async fn decision(&mut self, deadline: Duration) -> Option<Arc<Decided>> {
+        let rx = self.decision.as_mut()?;
+        tokio::time::timeout(deadline, rx).await.ok().and_then(Result::ok)
+    }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
+        // Closed first: `forget` withdraws the waiters whose receiver is gone.
+        drop(self.decision.take());
         self.board.forget(&self.transaction_id);
+        // Kept current as requests leave too, so an idle gateway shows none waiting.
+        self.gauge.set(self.board.waiting() as i64);
     }
 }
 
@@ -243,21 +266,20 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
         outcome("replayed");
         return axum::Json(PredictResponse::new(&d, ms(started), &trace)).into_response();
     }
-    let rx = match app.board.wait_for(&tx.transaction_id) {
-        Ok(rx) => rx,
+    // Registered before publishing, so that a quick decision cannot slip past.
+    let mut waiting = match Waiting::register(&app.board, &tx.transaction_id, &app.metrics.waiting) {
+        Ok(w) => w,
         Err(WaitError::Full) => {
             outcome("unavailable");
             return error(StatusCode::SERVICE_UNAVAILABLE, "too many requests waiting for decisions; retry later", vec![]);
         }
     };
-    let _waiting = Waiting { board: &app.board, transaction_id: tx.transaction_id.clone() };
-    app.metrics.waiting.set(app.board.waiting() as i64);
 
     // Publish the transaction, unless a request here already has (a retry after a timeout or a
     // 202) or is doing so now: then wait for that publish and the same decision.
     let decided_already = loop {
         match app.board.claim(&tx.transaction_id, &trace.trace_id()) {
-            // Decided since the first look, perhaps before `rx` was registered.
+            // Decided since the first look, perhaps before this request was registered.
             Claim::Decided(d) => break Some(d),
             Claim::Publish(claim) => {
                 let published = publish(&app, &tx, &trace).await;
@@ -284,7 +306,7 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     server_span.set_attribute(KeyValue::new("fraudstream.transaction_id", tx.transaction_id.clone()));
     let decided = match decided_already {
         Some(d) => Some(d),
-        None => tokio::time::timeout(app.decision_deadline, rx).await.ok().and_then(Result::ok),
+        None => waiting.decision(app.decision_deadline).await,
     };
     match decided {
         Some(decided) => {

@@ -255,6 +255,8 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let twice = g.payment(&Generator::user(SEED, 4), 1_764_000_000_000).transaction;
     let answers = predict_concurrently(&gw, &twice, 2).await;
     assert!(answers.iter().all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE), "{answers:?}");
+    // Requests that were refused wait for nothing: no waiter is left behind to fill the board.
+    assert!(gw.metrics().await.contains("gateway_waiting_requests 0"), "{}", gw.metrics().await);
 
     // Readiness follows: a gateway that cannot reach Kafka leaves the load balancer's rotation.
     let port = gw.port;
