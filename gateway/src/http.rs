@@ -93,7 +93,12 @@ impl PredictResponse {
 }
 
 pub fn error(status: StatusCode, summary: impl Into<String>, details: Vec<FieldError>) -> Response {
-    (status, axum::Json(json!({"error": summary.into(), "details": details}))).into_response()
+    let mut response = (status, axum::Json(json!({"error": summary.into(), "details": details}))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Kafka unreachable or too many requests waiting: both pass; say when to try again.
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 pub fn router(state: Arc<AppState>, ops: Router) -> Router {

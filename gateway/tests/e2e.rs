@@ -243,8 +243,9 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     stack.broker.stop();
     let tx = g.payment(&Generator::user(SEED, 2), 1_764_000_000_000).transaction;
     let started = Instant::now();
-    let (status, body) = gw.predict(&seed_body(&tx)).await;
+    let (status, headers, body) = gw.raw_with_headers(reqwest::Method::POST, "/v1/predict", Some("application/json"), serde_json::to_vec(&seed_body(&tx)).unwrap()).await;
     let took = started.elapsed();
+    assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"), "a 503 says when to retry");
     println!("broker down: {status} after {took:?}");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_documented("/v1/predict", "post", status);
