@@ -398,3 +398,45 @@ async fn sigterm_answers_the_requests_in_flight_and_loses_no_accepted_transactio
     want.sort_unstable();
     assert_eq!(got, want, "every acknowledged transaction is in Kafka, once");
 }
+
+/// The map of requests waiting for decisions is bounded: past `--max-waiters` a request is
+/// refused at once (503, Retry-After) and its transaction is not published; the others are
+/// answered, and the map empties as they leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_waiters_requests_are_refused_unpublished_and_the_board_empties() {
+    let stack = Stack::start();
+    let gw = stack.gateway(&["--max-waiters", "2", "--decision-deadline-ms", "1500"]);
+    gw.wait_ready().await;
+    let mut g = Generator::new(SEED, Drift::None, unique("full"));
+    let txs: Vec<_> = (0..3).map(|i| g.payment(&Generator::user(SEED, i), 1_764_000_000_000).transaction).collect();
+
+    // No scorer: the first two wait for decisions that do not come.
+    let waiting: Vec<_> = txs[..2]
+        .iter()
+        .map(|tx| {
+            let (http, url, body) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx));
+            tokio::spawn(async move { http.post(url).json(&body).send().await.unwrap().status() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.metrics().await.contains("gateway_waiting_requests 2") {
+        assert!(Instant::now() < deadline, "two requests never waiting:\n{}", gw.metrics().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, headers, body) = gw.raw_with_headers(reqwest::Method::POST, "/v1/predict", Some("application/json"), serde_json::to_vec(&seed_body(&txs[2])).unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_documented("/v1/predict", "post", status);
+    assert!(body["error"].as_str().unwrap().contains("too many requests waiting"), "{body}");
+    assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+
+    for h in waiting {
+        assert_eq!(h.await.unwrap(), StatusCode::ACCEPTED);
+    }
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("gateway_waiting_requests 0"), "{metrics}");
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="unavailable"} 1"#), "{metrics}");
+    let published: Vec<schemas::Transaction> =
+        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    assert_eq!(published.len(), 2);
+    assert!(published.iter().all(|t| t.transaction_id != txs[2].transaction_id), "the refused transaction was not published");
+}
