@@ -13,9 +13,11 @@ use tokio::sync::{oneshot, watch};
 
 use schemas::Decision;
 
-/// A decision read from Kafka, with the trace it was made in (its record's `traceparent`): the
-/// trace of the request that published the transaction, or the scorer's own for a transaction
-/// that came with none.
+/// A decision read from Kafka, as the gateway answers it, with the trace it was made in (its
+/// record's `traceparent`): the trace of the request that published the transaction, or the
+/// scorer's own for a transaction that came with none. The decision's feature vector, which no
+/// answer carries and which is about half of a decision's memory, is not kept (`features` is
+/// empty): the board holds up to `RECENT_DECISIONS` of these.
 #[derive(Debug)]
 pub struct Decided {
     pub decision: Decision,
@@ -221,7 +223,7 @@ impl DecisionBoard {
             return Delivered::Duplicate;
         }
         let id = decision.transaction_id.clone();
-        let decision = Arc::new(Decided { decision, trace_id });
+        let decision = Arc::new(Decided { decision: Decision { features: Vec::new(), ..decision }, trace_id });
         let mut waiting = 0;
         if let Some(list) = b.waiters.remove(&id) {
             b.waiting -= list.len();
@@ -247,7 +249,7 @@ impl DecisionBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::{PaymentMethod, RiskLevel, Verdict};
+    use schemas::{FeatureValue, PaymentMethod, RiskLevel, Verdict};
 
     fn decision(id: &str, p: f64) -> Decision {
         Decision {
@@ -257,7 +259,7 @@ mod tests {
             fraud_probability: p,
             risk_level: RiskLevel::Low,
             model_version: "1".into(),
-            features: vec![],
+            features: vec![FeatureValue { name: "amount_log".into(), value: 4.2 }],
             top_features: vec![],
             degraded: false,
             user_features_found: true,
@@ -281,6 +283,7 @@ mod tests {
         assert_eq!(a.await.unwrap().decision.fraud_probability, 0.1);
         assert_eq!(b.await.unwrap().decision.fraud_probability, 0.1);
         let first = board.recent("t1").unwrap();
+        assert!(first.decision.features.is_empty(), "the feature vector is not kept");
         assert_eq!((first.decision.fraud_probability, first.trace_id.as_deref()), (0.1, Some("trace-1")));
         assert_eq!(board.waiting(), 0);
     }
