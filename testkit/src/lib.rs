@@ -81,18 +81,16 @@ impl RedisServer {
     /// Freezes the server (SIGSTOP): connections are still accepted by the kernel but nothing is
     /// answered, as with a Redis stuck on a slow command or a stalled host.
     pub fn pause(&self) {
-        self.send_signal("STOP");
+        process::send_signal(self.pid(), "STOP");
     }
 
     /// Lets a paused server go on (SIGCONT), data intact.
     pub fn resume(&self) {
-        self.send_signal("CONT");
+        process::send_signal(self.pid(), "CONT");
     }
 
-    fn send_signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("redis-server is running").id();
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is running").id()
     }
 
     /// Starts the server again on the same port (empty).

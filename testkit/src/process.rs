@@ -14,6 +14,12 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Sends `signal` (e.g. `TERM`, `STOP`) to process `pid`; a failure fails the test.
+pub(crate) fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
 /// A running service; killed when dropped. Its stdout (JSON logs) goes to a file kept for
 /// inspection.
 pub struct Service {
@@ -43,8 +49,7 @@ impl Service {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
+        send_signal(self.pid(), signal);
     }
 
     /// Waits for exit; returns the exit code (None when killed by a signal).
