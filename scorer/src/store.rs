@@ -104,14 +104,10 @@ impl FeatureStore {
         let mut call = READ_USERS.prepare_invoke();
         let mut distinct: HashMap<&str, usize> = HashMap::with_capacity(n);
         let mut slots = Vec::with_capacity(n);
-        let mut key = String::with_capacity(self.key_prefix.len() + 16);
         for user in user_ids {
             let next = distinct.len();
             let slot = *distinct.entry(user).or_insert_with(|| {
-                key.clear();
-                key.push_str(&self.key_prefix);
-                key.push_str(user);
-                call.key(key.as_str());
+                call.key(self.key(user));
                 next
             });
             slots.push(slot);
