@@ -25,13 +25,15 @@ pub fn store(url: &str, key_prefix: &str) -> Result<FeatureStore> {
     FeatureStore::new(url, key_prefix, Duration::from_secs(5), Duration::ZERO, defaults).context("feature store URL")
 }
 
+/// Users written to Redis per pipeline.
+const CHUNK: usize = 1000;
+
 /// Writes users 0..n of the synthetic population for `seed`; returns how many were written.
 pub fn load_synthetic(store: &mut FeatureStore, users: u64, seed: u64) -> Result<usize> {
     let mut written = 0;
-    let chunk = 1000;
     let mut start = 0;
     while start < users {
-        let end = (start + chunk).min(users);
+        let end = (start + CHUNK as u64).min(users);
         let batch: Vec<_> = (start..end).map(|n| Generator::user(seed, n)).collect();
         written += store
             .store(batch.iter().map(|u| (u.user_id.as_str(), &u.features)))
@@ -41,9 +43,6 @@ pub fn load_synthetic(store: &mut FeatureStore, users: u64, seed: u64) -> Result
     Ok(written)
 }
 
-/// Users written to Redis per pipeline.
-const CHUNK: usize = 1000;
-
 /// Writes the users of a JSON-lines file, one object per line:
 /// `{"user_id": "42", "account_age_days": 12, "txn_count_1h": 0, "home_country": "US"}`. Fields
 /// left out take `defaults` (the model card's). The whole file is checked first: a bad line — not
@@ -51,13 +50,9 @@ const CHUNK: usize = 1000;
 /// load before anything is written, with the line and the reason. Then it is written in
 /// pipelines of `CHUNK` users, so memory stays flat whatever the file's size.
 pub fn load_file(store: &mut FeatureStore, path: &Path, defaults: &UserFeatures) -> Result<usize> {
-    let mut users = 0;
-    each_user(path, defaults, |_| {
-        users += 1;
-        Ok(())
-    })?;
+    each_user(path, defaults, |_| Ok(()))?;
     let mut written = 0;
-    let mut chunk: Vec<(String, UserFeatures)> = Vec::with_capacity(CHUNK.min(users));
+    let mut chunk: Vec<(String, UserFeatures)> = Vec::with_capacity(CHUNK);
     let mut write = |chunk: &mut Vec<(String, UserFeatures)>| -> Result<()> {
         written += store.store(chunk.iter().map(|(id, f)| (id.as_str(), f))).context("writing features to Redis")?;
         chunk.clear();
