@@ -43,7 +43,7 @@ struct Args {
     quality_window: usize,
     /// Transaction ids remembered to keep only the first decision per transaction (repeats come
     /// from a scorer batch decided twice, within seconds).
-    #[arg(long, env = "DECISION_DEDUPE_IDS", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "DECISION_DEDUPE_IDS", default_value_t = schemas::FirstSeen::DEFAULT_CAPACITY as u64, value_parser = clap::value_parser!(u64).range(1..))]
     dedupe_ids: u64,
     /// Consumer group session timeout, in ms (a shorter one also makes the broker settle the
     /// group faster).

@@ -288,7 +288,7 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
         .create()?;
     crate::topics::assign_all(&consumer, topics::DECISIONS, Offset::End, Duration::from_secs(5))?;
     Ok(std::thread::spawn(move || {
-        let mut seen = schemas::FirstSeen::new(200_000);
+        let mut seen = schemas::FirstSeen::new(schemas::FirstSeen::DEFAULT_CAPACITY);
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
                 && let Ok(d) = schemas::decode::<Decision>(m.payload().unwrap_or_default())
@@ -307,7 +307,6 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
         }
     }))
 }
-
 
 #[cfg(test)]
 mod tests {

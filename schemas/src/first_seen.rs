@@ -16,6 +16,9 @@ pub struct FirstSeen {
 }
 
 impl FirstSeen {
+    /// The window readers use unless configured otherwise (at 2,000 decisions/s, 100 s).
+    pub const DEFAULT_CAPACITY: usize = 200_000;
+
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Self { ids: HashSet::with_capacity(capacity.min(1 << 16)), order: VecDeque::new(), capacity }
