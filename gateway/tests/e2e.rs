@@ -336,22 +336,39 @@ async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_
     println!("scorer SIGKILL under HTTP load: {} requests, {pending} answered pending, {dups}", answers.len());
 }
 
-/// `n` concurrent predictions of the same transaction.
-async fn predict_concurrently(gw: &common::Gateway, tx: &schemas::Transaction, n: usize) -> Vec<(StatusCode, Value)> {
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
+/// Starts one prediction per transaction, all at once; `answers` joins them.
+fn spawn_predictions<'a>(gw: &common::Gateway, txs: impl IntoIterator<Item = &'a schemas::Transaction>) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    txs.into_iter()
+        .map(|tx| {
             let (http, url, body) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx));
             tokio::spawn(async move {
                 let r = http.post(url).json(&body).send().await.unwrap();
                 (r.status(), r.json::<Value>().await.unwrap())
             })
         })
-        .collect();
-    let mut out = Vec::with_capacity(n);
+        .collect()
+}
+
+async fn answers(handles: Vec<tokio::task::JoinHandle<(StatusCode, Value)>>) -> Vec<(StatusCode, Value)> {
+    let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// `n` concurrent predictions of the same transaction.
+async fn predict_concurrently(gw: &common::Gateway, tx: &schemas::Transaction, n: usize) -> Vec<(StatusCode, Value)> {
+    answers(spawn_predictions(gw, std::iter::repeat_n(tx, n))).await
+}
+
+/// Waits until `n` requests wait for their decisions on `gw`.
+async fn wait_until_waiting(gw: &common::Gateway, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.metrics().await.contains(&format!("gateway_waiting_requests {n}")) {
+        assert!(Instant::now() < deadline, "never {n} requests waiting:\n{}", gw.metrics().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// SIGTERM stops a gateway gracefully: requests already accepted by Kafka are still answered
@@ -365,24 +382,12 @@ async fn sigterm_answers_the_requests_in_flight_and_loses_no_accepted_transactio
     let mut g = Generator::new(SEED, Drift::None, unique("sigterm"));
     let txs: Vec<_> = (0..5).map(|i| g.payment(&Generator::user(SEED, i), 1_764_000_000_000).transaction).collect();
 
-    let mut in_flight = Vec::new();
-    for tx in &txs {
-        let (http, url, body) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx));
-        in_flight.push(tokio::spawn(async move {
-            let r = http.post(url).json(&body).send().await.unwrap();
-            (r.status(), r.json::<Value>().await.unwrap())
-        }));
-    }
+    let in_flight = spawn_predictions(&gw, &txs);
     // Every request published and waiting for its decision, then the stop.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.metrics().await.contains("gateway_waiting_requests 5") {
-        assert!(Instant::now() < deadline, "requests never all waiting:\n{}", gw.metrics().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_waiting(&gw, 5).await;
     gw.service.signal("TERM");
 
-    for h in in_flight {
-        let (status, body) = h.await.unwrap();
+    for (status, body) in answers(in_flight).await {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["status"], "pending");
     }
@@ -411,26 +416,16 @@ async fn past_max_waiters_requests_are_refused_unpublished_and_the_board_empties
     let txs: Vec<_> = (0..3).map(|i| g.payment(&Generator::user(SEED, i), 1_764_000_000_000).transaction).collect();
 
     // No scorer: the first two wait for decisions that do not come.
-    let waiting: Vec<_> = txs[..2]
-        .iter()
-        .map(|tx| {
-            let (http, url, body) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx));
-            tokio::spawn(async move { http.post(url).json(&body).send().await.unwrap().status() })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.metrics().await.contains("gateway_waiting_requests 2") {
-        assert!(Instant::now() < deadline, "two requests never waiting:\n{}", gw.metrics().await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waiting = spawn_predictions(&gw, &txs[..2]);
+    wait_until_waiting(&gw, 2).await;
     let (status, headers, body) = gw.raw_with_headers(reqwest::Method::POST, "/v1/predict", Some("application/json"), serde_json::to_vec(&seed_body(&txs[2])).unwrap()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_documented("/v1/predict", "post", status);
     assert!(body["error"].as_str().unwrap().contains("too many requests waiting"), "{body}");
     assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
 
-    for h in waiting {
-        assert_eq!(h.await.unwrap(), StatusCode::ACCEPTED);
+    for (status, body) in answers(waiting).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
     let metrics = gw.metrics().await;
     assert!(metrics.contains("gateway_waiting_requests 0"), "{metrics}");
