@@ -44,9 +44,11 @@ pub fn parse_transaction(
         Some(Value::Number(n)) => n.as_i64().or_else(|| {
             wrong(&mut errors, "timestamp", "must be whole milliseconds since the Unix epoch")
         }),
+        // RFC 3339's date-time, as JSON Schema and the API's spec define it: a `T` between date
+        // and time (the parser would also take a space).
         Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
-            Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
-            Err(_) => wrong(&mut errors, "timestamp", "must be RFC 3339 (2026-01-15T14:30:00Z) or epoch milliseconds"),
+            Ok(t) if matches!(s.as_bytes().get(10), Some(b'T' | b't')) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
+            _ => wrong(&mut errors, "timestamp", "must be RFC 3339 (2026-01-15T14:30:00Z) or epoch milliseconds"),
         },
         Some(_) => wrong(&mut errors, "timestamp", "must be an RFC 3339 string or epoch milliseconds"),
     };
@@ -135,9 +137,11 @@ mod tests {
         let mut v = base.clone();
         v["timestamp"] = json!(1_768_483_800_250i64);
         assert_eq!(parse(v).unwrap().timestamp, 1_768_483_800_250);
-        let mut v = base;
-        v["timestamp"] = json!("yesterday");
-        assert_eq!(bad_fields(v), ["timestamp"]);
+        for not_rfc3339 in ["yesterday", "2026-01-15 14:30:00Z", "2026-01-15T14:30:00"] {
+            let mut v = base.clone();
+            v["timestamp"] = json!(not_rfc3339);
+            assert_eq!(bad_fields(v), ["timestamp"], "{not_rfc3339}");
+        }
     }
 
     #[test]

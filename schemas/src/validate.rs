@@ -72,8 +72,8 @@ impl Transaction {
 fn check_id(errors: &mut Vec<FieldError>, field: &str, value: &str) {
     if value.trim().is_empty() {
         errors.push(FieldError::new(field, "must not be empty"));
-    } else if value.len() > MAX_ID_LEN {
-        errors.push(FieldError::new(field, format!("must be at most {MAX_ID_LEN} bytes")));
+    } else if value.chars().count() > MAX_ID_LEN {
+        errors.push(FieldError::new(field, format!("must be at most {MAX_ID_LEN} characters")));
     } else if value.chars().any(char::is_control) {
         errors.push(FieldError::new(field, "must not contain control characters"));
     }
@@ -138,5 +138,12 @@ mod tests {
             fields(bad),
             ["transaction_id", "user_id", "merchant_id", "currency", "country", "timestamp"]
         );
+    }
+
+    #[test]
+    fn id_length_counts_characters_as_the_api_spec_does() {
+        assert!(fields(Transaction { user_id: "é".repeat(128), ..valid() }).is_empty(), "256 bytes, 128 characters");
+        let errs = Transaction { user_id: "é".repeat(129), ..valid() }.field_errors(&TransactionLimits::default());
+        assert_eq!(errs, [FieldError::new("user_id", "must be at most 128 characters")]);
     }
 }

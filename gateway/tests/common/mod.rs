@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 #![allow(dead_code)] // each test file uses part of it
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -12,6 +13,9 @@ use serde_json::{Value, json};
 use testkit::kafka::create_standard_topics;
 use testkit::process::Service;
 use testkit::{Broker, RedisServer, free_port, unique};
+
+pub mod spec;
+use spec::Spec;
 
 pub const SEED: u64 = 11;
 pub const USERS: u64 = 100;
@@ -63,7 +67,7 @@ impl Stack {
         let mut args = vec!["--brokers".to_string(), self.broker.bootstrap(), "--listen".into(), format!("127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let service = Service::start("gateway", &args, env);
-        Gateway { service, port, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() }
+        Gateway { service, port, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), spec: Arc::new(Spec::load()) }
     }
 }
 
@@ -72,6 +76,8 @@ pub struct Gateway {
     pub port: u16,
     pub base: String,
     pub http: reqwest::Client,
+    /// Every answer read through `predict` and `raw*` is checked against `openapi.json`.
+    pub spec: Arc<Spec>,
 }
 
 impl Gateway {
@@ -82,9 +88,8 @@ impl Gateway {
     }
 
     pub async fn predict(&self, body: &Value) -> (StatusCode, Value) {
-        let r = self.http.post(format!("{}/v1/predict", self.base)).json(body).send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap())
+        let (status, _, json) = self.raw_with_headers(reqwest::Method::POST, "/v1/predict", Some("application/json"), serde_json::to_vec(body).unwrap()).await;
+        (status, json)
     }
 
     pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
@@ -93,7 +98,7 @@ impl Gateway {
     }
 
     pub async fn raw_with_headers(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).body(body);
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
@@ -101,7 +106,9 @@ impl Gateway {
         let status = r.status();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();
-        (status, headers, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}")))
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: body is not JSON: {text:?}"));
+        self.spec.assert_answer(&method, path, status, &headers, &json);
+        (status, headers, json)
     }
 
     pub async fn metrics(&self) -> String {

@@ -1,0 +1,145 @@
+//! `openapi.json` says what `POST /v1/predict` accepts; the handler decides what it accepts. Over
+//! a corpus of bodies around the seed's request — every field valid, missing, null, of the wrong
+//! type, at and past its limits — the two must agree: a body is accepted if and only if the
+//! spec's request schema allows it. (The answers are checked against the spec by the end-to-end
+//! tests.)
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+
+use gateway::request::parse_transaction;
+use schemas::TransactionLimits;
+
+mod common;
+use common::spec::Spec;
+
+/// The seed's request with one field set to `value` (`None`: the field left out).
+fn with(field: &str, value: Option<Value>) -> Value {
+    let mut body = json!({"transaction_id": "txn_1", "user_id": 12345, "amount": 149.99, "payment_method": "card", "merchant_id": "merchant_42"});
+    match value {
+        Some(v) => body[field] = v,
+        None => {
+            body.as_object_mut().unwrap().remove(field);
+        }
+    }
+    body
+}
+
+fn corpus() -> Vec<Value> {
+    let ids = [
+        json!("txn_2"),
+        json!(""),
+        json!("   "),
+        json!("a\u{1}b"),
+        json!("tab\there"),
+        json!("x".repeat(128)),
+        json!("x".repeat(129)),
+        json!("é".repeat(64)),
+        json!("é".repeat(100)),
+        json!(7),
+        json!(true),
+        json!(["t"]),
+        Value::Null,
+    ];
+    let mut bodies = vec![with("note", Some(json!("fields the API does not know are ignored")))];
+    for field in ["transaction_id", "user_id", "merchant_id"] {
+        bodies.push(with(field, None));
+        bodies.extend(ids.iter().map(|v| with(field, Some(v.clone()))));
+    }
+    for v in [json!(-5), json!(0), json!(1.5), json!(u64::MAX), json!(i64::MIN)] {
+        bodies.push(with("user_id", Some(v)));
+    }
+    bodies.push(with("amount", None));
+    for v in [json!(0.01), json!(1), json!(1_000_000), json!(1_000_000.01), json!(0), json!(-3), json!(1e300), json!("10"), Value::Null] {
+        bodies.push(with("amount", Some(v)));
+    }
+    bodies.push(with("payment_method", None));
+    for v in ["card", "bank_transfer", "wallet", "crypto", "cheque", "CARD", "Card", ""] {
+        bodies.push(with("payment_method", Some(json!(v))));
+    }
+    bodies.push(with("payment_method", Some(json!(1))));
+    for field in ["currency", "country"] {
+        for v in [json!("USD"), json!("US"), json!("usd"), json!("us"), json!("U1D"), json!(""), json!("ÉUR"), json!(840), Value::Null] {
+            bodies.push(with(field, Some(v)));
+        }
+    }
+    for v in [
+        json!("2026-01-15T14:30:00Z"),
+        json!("2026-01-15T14:30:00.250+01:00"),
+        json!("2026-01-15t14:30:00z"),
+        json!("2026-01-15T14:30:00"),
+        json!("2026-01-15 14:30:00Z"),
+        json!("2026-13-15T14:30:00Z"),
+        json!("1970-01-01T00:00:00Z"),
+        json!("1969-12-31T23:59:59Z"),
+        json!("noon"),
+        json!(0),
+        json!(1_768_483_800_250i64),
+        json!(-1),
+        json!(1.5),
+        json!(u64::MAX),
+        json!(true),
+        Value::Null,
+    ] {
+        bodies.push(with("timestamp", Some(v)));
+    }
+    bodies
+}
+
+#[test]
+fn the_spec_accepts_exactly_the_requests_the_handler_accepts() {
+    let schema = Spec::load().predict_request();
+    let limits = TransactionLimits::default();
+    let mut disagreements = Vec::new();
+    for body in corpus() {
+        let handler = parse_transaction(body.as_object().unwrap(), &limits, 1_764_000_000_000);
+        let spec: Vec<String> = schema.iter_errors(&body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        if handler.is_ok() != spec.is_empty() {
+            disagreements.push(format!("{body}\n  handler: {:?}\n  spec: {spec:?}", handler.err()));
+        }
+    }
+    assert!(disagreements.is_empty(), "{} bodies judged differently:\n{}", disagreements.len(), disagreements.join("\n"));
+}
+
+/// The end-to-end tests lean on `Spec::assert_answer` for every answer they read; it must catch
+/// a missing field, an undocumented one, a value out of its enum and a documented header left out.
+#[test]
+fn the_answer_check_catches_what_the_spec_does_not_describe() {
+    use reqwest::header::{HeaderMap, HeaderValue};
+    use reqwest::{Method, StatusCode};
+    let spec = Spec::load();
+    let decided = json!({
+        "transaction_id": "txn_1", "decision": "approve", "fraud_probability": 0.01, "risk_level": "low",
+        "latency_ms": 3.2, "model_version": "1.0.0", "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "top_features": [{"name": "amount_ratio_log", "value": 0.7, "contribution": 1.1}], "degraded": false
+    });
+    let mut traced = HeaderMap::new();
+    traced.insert("traceresponse", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    let passes = |method: Method, path: &str, status: StatusCode, headers: &HeaderMap, body: &Value| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spec.assert_answer(&method, path, status, headers, body))).is_ok()
+    };
+
+    assert!(passes(Method::POST, "/v1/predict", StatusCode::OK, &traced, &decided));
+    assert!(passes(Method::GET, "/v1/decisions/txn_1", StatusCode::OK, &traced, &decided));
+    let mut missing = decided.clone();
+    missing.as_object_mut().unwrap().remove("degraded");
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::OK, &traced, &missing));
+    let mut extra = decided.clone();
+    extra["debug"] = json!("undocumented");
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::OK, &traced, &extra));
+    let mut nested = decided.clone();
+    nested["top_features"][0]["rank"] = json!(1);
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::OK, &traced, &nested));
+    let mut decision = decided.clone();
+    decision["decision"] = json!("maybe");
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::OK, &traced, &decision));
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::OK, &HeaderMap::new(), &decided), "no traceresponse");
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::IM_A_TEAPOT, &traced, &decided), "undocumented status");
+
+    let refused = json!({"error": "Kafka did not acknowledge the transaction", "details": []});
+    assert!(!passes(Method::POST, "/v1/predict", StatusCode::SERVICE_UNAVAILABLE, &traced, &refused), "no Retry-After");
+    let mut retry = traced.clone();
+    retry.insert("retry-after", HeaderValue::from_static("1"));
+    assert!(passes(Method::POST, "/v1/predict", StatusCode::SERVICE_UNAVAILABLE, &retry, &refused));
+}
