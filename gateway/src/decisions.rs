@@ -4,14 +4,15 @@
 //! spotting duplicates: the first decision per transaction id wins. It also remembers which
 //! transactions it is publishing or has published without a decision yet, so that a retry of one
 //! (a client that timed out, or got 202 pending) waits for the same decision instead of
-//! publishing the transaction again.
+//! publishing the transaction again. A transaction id that comes back with another payment is
+//! refused, never answered with the first payment's decision.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
-use schemas::Decision;
+use schemas::{Decision, PaymentMethod, Transaction};
 
 /// A decision read from Kafka, as the gateway answers it, with the trace it was made in (its
 /// record's `traceparent`): the trace of the request that published the transaction, or the
@@ -22,6 +23,44 @@ use schemas::Decision;
 pub struct Decided {
     pub decision: Decision,
     pub trace_id: Option<String>,
+}
+
+/// What a transaction id stands for: the payment a retry must repeat. (The timestamp is left out:
+/// a retry without one is stamped anew on receipt.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payment {
+    pub user_id: String,
+    pub amount: f64,
+    pub currency: String,
+    pub payment_method: PaymentMethod,
+}
+
+impl Payment {
+    pub fn of(tx: &Transaction) -> Self {
+        Self { user_id: tx.user_id.clone(), amount: tx.amount, currency: tx.currency.clone(), payment_method: tx.payment_method }
+    }
+
+    pub fn decided(d: &Decision) -> Self {
+        Self { user_id: d.user_id.clone(), amount: d.amount, currency: d.currency.clone(), payment_method: d.payment_method }
+    }
+
+    /// The fields, by their API names, that `other` gives differently.
+    pub fn differences(&self, other: &Payment) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.user_id != other.user_id {
+            out.push("user_id");
+        }
+        if self.amount != other.amount {
+            out.push("amount");
+        }
+        if self.currency != other.currency {
+            out.push("currency");
+        }
+        if self.payment_method != other.payment_method {
+            out.push("payment_method");
+        }
+        out
+    }
 }
 
 /// Requests waiting for decisions, and recent decisions, both bounded.
@@ -36,12 +75,20 @@ struct Board {
     waiting: usize,
     recent: HashMap<String, Arc<Decided>>,
     order: VecDeque<String>,
-    /// Transactions without a decision yet that a request here publishes or has published: the
-    /// claim's number (so that an evicted claim is told from a newer one for the same id), its
-    /// state, and the trace of the request publishing it.
-    published: HashMap<String, (u64, watch::Sender<Publishing>, String)>,
+    /// Transactions without a decision yet that a request here publishes or has published.
+    published: HashMap<String, Published>,
     published_order: VecDeque<(String, u64)>,
     claims: u64,
+}
+
+/// A claim on publishing a transaction.
+struct Published {
+    /// Told an evicted claim from a newer one for the same id.
+    number: u64,
+    state: watch::Sender<Publishing>,
+    /// The trace of the request publishing it.
+    trace_id: String,
+    payment: Payment,
 }
 
 /// Where this gateway is with publishing a transaction that has no decision yet.
@@ -65,6 +112,9 @@ pub enum Claim {
     Accepted,
     /// Another request here is publishing it now: wait until that settles, then claim again.
     InFlight(watch::Receiver<Publishing>),
+    /// The transaction id stands for another payment here (decided, accepted or being
+    /// published): these fields differ. Refuse the request.
+    Conflict(Vec<&'static str>),
 }
 
 /// The right, and the duty, to publish a transaction and say how it went. Dropped without a
@@ -156,29 +206,38 @@ impl DecisionBoard {
     }
 
     /// Decides who publishes `transaction_id`: the first request for it, unless it is decided,
-    /// this gateway has already published it (no decision yet) or is publishing it now. Claims are
-    /// remembered for as many transactions as recent decisions; the oldest go first.
-    /// `trace_id`: the claiming request's trace, which answers about the transaction carry until
-    /// its decision (which continues that trace) is in.
-    pub fn claim(self: &Arc<Self>, transaction_id: &str, trace_id: &str) -> Claim {
+    /// this gateway has already published it (no decision yet) or is publishing it now — or the
+    /// id stands for another `payment` there. Claims are remembered for as many transactions as
+    /// recent decisions; the oldest go first. `trace_id`: the claiming request's trace, which
+    /// answers about the transaction carry until its decision (which continues that trace) is in.
+    pub fn claim(self: &Arc<Self>, transaction_id: &str, trace_id: &str, payment: &Payment) -> Claim {
         let mut b = self.lock();
         if let Some(d) = b.recent.get(transaction_id) {
-            return Claim::Decided(Arc::clone(d));
+            let differ = Payment::decided(&d.decision).differences(payment);
+            return if differ.is_empty() { Claim::Decided(Arc::clone(d)) } else { Claim::Conflict(differ) };
         }
-        if let Some((_, state, _)) = b.published.get(transaction_id) {
-            match *state.borrow() {
-                Publishing::InFlight => return Claim::InFlight(state.subscribe()),
+        if let Some(p) = b.published.get(transaction_id) {
+            let state = *p.state.borrow();
+            if state != Publishing::Failed {
+                let differ = p.payment.differences(payment);
+                if !differ.is_empty() {
+                    return Claim::Conflict(differ);
+                }
+            }
+            match state {
+                Publishing::InFlight => return Claim::InFlight(p.state.subscribe()),
                 Publishing::Accepted => return Claim::Accepted,
                 Publishing::Failed => {}
             }
         }
         b.claims += 1;
         let number = b.claims;
-        b.published.insert(transaction_id.to_string(), (number, watch::channel(Publishing::InFlight).0, trace_id.to_string()));
+        let claim = Published { number, state: watch::channel(Publishing::InFlight).0, trace_id: trace_id.to_string(), payment: payment.clone() };
+        b.published.insert(transaction_id.to_string(), claim);
         b.published_order.push_back((transaction_id.to_string(), number));
         while b.published_order.len() > self.max_recent {
             if let Some((old, n)) = b.published_order.pop_front()
-                && b.published.get(&old).is_some_and(|(current, _, _)| *current == n)
+                && b.published.get(&old).is_some_and(|p| p.number == n)
             {
                 b.published.remove(&old);
             }
@@ -188,15 +247,15 @@ impl DecisionBoard {
 
     fn settle(&self, transaction_id: &str, number: u64, acknowledged: bool) {
         let mut b = self.lock();
-        if b.published.get(transaction_id).is_none_or(|(current, _, _)| *current != number) {
+        if b.published.get(transaction_id).is_none_or(|p| p.number != number) {
             return; // decided meanwhile, or evicted
         }
         if acknowledged {
-            if let Some((_, state, _)) = b.published.get(transaction_id) {
-                state.send_replace(Publishing::Accepted);
+            if let Some(p) = b.published.get(transaction_id) {
+                p.state.send_replace(Publishing::Accepted);
             }
-        } else if let Some((_, state, _)) = b.published.remove(transaction_id) {
-            state.send_replace(Publishing::Failed);
+        } else if let Some(p) = b.published.remove(transaction_id) {
+            p.state.send_replace(Publishing::Failed);
         }
     }
 
@@ -204,8 +263,8 @@ impl DecisionBoard {
     /// yet: the trace it was published in.
     pub fn accepted(&self, transaction_id: &str) -> Option<String> {
         let b = self.lock();
-        let (_, state, trace_id) = b.published.get(transaction_id)?;
-        (*state.borrow() == Publishing::Accepted).then(|| trace_id.clone())
+        let p = b.published.get(transaction_id)?;
+        (*p.state.borrow() == Publishing::Accepted).then(|| p.trace_id.clone())
     }
 
     pub fn recent(&self, transaction_id: &str) -> Option<Arc<Decided>> {
@@ -288,58 +347,85 @@ mod tests {
         assert_eq!(board.waiting(), 0);
     }
 
+    /// The payment `decision()` decides.
+    fn paid() -> Payment {
+        Payment { user_id: "u".into(), amount: 1.0, currency: "USD".into(), payment_method: PaymentMethod::Card }
+    }
+
     fn publish(c: Claim) -> PublishClaim {
         match c {
             Claim::Publish(p) => p,
             Claim::Decided(_) => panic!("expected Publish, got Decided"),
             Claim::Accepted => panic!("expected Publish, got Accepted"),
             Claim::InFlight(_) => panic!("expected Publish, got InFlight"),
+            Claim::Conflict(f) => panic!("expected Publish, got Conflict({f:?})"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_id_reused_for_another_payment_is_a_conflict_until_its_publish_fails() {
+        let board = Arc::new(DecisionBoard::new(10, 10));
+        let other = Payment { amount: 900.0, payment_method: PaymentMethod::Crypto, ..paid() };
+        let first = publish(board.claim("t", "trace", &paid()));
+        let Claim::Conflict(differ) = board.claim("t", "trace", &other) else { panic!("while publishing") };
+        assert_eq!(differ, ["amount", "payment_method"]);
+        first.report(true);
+        assert!(matches!(board.claim("t", "trace", &other), Claim::Conflict(_)), "accepted");
+        assert!(matches!(board.claim("t", "trace", &paid()), Claim::Accepted), "the same payment waits");
+        board.deliver(decision("t", 0.5), None);
+        let Claim::Conflict(differ) = board.claim("t", "trace", &Payment { user_id: "v".into(), ..paid() }) else { panic!("decided") };
+        assert_eq!(differ, ["user_id"]);
+        assert!(matches!(board.claim("t", "trace", &paid()), Claim::Decided(_)));
+
+        // Nothing reached Kafka under a failed publish: the id is free for whatever comes next.
+        publish(board.claim("f", "trace", &paid())).report(false);
+        publish(board.claim("f", "trace", &other)).report(true);
+        assert!(matches!(board.claim("f", "trace", &paid()), Claim::Conflict(_)));
     }
 
     #[tokio::test]
     async fn a_transaction_is_published_once_until_it_is_decided() {
         let board = Arc::new(DecisionBoard::new(10, 10));
-        let first = publish(board.claim("t", "trace-t"));
-        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t") else { panic!("a second request waits for the first") };
+        let first = publish(board.claim("t", "trace-t", &paid()));
+        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t", &paid()) else { panic!("a second request waits for the first") };
         first.report(true);
         assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Accepted);
-        assert!(matches!(board.claim("t", "trace-t"), Claim::Accepted), "a retry after the ack publishes nothing");
+        assert!(matches!(board.claim("t", "trace-t", &paid()), Claim::Accepted), "a retry after the ack publishes nothing");
         assert_eq!(board.accepted("t").as_deref(), Some("trace-t"), "the first request's trace");
         board.deliver(decision("t", 0.5), None);
         assert!(board.recent("t").is_some());
         assert_eq!(board.accepted("t"), None, "decided");
-        let Claim::Decided(d) = board.claim("t", "trace-t") else { panic!("a retry after the decision gets it") };
+        let Claim::Decided(d) = board.claim("t", "trace-t", &paid()) else { panic!("a retry after the decision gets it") };
         assert_eq!(d.decision.fraud_probability, 0.5);
     }
 
     #[tokio::test]
     async fn a_failed_or_abandoned_publish_lets_the_next_request_publish() {
         let board = Arc::new(DecisionBoard::new(10, 10));
-        let first = publish(board.claim("t", "trace-t"));
-        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t") else { panic!() };
+        let first = publish(board.claim("t", "trace-t", &paid()));
+        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t", &paid()) else { panic!() };
         first.report(false);
         assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Failed);
-        let second = publish(board.claim("t", "trace-t"));
-        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t") else { panic!() };
+        let second = publish(board.claim("t", "trace-t", &paid()));
+        let Claim::InFlight(mut watcher) = board.claim("t", "trace-t", &paid()) else { panic!() };
         drop(second); // its request went away mid-publish
         assert_eq!(*watcher.wait_for(|s| *s != Publishing::InFlight).await.unwrap(), Publishing::Failed);
-        publish(board.claim("t", "trace-t")).report(true);
+        publish(board.claim("t", "trace-t", &paid())).report(true);
     }
 
     #[test]
     fn claims_are_bounded_and_an_evicted_one_is_published_again() {
         let board = Arc::new(DecisionBoard::new(10, 2));
         for id in ["a", "b", "c"] {
-            publish(board.claim(id, "trace")).report(true);
+            publish(board.claim(id, "trace", &paid())).report(true);
         }
-        assert!(matches!(board.claim("c", "trace-c"), Claim::Accepted));
-        let again = publish(board.claim("a", "trace-a")); // evicted: published again (readers keep the first decision)
+        assert!(matches!(board.claim("c", "trace-c", &paid()), Claim::Accepted));
+        let again = publish(board.claim("a", "trace-a", &paid())); // evicted: published again (readers keep the first decision)
         // A late report for an evicted claim does not touch the newer one.
         board.settle("a", 1, false);
-        assert!(matches!(board.claim("a", "trace-a"), Claim::InFlight(_)));
+        assert!(matches!(board.claim("a", "trace-a", &paid()), Claim::InFlight(_)));
         again.report(true);
-        assert!(matches!(board.claim("a", "trace-a"), Claim::Accepted));
+        assert!(matches!(board.claim("a", "trace-a", &paid()), Claim::Accepted));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use schemas::{FieldError, Transaction, TransactionLimits};
 use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
-use crate::decisions::{Claim, Decided, DecisionBoard, Publishing, WaitError};
+use crate::decisions::{Claim, Decided, DecisionBoard, Payment, Publishing, WaitError};
 use crate::metrics::GatewayMetrics;
 use crate::request::parse_transaction;
 
@@ -185,6 +185,13 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
 }
 
+/// 422 for a transaction id this gateway knows for another payment: answering with that
+/// payment's decision would approve (or block) what was not scored.
+fn reused_id(differ: &[&'static str]) -> Response {
+    let details = differ.iter().map(|f| FieldError::new(*f, "differs from the payment this transaction_id was first used for")).collect();
+    error(StatusCode::UNPROCESSABLE_ENTITY, "transaction_id already used for a different payment", details)
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -266,8 +273,15 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     };
 
     // The transaction id is the idempotency key: a retry of a decided transaction gets the same
-    // decision without publishing it twice (and one still undecided waits for it, below).
+    // decision without publishing it twice (and one still undecided waits for it, below); the id
+    // reused for another payment is refused.
+    let payment = Payment::of(&tx);
     if let Some(d) = app.board.recent(&tx.transaction_id) {
+        let differ = Payment::decided(&d.decision).differences(&payment);
+        if !differ.is_empty() {
+            outcome("rejected");
+            return reused_id(&differ);
+        }
         outcome("replayed");
         return axum::Json(PredictResponse::new(&d, ms(started), &trace)).into_response();
     }
@@ -283,9 +297,13 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     // Publish the transaction, unless a request here already has (a retry after a timeout or a
     // 202) or is doing so now: then wait for that publish and the same decision.
     let decided_already = loop {
-        match app.board.claim(&tx.transaction_id, &trace.trace_id()) {
+        match app.board.claim(&tx.transaction_id, &trace.trace_id(), &payment) {
             // Decided since the first look, perhaps before this request was registered.
             Claim::Decided(d) => break Some(d),
+            Claim::Conflict(differ) => {
+                outcome("rejected");
+                return reused_id(&differ);
+            }
             Claim::Publish(claim) => {
                 let published = publish(&app, &tx, &trace).await;
                 claim.report(published.is_ok());
@@ -314,6 +332,12 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
         None => waiting.decision(app.decision_deadline).await,
     };
     match decided {
+        // The first decision for this id is another payment's (produced straight to Kafka under
+        // the same id): never answer with it.
+        Some(decided) if Payment::decided(&decided.decision) != payment => {
+            outcome("rejected");
+            reused_id(&Payment::decided(&decided.decision).differences(&payment))
+        }
         Some(decided) => {
             let d = &decided.decision;
             outcome("decided");

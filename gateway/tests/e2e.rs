@@ -70,6 +70,13 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["fraud_probability"], answers[&txs[0].transaction_id]["fraud_probability"]);
     assert_eq!(again["trace_id"], answers[&txs[0].transaction_id]["trace_id"], "the trace the decision was made in");
+    // The same transaction id for another payment is refused, not answered with this decision.
+    let mut other = seed_body(&txs[0]);
+    other["amount"] = json!(txs[0].amount + 1.0);
+    let (status, refused) = gw.predict(&other).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"], "transaction_id already used for a different payment");
+    assert_eq!(refused["details"][0]["field"], "amount", "{refused}");
 
     // A record produced straight to Kafka is decided and can be looked up.
     let direct = g.payment(&users[3], 1_764_000_000_000).transaction;
@@ -95,9 +102,21 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // An id produced straight to Kafka for one payment, then sent over HTTP for another: refused,
+    // not answered with the direct record's decision (here usually in before the request).
+    let first = g.payment(&users[4], 1_764_000_000_000).transaction;
+    p.send_transactions(topics::TRANSACTIONS, [&first]);
+    p.flush();
+    let mut other = seed_body(&first);
+    other["amount"] = json!(first.amount + 1.0);
+    let (status, refused) = gw.predict(&other).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"][0]["field"], "amount", "{refused}");
+
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"gateway_predictions_total{outcome="decided"} 40"#), "{metrics}");
     assert!(metrics.contains(r#"gateway_predictions_total{outcome="replayed"} 1"#));
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 2"#));
     assert!(metrics.contains(r#"http_requests_total{method="POST",route="/v1/predict",status="200"} 41"#));
 }
 
@@ -189,9 +208,15 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let (status, looked_up) = gw.raw(reqwest::Method::GET, pending["decision_url"].as_str().unwrap(), None, vec![]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{looked_up}");
     assert_eq!((&looked_up["status"], &looked_up["trace_id"]), (&json!("pending"), &pending["trace_id"]));
+    // Published, not decided: the id reused for another payment is refused and not published.
+    let mut other = seed_body(&tx);
+    other["user_id"] = json!("someone-else");
+    let (status, refused) = gw.predict(&other).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"][0]["field"], "user_id", "{refused}");
     let burst = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
-    let answers = predict_concurrently(&gw, &burst, 5).await;
-    assert!(answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "pending"), "{answers:?}");
+    let burst_answers = predict_concurrently(&gw, &burst, 5).await;
+    assert!(burst_answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "pending"), "{burst_answers:?}");
     let published: Vec<schemas::Transaction> =
         read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
     let mut ids: Vec<&str> = published.iter().map(|t| t.transaction_id.as_str()).collect();
@@ -201,6 +226,18 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     assert_eq!(ids, want, "each transaction published once");
     assert!(gw.metrics().await.contains("gateway_repeated_requests_total 5"), "{}", gw.metrics().await);
 
+    // An id produced straight to Kafka for one payment, then sent over HTTP for another (same
+    // user: the direct record comes first in the partition) to a gateway with time to wait: the
+    // direct record's decision reaches the waiting request first and is not given as its answer.
+    let patient = stack.gateway(&["--decision-deadline-ms", "30000"]);
+    patient.wait_ready().await;
+    let direct = g.payment(&Generator::user(SEED, 5), 1_764_000_000_000).transaction;
+    let producer = TestProducer::new(&stack.broker.bootstrap());
+    producer.send_transactions(topics::TRANSACTIONS, [&direct]);
+    producer.flush();
+    let reused = schemas::Transaction { amount: direct.amount + 1.0, ..direct.clone() };
+    let refused = spawn_predictions(&patient, [&reused]);
+    wait_until_waiting(&patient, 1).await;
     let _scorer = stack.scorer();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -214,6 +251,9 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
         assert!(Instant::now() < deadline, "pending transaction never decided");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (status, body) = answers(refused).await.remove(0);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["details"][0]["field"], "amount", "{body}");
 
     stack.broker.stop();
     let tx = g.payment(&Generator::user(SEED, 2), 1_764_000_000_000).transaction;
