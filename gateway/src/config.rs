@@ -36,6 +36,12 @@ pub struct GatewayArgs {
     /// the request rate on a broker whose fetch cost grows with the data it holds.
     #[arg(long, env = "DECISIONS_FETCH_WAIT_MS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=5_000))]
     pub decisions_fetch_wait_ms: u32,
+    /// How far back, in seconds, the decisions reader starts on start-up, so that a restarted
+    /// gateway still answers retries and lookups of transactions decided shortly before (it is
+    /// ready once it has caught up). 0: only decisions made from now on. On a broker that cannot
+    /// look offsets up by time (the embedded test broker) it reads the topic from its start.
+    #[arg(long, env = "DECISIONS_RECALL_SECONDS", default_value_t = 300)]
+    pub decisions_recall_seconds: u64,
     /// Extra librdkafka settings for both clients, `key=value`, repeatable (env: comma-separated).
     #[arg(long = "kafka-config", env = "GATEWAY_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_config: Vec<(String, String)>,

@@ -271,6 +271,11 @@ impl DecisionBoard {
         self.lock().recent.get(transaction_id).cloned()
     }
 
+    /// How many recent decisions are kept.
+    pub fn recent_count(&self) -> usize {
+        self.lock().recent.len()
+    }
+
     pub fn waiting(&self) -> usize {
         self.lock().waiting
     }

@@ -64,6 +64,7 @@ async fn main() -> Result<()> {
             brokers: args.brokers.clone(),
             topic: args.decisions_topic.clone(),
             fetch_wait_ms: args.decisions_fetch_wait_ms,
+            recall: Duration::from_secs(args.decisions_recall_seconds),
             overrides: args.kafka_config.clone(),
         },
         board.clone(),

@@ -1,5 +1,7 @@
-//! The decisions reader: a thread that follows every partition of `decisions` from its end
-//! (no consumer group) and delivers each decision to the board.
+//! The decisions reader: a thread that follows every partition of `decisions` (no consumer
+//! group) and delivers each decision to the board. It starts a recall window back (decisions of
+//! the last few minutes, so that a restarted gateway still knows them) and reports ready once it
+//! has caught up with every partition.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TraceContextExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use schemas::Decision;
@@ -21,10 +24,13 @@ pub struct ReaderConfig {
     pub topic: String,
     /// `fetch.wait.max.ms`.
     pub fetch_wait_ms: u32,
+    /// How far back to start on start-up; zero: at the end.
+    pub recall: Duration,
     pub overrides: Vec<(String, String)>,
 }
 
-/// Starts the reader thread; `ready` turns true once it follows every partition.
+/// Starts the reader thread; `ready` turns true once it follows every partition and has read
+/// each up to where it was when the reader started.
 pub fn spawn(
     cfg: ReaderConfig,
     board: Arc<DecisionBoard>,
@@ -41,20 +47,28 @@ pub fn spawn(
         .set("isolation.level", "read_committed")
         // Decisions are waited on by requests: fetch as soon as anything is there.
         .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
-        .set("fetch.min.bytes", "1");
+        .set("fetch.min.bytes", "1")
+        // Tells when the recall window has been read.
+        .set("enable.partition.eof", "true");
     for (k, v) in &cfg.overrides {
         client.set(k, v);
     }
     let consumer: BaseConsumer = client.create()?;
     let handle = std::thread::Builder::new().name("decisions-reader".into()).spawn(move || {
         let mut assigned: HashSet<i32> = HashSet::new();
+        // Partitions of the first assignment not yet read to their end.
+        let mut catching_up: Option<HashSet<i32>> = None;
         let mut last_check = Instant::now() - Duration::from_secs(3600);
         while !stop.load(Ordering::Relaxed) {
             let check_every = if assigned.is_empty() { Duration::from_millis(500) } else { Duration::from_secs(10) };
             if last_check.elapsed() >= check_every {
                 last_check = Instant::now();
-                follow_new_partitions(&consumer, &cfg.topic, &mut assigned);
-                ready.store(!assigned.is_empty(), Ordering::Relaxed);
+                let first = assigned.is_empty();
+                follow_new_partitions(&consumer, &cfg.topic, cfg.recall, &mut assigned);
+                if first && !assigned.is_empty() {
+                    catching_up = Some(assigned.clone());
+                }
+                ready.store(!assigned.is_empty() && catching_up.as_ref().is_some_and(HashSet::is_empty), Ordering::Relaxed);
             }
             if assigned.is_empty() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -62,6 +76,15 @@ pub fn spawn(
             }
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(left) = catching_up.as_mut()
+                        && left.remove(&partition)
+                        && left.is_empty()
+                    {
+                        tracing::info!(topic = %cfg.topic, recall_s = cfg.recall.as_secs(), recalled = board.recent_count(), "decisions reader caught up");
+                        ready.store(true, Ordering::Relaxed);
+                    }
+                }
                 Some(Err(e)) => {
                     metrics.errors.with_label_values(&["consume"]).inc();
                     tracing::warn!(error = %e, "decisions reader error");
@@ -87,9 +110,10 @@ pub fn spawn(
     Ok(handle)
 }
 
-/// Assigns partitions not yet followed: at their end on start-up, from their beginning when they
+/// Assigns partitions not yet followed: `recall` back from now on start-up (at the end when it
+/// is zero, or when the broker cannot look offsets up by time), from their beginning when they
 /// appear later (they are new, so everything in them is news).
-fn follow_new_partitions(consumer: &BaseConsumer, topic: &str, assigned: &mut HashSet<i32>) {
+fn follow_new_partitions(consumer: &BaseConsumer, topic: &str, recall: Duration, assigned: &mut HashSet<i32>) {
     let md = match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
         Ok(md) => md,
         Err(e) => {
@@ -109,11 +133,31 @@ fn follow_new_partitions(consumer: &BaseConsumer, topic: &str, assigned: &mut Ha
     if tpl.count() == 0 {
         return;
     }
+    if first_time && !recall.is_zero() {
+        tpl = recall_from(consumer, tpl, recall);
+    }
     match consumer.incremental_assign(&tpl) {
         Ok(()) => {
             assigned.extend(tpl.elements().iter().map(|e| e.partition()));
             tracing::info!(topic, partitions = assigned.len(), "following decisions");
         }
         Err(e) => tracing::warn!(error = %e, topic, "cannot follow the decisions topic"),
+    }
+}
+
+/// `tpl`'s partitions at the first offset written `recall` ago or later; as given when the broker
+/// cannot say.
+fn recall_from(consumer: &BaseConsumer, tpl: TopicPartitionList, recall: Duration) -> TopicPartitionList {
+    let since = schemas::now_millis() - recall.as_millis() as i64;
+    let mut at = TopicPartitionList::new();
+    for e in tpl.elements() {
+        let _ = at.add_partition_offset(e.topic(), e.partition(), Offset::Offset(since));
+    }
+    match consumer.offsets_for_times(at, Duration::from_secs(5)) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up where the recall window starts; following decisions from now on");
+            tpl
+        }
     }
 }

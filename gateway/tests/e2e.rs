@@ -388,6 +388,47 @@ async fn wait_until_waiting(gw: &common::Gateway, n: usize) {
     }
 }
 
+/// A gateway started after others decided transactions reads the last minutes of `decisions`
+/// before it reports ready: a retry of a transaction decided before it started gets that
+/// decision without being published again, and lookups find it. With no recall window it knows
+/// only what is decided after its start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_gateway_still_answers_retries_and_lookups_of_recent_decisions() {
+    let stack = Stack::start();
+    let _scorer = stack.scorer();
+    let mut g = Generator::new(SEED, Drift::None, unique("recall"));
+    let txs: Vec<_> = (0..3).map(|i| g.payment(&Generator::user(SEED, i), 1_764_000_000_000).transaction).collect();
+    let mut first = stack.gateway(&["--decision-deadline-ms", "10000"]);
+    first.wait_ready().await;
+    let mut decided = Vec::new();
+    for tx in &txs {
+        let (status, body) = first.predict(&seed_body(tx)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        decided.push(body);
+    }
+    first.service.signal("TERM");
+    assert_eq!(tokio::task::block_in_place(|| first.service.wait(Duration::from_secs(15))), Some(0));
+
+    let restarted = stack.gateway(&[]);
+    restarted.wait_ready().await;
+    for (tx, before) in txs.iter().zip(&decided) {
+        let (status, again) = restarted.predict(&seed_body(tx)).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!((&again["fraud_probability"], &again["trace_id"]), (&before["fraud_probability"], &before["trace_id"]));
+        let (status, found) = restarted.raw(reqwest::Method::GET, &format!("/v1/decisions/{}", tx.transaction_id), None, vec![]).await;
+        assert_eq!((status, &found["decision"]), (StatusCode::OK, &before["decision"]));
+    }
+    let metrics = restarted.metrics().await;
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="replayed"} 3"#), "{metrics}");
+    let published = read(&stack.broker.bootstrap(), topics::TRANSACTIONS, txs.len(), Duration::from_secs(30), Duration::from_secs(1));
+    assert_eq!(published.len(), txs.len(), "no retry was published again");
+
+    let forgetful = stack.gateway(&["--decisions-recall-seconds", "0"]);
+    forgetful.wait_ready().await;
+    let (status, _) = forgetful.raw(reqwest::Method::GET, &format!("/v1/decisions/{}", txs[0].transaction_id), None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// SIGTERM stops a gateway gracefully: requests already accepted by Kafka are still answered
 /// (here 202 pending: no scorer runs), the process exits 0, and every transaction it
 /// acknowledged is in `transactions`.
