@@ -105,8 +105,8 @@ fn parse_user(line: &str, defaults: &UserFeatures) -> std::result::Result<(Strin
                     _ => None,
                 };
                 match number {
-                    Some(x) if x.is_finite() && x >= 0.0 => fields.push((known, x.to_string())),
-                    _ => return Err(format!("{known} must be a number >= 0, got {value}")),
+                    Some(x) if UserFeatures::usable_value(x) => fields.push((known, x.to_string())),
+                    _ => return Err(format!("{known} must be a number >= 0 and at most {:e}, got {value}", f32::MAX)),
                 }
             }
             (unknown, _) => {
@@ -144,7 +144,8 @@ mod tests {
             (r#"{"account_age_days": 1}"#, "user_id is required"),
             (r#"{"user_id": ""}"#, "user_id must be a non-empty string or an integer"),
             (r#"{"user_id": 1.5}"#, "user_id must be"),
-            (r#"{"user_id": 1, "account_age_days": -1}"#, "account_age_days must be a number >= 0, got -1"),
+            (r#"{"user_id": 1, "account_age_days": -1}"#, "account_age_days must be a number >= 0 and at most"),
+            (r#"{"user_id": 1, "txn_count_24h": 1e300}"#, "txn_count_24h must be a number >= 0 and at most"),
             (r#"{"user_id": 1, "txn_count_1h": "many"}"#, "txn_count_1h must be a number >= 0"),
             (r#"{"user_id": 1, "home_country": "USA"}"#, "home_country must be a two-letter country code"),
             (r#"{"user_id": 1, "acount_age_days": 3}"#, "unknown field \"acount_age_days\""),

@@ -56,8 +56,14 @@ impl UserFeatures {
         "home_country",
     ];
 
-    /// Builds a user's features from stored (field, value) pairs. A field that is absent or does
-    /// not parse as a finite number takes the default's value.
+    /// Whether `v` can be a stored numeric feature: finite, not negative, and within the model's
+    /// `f32` input (a larger count would reach the model as infinity).
+    pub fn usable_value(v: f64) -> bool {
+        v.is_finite() && v >= 0.0 && v <= f64::from(f32::MAX)
+    }
+
+    /// Builds a user's features from stored (field, value) pairs. A field that is absent or whose
+    /// value is not a usable number (`usable_value`) takes the default's value.
     pub fn from_fields<'a>(
         fields: impl IntoIterator<Item = (&'a str, &'a str)>,
         defaults: &UserFeatures,
@@ -79,8 +85,7 @@ impl UserFeatures {
                 _ => continue,
             };
             if let Ok(v) = value.trim().parse::<f64>()
-                && v.is_finite()
-                && v >= 0.0
+                && Self::usable_value(v)
             {
                 *slot = v;
             }
@@ -171,8 +176,8 @@ mod tests {
         assert_eq!(u.home_country.as_deref(), Some("DE"));
         let back = UserFeatures::from_fields(u.to_fields().iter().map(|(k, v)| (*k, v.as_str())), &defaults());
         assert_eq!(back, u);
-        let neg = UserFeatures::from_fields([("chargebacks_90d", "-3"), ("txn_count_24h", "inf")], &defaults());
-        assert_eq!((neg.chargebacks_90d, neg.txn_count_24h), (0.0, 3.0));
+        let neg = UserFeatures::from_fields([("chargebacks_90d", "-3"), ("txn_count_24h", "inf"), ("txn_count_1h", "1e300")], &defaults());
+        assert_eq!((neg.chargebacks_90d, neg.txn_count_24h, neg.txn_count_1h), (0.0, 3.0, 0.0), "1e300 would reach the model as infinity");
     }
 
     #[test]
