@@ -81,6 +81,15 @@ fn payments(n: usize, run: &str) -> Vec<(Transaction, bool)> {
         .collect()
 }
 
+/// Sends `txs[range]` (the earlier ones were sent before) and returns their decisions once
+/// `range.end` decisions are in the topic.
+fn send_and_decide(stack: &Stack, p: &TestProducer, txs: &[(Transaction, bool)], range: std::ops::Range<usize>) -> Vec<Decision> {
+    p.send_transactions(topics::TRANSACTIONS, txs[range.clone()].iter().map(|(t, _)| t));
+    p.flush();
+    let ids: Vec<&str> = txs[range.clone()].iter().map(|(t, _)| t.transaction_id.as_str()).collect();
+    decisions(&stack.read(topics::DECISIONS, range.end, 60)).into_iter().filter(|d| ids.contains(&d.transaction_id.as_str())).collect()
+}
+
 fn decisions(records: &[Received]) -> Vec<Decision> {
     records.iter().map(Received::decode::<Decision>).collect()
 }
@@ -220,26 +229,18 @@ fn redis_outage_degrades_decisions_and_recovery_needs_no_restart() {
     let p = stack.producer();
     let txs = payments(60, "redis");
 
-    p.send_transactions(topics::TRANSACTIONS, txs[..20].iter().map(|(t, _)| t));
-    p.flush();
-    let phase1 = decisions(&stack.read(topics::DECISIONS, 20, 60));
-    assert!(phase1.iter().all(|d| !d.degraded && d.user_features_found));
+    let healthy = send_and_decide(&stack, &p, &txs, 0..20);
+    assert!(healthy.iter().all(|d| !d.degraded && d.user_features_found));
 
     stack.redis.stop();
-    p.send_transactions(topics::TRANSACTIONS, txs[20..40].iter().map(|(t, _)| t));
-    p.flush();
-    let phase2 = decisions(&stack.read(topics::DECISIONS, 40, 60));
-    let degraded: Vec<_> = phase2.iter().filter(|d| txs[20..40].iter().any(|(t, _)| t.transaction_id == d.transaction_id)).collect();
+    let degraded = send_and_decide(&stack, &p, &txs, 20..40);
     assert_eq!(degraded.len(), 20);
     assert!(degraded.iter().all(|d| d.degraded && !d.user_features_found));
 
     stack.redis.restart();
     stack.load_features();
     std::thread::sleep(Duration::from_millis(300)); // past the backoff
-    p.send_transactions(topics::TRANSACTIONS, txs[40..].iter().map(|(t, _)| t));
-    p.flush();
-    let phase3 = decisions(&stack.read(topics::DECISIONS, 60, 60));
-    let recovered: Vec<_> = phase3.iter().filter(|d| txs[40..].iter().any(|(t, _)| t.transaction_id == d.transaction_id)).collect();
+    let recovered = send_and_decide(&stack, &p, &txs, 40..60);
     assert_eq!(recovered.len(), 20);
     assert!(recovered.iter().all(|d| !d.degraded && d.user_features_found), "recovered without a restart");
     drop(scorer);
@@ -254,24 +255,16 @@ fn a_redis_that_stops_answering_degrades_decisions_until_it_answers_again() {
     let p = stack.producer();
     let txs = payments(60, "slow-redis");
 
-    p.send_transactions(topics::TRANSACTIONS, txs[..20].iter().map(|(t, _)| t));
-    p.flush();
-    assert!(decisions(&stack.read(topics::DECISIONS, 20, 60)).iter().all(|d| !d.degraded && d.user_features_found));
+    assert!(send_and_decide(&stack, &p, &txs, 0..20).iter().all(|d| !d.degraded && d.user_features_found));
 
     stack.redis.pause();
-    p.send_transactions(topics::TRANSACTIONS, txs[20..40].iter().map(|(t, _)| t));
-    p.flush();
-    let phase2 = decisions(&stack.read(topics::DECISIONS, 40, 60));
-    let frozen: Vec<_> = phase2.iter().filter(|d| txs[20..40].iter().any(|(t, _)| t.transaction_id == d.transaction_id)).collect();
+    let frozen = send_and_decide(&stack, &p, &txs, 20..40);
     assert_eq!(frozen.len(), 20, "scoring went on while Redis did not answer");
     assert!(frozen.iter().all(|d| d.degraded && !d.user_features_found));
 
     stack.redis.resume();
     std::thread::sleep(Duration::from_millis(300)); // past the backoff
-    p.send_transactions(topics::TRANSACTIONS, txs[40..].iter().map(|(t, _)| t));
-    p.flush();
-    let phase3 = decisions(&stack.read(topics::DECISIONS, 60, 60));
-    let recovered: Vec<_> = phase3.iter().filter(|d| txs[40..].iter().any(|(t, _)| t.transaction_id == d.transaction_id)).collect();
+    let recovered = send_and_decide(&stack, &p, &txs, 40..60);
     assert_eq!(recovered.len(), 20);
     assert!(recovered.iter().all(|d| !d.degraded && d.user_features_found), "features again, without a restart");
     assert!(scorer.logs().contains("feature store unavailable"));
