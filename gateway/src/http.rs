@@ -28,7 +28,21 @@ use crate::decisions::{Claim, Decided, DecisionBoard, Payment, Publishing, WaitE
 use crate::metrics::GatewayMetrics;
 use crate::request::parse_transaction;
 
+/// The bundled OpenAPI document, with the default limits.
 pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The OpenAPI document a gateway serves: the bundled one with the limits it runs with (the
+/// largest amount it accepts), so that the spec a client reads is the one its requests are
+/// held to.
+pub fn openapi_document(limits: &TransactionLimits) -> String {
+    let mut doc: Value = serde_json::from_str(OPENAPI).expect("the bundled openapi.json is JSON (tested)");
+    if let Some(amount) = doc.pointer_mut("/components/schemas/PredictRequest/properties/amount") {
+        let max = limits.max_amount;
+        // Written as the bundled document writes it: a whole number without a fraction.
+        amount["maximum"] = if max.fract() == 0.0 && max.abs() < 9.0e15 { json!(max as i64) } else { json!(max) };
+    }
+    serde_json::to_string_pretty(&doc).expect("a JSON value serializes")
+}
 
 /// The W3C Trace Context response header: `00-<trace id>-<server span id>-<flags>`.
 pub const TRACERESPONSE: &str = "traceresponse";
@@ -42,6 +56,8 @@ pub struct AppState {
     pub decision_deadline: Duration,
     pub produce_timeout: Duration,
     pub max_body_bytes: usize,
+    /// `openapi_document(&limits)`, served at `/openapi.json`.
+    pub openapi: String,
     /// At most one "not acknowledged" line a second while Kafka is down.
     pub produce_warnings: telemetry::logs::Throttle,
     /// At most one "pending" line a second when the scorers fall behind.
@@ -181,8 +197,8 @@ async fn method_not_allowed(method: Method) -> Response {
     error(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on this route"), vec![])
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI).into_response()
+async fn openapi(State(app): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], app.openapi.clone()).into_response()
 }
 
 /// 422 for a transaction id this gateway knows for another payment: answering with that

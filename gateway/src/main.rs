@@ -9,7 +9,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 
 use gateway::config::GatewayArgs;
 use gateway::decisions::DecisionBoard;
-use gateway::http::{AppState, router};
+use gateway::http::{AppState, openapi_document, router};
 use gateway::metrics::GatewayMetrics;
 use gateway::reader::{self, ReaderConfig};
 use schemas::TransactionLimits;
@@ -98,11 +98,13 @@ async fn main() -> Result<()> {
         });
     }
 
+    let limits = TransactionLimits { max_amount: args.max_amount };
     let state = Arc::new(AppState {
         producer: producer.clone(),
         board,
         metrics,
-        limits: TransactionLimits { max_amount: args.max_amount },
+        openapi: openapi_document(&limits),
+        limits,
         transactions_topic: args.transactions_topic.clone(),
         decision_deadline: Duration::from_millis(args.decision_deadline_ms),
         produce_timeout: Duration::from_millis(args.produce_timeout_ms),

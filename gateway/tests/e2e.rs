@@ -183,6 +183,14 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
     // Nothing invalid reached Kafka.
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 12"#), "{metrics}");
+
+    // A gateway with another amount limit documents the limit it enforces.
+    let strict = stack.gateway(&["--max-amount", "500"]);
+    strict.wait_ready().await;
+    let (_, spec) = strict.raw(Method::GET, "/openapi.json", None, vec![]).await;
+    assert_eq!(spec["components"]["schemas"]["PredictRequest"]["properties"]["amount"]["maximum"], 500);
+    let (status, refused) = strict.predict(&json!({"transaction_id": "t", "user_id": 1, "amount": 500.5, "payment_method": "card"})).await;
+    assert_eq!((status, &refused["details"][0]["reason"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("must be at most 500")));
 }
 
 #[tokio::test(flavor = "multi_thread")]

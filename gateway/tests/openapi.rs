@@ -89,17 +89,30 @@ fn corpus() -> Vec<Value> {
 
 #[test]
 fn the_spec_accepts_exactly_the_requests_the_handler_accepts() {
-    let schema = Spec::load().predict_request();
-    let limits = TransactionLimits::default();
+    // The bundled document, and the one a gateway with a lower amount limit serves.
+    for limits in [TransactionLimits::default(), TransactionLimits { max_amount: 500.0 }] {
+        let served = gateway::http::openapi_document(&limits);
+        if limits.max_amount == TransactionLimits::default().max_amount {
+            let bundled: Value = serde_json::from_str(gateway::http::OPENAPI).unwrap();
+            assert!(serde_json::from_str::<Value>(&served).unwrap() == bundled, "with the default limits a gateway serves the bundled document");
+        }
+        agree(&Spec::parse(&served), &limits);
+    }
+}
+
+fn agree(spec: &Spec, limits: &TransactionLimits) {
+    let schema = spec.predict_request();
     let mut disagreements = Vec::new();
-    for body in corpus() {
-        let handler = parse_transaction(body.as_object().unwrap(), &limits, 1_764_000_000_000);
+    let mut corpus = corpus();
+    corpus.extend([json!(499.99), json!(500), json!(500.01), json!(999_999.99)].map(|v| with("amount", Some(v))));
+    for body in corpus {
+        let handler = parse_transaction(body.as_object().unwrap(), limits, 1_764_000_000_000);
         let spec: Vec<String> = schema.iter_errors(&body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         if handler.is_ok() != spec.is_empty() {
             disagreements.push(format!("{body}\n  handler: {:?}\n  spec: {spec:?}", handler.err()));
         }
     }
-    assert!(disagreements.is_empty(), "{} bodies judged differently:\n{}", disagreements.len(), disagreements.join("\n"));
+    assert!(disagreements.is_empty(), "max amount {}: {} bodies judged differently:\n{}", limits.max_amount, disagreements.len(), disagreements.join("\n"));
 }
 
 /// The end-to-end tests lean on `Spec::assert_answer` for every answer they read; it must catch

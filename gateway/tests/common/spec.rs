@@ -15,8 +15,13 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The document a gateway with the default limits serves.
     pub fn load() -> Self {
-        Self { doc: serde_json::from_str(gateway::http::OPENAPI).expect("openapi.json is JSON") }
+        Self::parse(gateway::http::OPENAPI)
+    }
+
+    pub fn parse(document: &str) -> Self {
+        Self { doc: serde_json::from_str(document).expect("openapi.json is JSON") }
     }
 
     /// The validator for a schema of the document (`#/components/schemas/...` references resolve).
