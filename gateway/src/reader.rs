@@ -47,12 +47,12 @@ pub fn spawn(
         .set("isolation.level", "read_committed")
         // Decisions are waited on by requests: fetch as soon as anything is there.
         .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
-        .set("fetch.min.bytes", "1")
-        // Tells when the recall window has been read.
-        .set("enable.partition.eof", "true");
+        .set("fetch.min.bytes", "1");
     for (k, v) in &cfg.overrides {
         client.set(k, v);
     }
+    // Tells when the recall window has been read (readiness waits for it): not overridable.
+    client.set("enable.partition.eof", "true");
     let consumer: BaseConsumer = client.create()?;
     let handle = std::thread::Builder::new().name("decisions-reader".into()).spawn(move || {
         let mut assigned: HashSet<i32> = HashSet::new();
