@@ -26,7 +26,6 @@ pub struct ScorerMetrics {
     pub records: IntCounter,
     pub consumer_lag: prometheus::IntGaugeVec,
     pub transactions_aborted: IntCounter,
-    pub repeated_transactions: IntCounter,
     pub build_info: IntGauge,
 }
 
@@ -102,7 +101,6 @@ impl ScorerMetrics {
             consumer_lag: register(r, prometheus::IntGaugeVec::new(Opts::new("kafka_consumer_lag", "Records between the scorer's position and the partition's end, from librdkafka statistics (every 5 s)."), &["topic", "partition"]).expect("valid metric")),
             records: register(r, IntCounter::new("scorer_records_total", "Input records processed and committed.").expect("valid metric")),
             transactions_aborted: register(r, IntCounter::new("scorer_transactions_aborted_total", "Kafka transactions aborted and their batch re-read.").expect("valid metric")),
-            repeated_transactions: register(r, IntCounter::new("scorer_repeated_transactions_total", "Transaction records not decided again: this scorer had decided the same transaction (id and payment) already.").expect("valid metric")),
             build_info,
         }
     }

@@ -4,12 +4,6 @@
 //! committed only together with (exactly-once: in the same Kafka transaction) or after
 //! (at-least-once: after every output is acknowledged) its outputs. That commit runs on the
 //! committer thread (`crate::commit`) while the loop polls and scores the next batch.
-//!
-//! A second record for a transaction this scorer has decided (a client's retry that was published
-//! again, a producer's duplicate) is not decided twice: the same payment is skipped and counted, a
-//! different payment under the same id goes to the dead-letter topic. Only decisions whose batch
-//! committed (or is committing, with this batch's fate tied to it) count as decided, so a record
-//! is never skipped in favour of a decision that was rolled back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -157,25 +151,7 @@ enum IncomingKind {
     /// `parent`: the trace context from the record's headers (empty when it had none).
     Good { tx: Transaction, parent: opentelemetry::Context, record_ms: Option<i64> },
     Bad(DeadLetter),
-    /// A transaction decided already, with the same payment: nothing to produce.
-    Repeat,
 }
-
-/// A transaction id and its payment (user, amount, currency, method), each hashed: what tells a
-/// repeated transaction from a new one, or from another payment under a reused id.
-type Fingerprint = (u64, u64);
-
-fn fingerprint(tx: &Transaction) -> Fingerprint {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut id = DefaultHasher::new();
-    tx.transaction_id.hash(&mut id);
-    let mut payment = DefaultHasher::new();
-    (&tx.user_id, tx.amount.to_bits(), &tx.currency, tx.payment_method.as_str()).hash(&mut payment);
-    (id.finish(), payment.finish())
-}
-
-/// How many decided transactions the scorer remembers to spot repeats.
-const DECIDED_WINDOW: usize = schemas::FirstSeen::DEFAULT_CAPACITY;
 
 /// A record bound for the dead-letter topic: its original bytes and headers plus the reason.
 pub struct DeadLetter {
@@ -215,8 +191,6 @@ pub struct Pipeline {
     metrics: ScorerMetrics,
     /// The last batch's encoded outputs, kept for their buffers' capacity.
     encoded: Encoded,
-    /// Transactions whose decisions committed: id hash → payment hash.
-    decided: schemas::RecentMap<u64, u64>,
 }
 
 /// A batch's encoded outputs: per decision, where its `Decision` and then its `BusinessEvent`
@@ -233,8 +207,6 @@ struct InFlight {
     records: usize,
     rewind: HashMap<i32, i64>,
     scored: Option<Scored>,
-    /// The transactions it decides; decided for good once it commits.
-    deciding: HashMap<u64, u64>,
 }
 
 /// A scored batch's decisions and spans, kept until its commit settles.
@@ -246,8 +218,6 @@ struct Scored {
     fetch_times: (SystemTime, SystemTime),
     stages: crate::scoring::StageTimes,
     dead: Vec<(i32, i64, DeadLetter)>,
-    /// Records skipped as repeats of decided transactions.
-    repeats: u64,
 }
 
 impl Pipeline {
@@ -317,7 +287,6 @@ impl Pipeline {
             store,
             metrics,
             encoded: Encoded::default(),
-            decided: schemas::RecentMap::new(DECIDED_WINDOW),
         })
     }
 
@@ -386,7 +355,6 @@ impl Pipeline {
         let mut positions = Vec::with_capacity(n);
         let mut record_times = Vec::with_capacity(n);
         let mut dead = Vec::new();
-        let mut repeats = 0;
         for item in batch {
             match item.kind {
                 IncomingKind::Good { tx, parent, record_ms } => {
@@ -396,10 +364,8 @@ impl Pipeline {
                     record_times.push(record_ms);
                 }
                 IncomingKind::Bad(d) => dead.push((item.partition, item.offset, d)),
-                IncomingKind::Repeat => repeats += 1,
             }
         }
-        let deciding: HashMap<u64, u64> = good.iter().map(fingerprint).collect();
         let sources: Vec<RecordSource<'_>> = good
             .iter()
             .zip(&positions)
@@ -455,8 +421,8 @@ impl Pipeline {
             spans.fail(&e.to_string());
             return Err(self.roll_back(e, &rewind));
         }
-        let scored = Scored { started, decisions, record_times, spans, fetch_times, stages: self.scorer.last_stages(), dead, repeats };
-        self.start_commit(offsets, InFlight { records: n, rewind, scored: Some(scored), deciding })?;
+        let scored = Scored { started, decisions, record_times, spans, fetch_times, stages: self.scorer.last_stages(), dead };
+        self.start_commit(offsets, InFlight { records: n, rewind, scored: Some(scored) })?;
         Ok(settled)
     }
 
@@ -496,7 +462,7 @@ impl Pipeline {
         }
         let n = messages.len();
         drop(messages);
-        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None, deciding: HashMap::new() })?;
+        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None })?;
         Ok(settled)
     }
 
@@ -523,36 +489,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Polls until `max_batch` records are in hand or nothing more is buffered. A transaction
-    /// decided already — committed, in the batch committing now (which must commit before this
-    /// one is produced: if it fails, both are read again), or earlier in this batch — is a
-    /// repeat when its payment is the same, and a dead letter when it is not.
+    /// Polls until `max_batch` records are in hand or nothing more is buffered.
     fn collect(&mut self) -> Vec<Incoming> {
         let mut batch = Vec::new();
         let mut timeout = self.cfg.poll_timeout;
-        let committing = self.in_flight.as_ref().map(|f| &f.deciding);
-        let mut collected: HashMap<u64, u64> = HashMap::new();
         while batch.len() < self.cfg.max_batch {
             match self.consumer.poll(timeout) {
                 None => break,
-                Some(Ok(msg)) => {
-                    let mut item = decode(&msg, &self.cfg.limits);
-                    if let IncomingKind::Good { tx, .. } = &item.kind {
-                        let (id, payment) = fingerprint(tx);
-                        let known = collected.get(&id).or_else(|| committing.and_then(|c| c.get(&id))).or_else(|| self.decided.get(&id));
-                        match known {
-                            None => {
-                                collected.insert(id, payment);
-                            }
-                            Some(p) if *p == payment => item.kind = IncomingKind::Repeat,
-                            Some(_) => {
-                                let reason = format!("transaction_id {} was already decided for a different payment (user_id, amount, currency or payment_method)", tx.transaction_id);
-                                item.kind = IncomingKind::Bad(dead_letter(&msg, reason, "validation"));
-                            }
-                        }
-                    }
-                    batch.push(item);
-                }
+                Some(Ok(msg)) => batch.push(decode(&msg, &self.cfg.limits)),
                 Some(Err(e)) => {
                     self.metrics.errors.with_label_values(&["consume"]).inc();
                     tracing::warn!(error = %e, "consume error");
@@ -605,9 +549,6 @@ impl Pipeline {
         let Some(batch) = self.in_flight.take() else { return Ok(0) };
         match self.committer.result() {
             Ok(committed) => {
-                for (id, payment) in batch.deciding {
-                    self.decided.insert_first(id, payment);
-                }
                 if let Some(scored) = batch.scored {
                     self.finish(scored, committed);
                 }
@@ -634,8 +575,7 @@ impl Pipeline {
     }
 
     fn finish(&mut self, scored: Scored, committed: Committed) {
-        let Scored { started, decisions, record_times, spans, fetch_times, stages, dead, repeats } = scored;
-        self.metrics.repeated_transactions.inc_by(repeats);
+        let Scored { started, decisions, record_times, spans, fetch_times, stages, dead } = scored;
         let now_ms = schemas::now_millis();
         let latency = committed.0.saturating_duration_since(started).as_secs_f64();
         self.observe(&decisions, &record_times, latency, now_ms);
@@ -816,20 +756,18 @@ fn decode(msg: &BorrowedMessage<'_>, limits: &TransactionLimits) -> Incoming {
         });
     let kind = match result {
         Ok(tx) => IncomingKind::Good { tx, parent: telemetry::trace::extract_from_kafka(msg.headers()), record_ms: msg.timestamp().to_millis() },
-        Err((error, kind)) => IncomingKind::Bad(dead_letter(msg, error, kind)),
+        Err((error, kind)) => IncomingKind::Bad(DeadLetter {
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers: msg
+                .headers()
+                .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec))).collect())
+                .unwrap_or_default(),
+            error,
+            kind,
+        }),
     };
     Incoming { partition, offset, kind }
-}
-
-/// The record as it came (key, bytes, headers) with the reason it cannot be decided.
-fn dead_letter(msg: &BorrowedMessage<'_>, error: String, kind: &'static str) -> DeadLetter {
-    DeadLetter {
-        key: msg.key().map(<[u8]>::to_vec),
-        payload: msg.payload().map(<[u8]>::to_vec),
-        headers: msg.headers().map(|h| h.iter().map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec))).collect()).unwrap_or_default(),
-        error,
-        kind,
-    }
 }
 
 fn send(producer: &ThreadedProducer<DeliveryContext>, topic: &str, key: &[u8], payload: &[u8], headers: OwnedHeaders) -> Result<(), KafkaError> {

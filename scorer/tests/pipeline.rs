@@ -222,38 +222,6 @@ fn poison_records_are_dead_lettered_with_reasons_and_scoring_continues() {
     }
 }
 
-/// A second record for a decided transaction is not decided again — in the same batch, the next,
-/// or after its decision committed: the same payment is skipped (no second decision or business
-/// event), another payment under the same id goes to the dead-letter topic as it came.
-#[test]
-fn repeated_transactions_are_decided_once_and_a_reused_id_is_a_dead_letter() {
-    let stack = Stack::start(1);
-    let _scorer = stack.scorer("a", &[]);
-    let p = stack.producer();
-    let txs: Vec<Transaction> = payments(4, "repeats").into_iter().map(|(t, _)| t).collect();
-    let other = Transaction { amount: txs[0].amount + 1.0, ..txs[0].clone() };
-    p.send_transactions(topics::TRANSACTIONS, [&txs[0], &txs[1], &txs[0], &other, &txs[2]]);
-    p.flush();
-    assert_eq!(decisions(&stack.read(topics::DECISIONS, 3, 60)).len(), 3);
-    p.send_transactions(topics::TRANSACTIONS, [&txs[0], &txs[3]]);
-    p.flush();
-
-    let ds = decisions(&stack.read(topics::DECISIONS, 4, 60));
-    let mut ids: Vec<&str> = ds.iter().map(|d| d.transaction_id.as_str()).collect();
-    ids.sort_unstable();
-    let mut want: Vec<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
-    want.sort_unstable();
-    assert_eq!(ids, want, "one decision per transaction");
-    let first = ds.iter().find(|d| d.transaction_id == txs[0].transaction_id).unwrap();
-    assert_eq!(first.amount, txs[0].amount, "the first payment's decision");
-    assert_eq!(stack.read(topics::BUSINESS_EVENTS, 4, 60).len(), 4, "one business event per transaction");
-    let dlq = stack.read(topics::TRANSACTIONS_DLQ, 1, 60);
-    assert_eq!(dlq.len(), 1);
-    assert_eq!(dlq[0].payload, schemas::encode(&other).unwrap(), "the record as it came");
-    assert_eq!(dlq[0].headers["error.kind"], "validation");
-    assert!(dlq[0].headers["error"].contains("already decided for a different payment"), "{}", dlq[0].headers["error"]);
-}
-
 #[test]
 fn redis_outage_degrades_decisions_and_recovery_needs_no_restart() {
     let mut stack = Stack::start(1);
