@@ -25,6 +25,13 @@ pub struct Decided {
     pub trace_id: Option<String>,
 }
 
+impl Decided {
+    /// The fields in which `payment` differs from the payment decided here.
+    pub fn differences(&self, payment: &Payment) -> Vec<&'static str> {
+        Payment::decided(&self.decision).differences(payment)
+    }
+}
+
 /// What a transaction id stands for: the payment a retry must repeat. (The timestamp is left out:
 /// a retry without one is stamped anew on receipt.)
 #[derive(Debug, Clone, PartialEq)]
@@ -213,7 +220,7 @@ impl DecisionBoard {
     pub fn claim(self: &Arc<Self>, transaction_id: &str, trace_id: &str, payment: &Payment) -> Claim {
         let mut b = self.lock();
         if let Some(d) = b.recent.get(transaction_id) {
-            let differ = Payment::decided(&d.decision).differences(payment);
+            let differ = d.differences(payment);
             return if differ.is_empty() { Claim::Decided(Arc::clone(d)) } else { Claim::Conflict(differ) };
         }
         if let Some(p) = b.published.get(transaction_id) {

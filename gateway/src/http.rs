@@ -292,11 +292,17 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     // decision without publishing it twice (and one still undecided waits for it, below); the id
     // reused for another payment is refused.
     let payment = Payment::of(&tx);
-    if let Some(d) = app.board.recent(&tx.transaction_id) {
-        let differ = Payment::decided(&d.decision).differences(&payment);
-        if !differ.is_empty() {
+    // Another payment's decision under this id is never the answer.
+    let refuse_other = |d: &Decided| {
+        let differ = d.differences(&payment);
+        (!differ.is_empty()).then(|| {
             outcome("rejected");
-            return reused_id(&differ);
+            reused_id(&differ)
+        })
+    };
+    if let Some(d) = app.board.recent(&tx.transaction_id) {
+        if let Some(refused) = refuse_other(&d) {
+            return refused;
         }
         outcome("replayed");
         return axum::Json(PredictResponse::new(&d, ms(started), &trace)).into_response();
@@ -347,13 +353,12 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
         Some(d) => Some(d),
         None => waiting.decision(app.decision_deadline).await,
     };
+    // The first decision for this id may be another payment's (produced straight to Kafka under
+    // the same id).
+    if let Some(refused) = decided.as_deref().and_then(refuse_other) {
+        return refused;
+    }
     match decided {
-        // The first decision for this id is another payment's (produced straight to Kafka under
-        // the same id): never answer with it.
-        Some(decided) if Payment::decided(&decided.decision) != payment => {
-            outcome("rejected");
-            reused_id(&Payment::decided(&decided.decision).differences(&payment))
-        }
         Some(decided) => {
             let d = &decided.decision;
             outcome("decided");
