@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -74,9 +73,7 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
     let mut other = seed_body(&txs[0]);
     other["amount"] = json!(txs[0].amount + 1.0);
     let (status, refused) = gw.predict(&other).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
-    assert_eq!(refused["error"], "transaction_id already used for a different payment");
-    assert_eq!(refused["details"][0]["field"], "amount", "{refused}");
+    assert_reused_id(status, &refused, "amount");
 
     // A record produced straight to Kafka is decided and can be looked up.
     let direct = g.payment(&users[3], 1_764_000_000_000).transaction;
@@ -110,8 +107,7 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
     let mut other = seed_body(&first);
     other["amount"] = json!(first.amount + 1.0);
     let (status, refused) = gw.predict(&other).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
-    assert_eq!(refused["details"][0]["field"], "amount", "{refused}");
+    assert_reused_id(status, &refused, "amount");
 
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"gateway_predictions_total{outcome="decided"} 40"#), "{metrics}");
@@ -220,8 +216,7 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let mut other = seed_body(&tx);
     other["user_id"] = json!("someone-else");
     let (status, refused) = gw.predict(&other).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
-    assert_eq!(refused["details"][0]["field"], "user_id", "{refused}");
+    assert_reused_id(status, &refused, "user_id");
     let burst = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
     let burst_answers = predict_concurrently(&gw, &burst, 5).await;
     assert!(burst_answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "pending"), "{burst_answers:?}");
@@ -260,8 +255,7 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (status, body) = answers(refused).await.remove(0);
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["details"][0]["field"], "amount", "{body}");
+    assert_reused_id(status, &body, "amount");
 
     stack.broker.stop();
     let tx = g.payment(&Generator::user(SEED, 2), 1_764_000_000_000).transaction;
@@ -358,18 +352,19 @@ async fn a_scorer_killed_mid_stream_leaves_every_request_answered_once_with_one_
     println!("scorer SIGKILL under HTTP load: {} requests, {pending} answered pending, {dups}", answers.len());
 }
 
+/// The 422 for a transaction id this gateway knows for another payment, naming `field` first.
+fn assert_reused_id(status: StatusCode, body: &Value, field: &str) {
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "transaction_id already used for a different payment", "{body}");
+    assert_eq!(body["details"][0]["field"], field, "{body}");
+}
+
 /// Starts one prediction per transaction, all at once; `answers` joins them.
 fn spawn_predictions<'a>(gw: &common::Gateway, txs: impl IntoIterator<Item = &'a schemas::Transaction>) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
     txs.into_iter()
         .map(|tx| {
-            let (http, url, body, spec) = (gw.http.clone(), format!("{}/v1/predict", gw.base), seed_body(tx), Arc::clone(&gw.spec));
-            tokio::spawn(async move {
-                let r = http.post(url).json(&body).send().await.unwrap();
-                let (status, headers) = (r.status(), r.headers().clone());
-                let json = r.json::<Value>().await.unwrap();
-                spec.assert_answer(&reqwest::Method::POST, "/v1/predict", status, &headers, &json);
-                (status, json)
-            })
+            let (client, body) = (gw.client.clone(), seed_body(tx));
+            tokio::spawn(async move { client.predict(&body).await })
         })
         .collect()
 }

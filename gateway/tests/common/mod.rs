@@ -67,17 +67,22 @@ impl Stack {
         let mut args = vec!["--brokers".to_string(), self.broker.bootstrap(), "--listen".into(), format!("127.0.0.1:{port}")];
         args.extend(extra.iter().map(|s| s.to_string()));
         let service = Service::start("gateway", &args, env);
-        Gateway { service, port, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), spec: Arc::new(Spec::load()) }
+        Gateway { service, port, client: Client { base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), spec: Arc::new(Spec::load()) } }
     }
 }
 
 pub struct Gateway {
     pub service: Service,
     pub port: u16,
-    pub base: String,
-    pub http: reqwest::Client,
-    /// Every answer read through `predict` and `raw*` is checked against `openapi.json`.
-    pub spec: Arc<Spec>,
+    pub client: Client,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Gateway {
@@ -86,7 +91,18 @@ impl Gateway {
         let ready = tokio::task::spawn_blocking(move || testkit::wait_ready(port, Duration::from_secs(30))).await.unwrap();
         assert!(ready, "gateway not ready within 30 s:\n{}", self.service.logs());
     }
+}
 
+/// An HTTP client of one gateway; cheap to clone into concurrent requests.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    /// Every answer read through `predict` and `raw*` is checked against `openapi.json`.
+    pub spec: Arc<Spec>,
+}
+
+impl Client {
     pub async fn predict(&self, body: &Value) -> (StatusCode, Value) {
         let (status, _, json) = self.raw_with_headers(reqwest::Method::POST, "/v1/predict", Some("application/json"), serde_json::to_vec(body).unwrap()).await;
         (status, json)
