@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 
 pub struct Spec {
     doc: Value,
+    /// The document's components as JSON Schema, loose and strict, converted once.
+    components: Value,
+    strict_components: Value,
 }
 
 impl Spec {
@@ -21,16 +24,19 @@ impl Spec {
     }
 
     pub fn parse(document: &str) -> Self {
-        Self { doc: serde_json::from_str(document).expect("openapi.json is JSON") }
+        let doc: Value = serde_json::from_str(document).expect("openapi.json is JSON");
+        let (mut components, mut strict_components) = (doc["components"].clone(), doc["components"].clone());
+        to_json_schema(&mut components, false);
+        to_json_schema(&mut strict_components, true);
+        Self { doc, components, strict_components }
     }
 
     /// The validator for a schema of the document (`#/components/schemas/...` references resolve).
     /// `strict`: objects may carry only the properties their schema names.
     pub fn validator(&self, schema: &Value, strict: bool) -> jsonschema::Validator {
-        let mut components = self.doc["components"].clone();
-        to_json_schema(&mut components, strict);
         let mut schema = schema.clone();
         to_json_schema(&mut schema, strict);
+        let components = if strict { &self.strict_components } else { &self.components };
         let root = json!({"allOf": [schema], "components": components});
         jsonschema::options()
             .with_draft(jsonschema::Draft::Draft4)
