@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use fraudctl::synth::{Drift, Generator};
 use testkit::otlp::{BlackHole, CONSUMER, PRODUCER, ReceivedSpan, Receiver, SERVER};
-use testkit::{free_port, unique};
+use testkit::{free_port, sample, unique};
 
 mod common;
 use common::{SEED, Stack, seed_body};
@@ -25,14 +25,6 @@ fn otel_env(endpoint: String) -> Vec<(&'static str, String)> {
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ("RUST_LOG", "info,gateway=debug,scorer=debug".into()),
     ]
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn log_lines(text: &str) -> Vec<Value> {
@@ -176,8 +168,8 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
     let scorer_metrics = gw.http.get(format!("http://127.0.0.1:{scorer_port}/metrics")).send().await.unwrap().text().await.unwrap();
     let gateway_metrics = gw.metrics().await;
     for text in [&scorer_metrics, &gateway_metrics] {
-        assert!(metric(text, "telemetry_spans_exported_total") > 0.0, "{text}");
-        assert_eq!(metric(text, r#"telemetry_spans_dropped_total{reason="queue_full"}"#), 0.0);
+        assert!(sample(text, "telemetry_spans_exported_total") > 0.0, "{text}");
+        assert_eq!(sample(text, r#"telemetry_spans_dropped_total{reason="queue_full"}"#), 0.0);
         assert!(text.contains(r#"telemetry_spans_dropped_total{reason="export_failed"} 0"#), "{text}");
     }
 }
@@ -211,11 +203,11 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
     loop {
         let gateway_metrics = gw.metrics().await;
         let scorer_metrics = gw.http.get(format!("http://127.0.0.1:{scorer_port}/metrics")).send().await.unwrap().text().await.unwrap();
-        let gateway_full = metric(&gateway_metrics, r#"telemetry_spans_dropped_total{reason="queue_full"}"#);
-        let scorer_failed = metric(&scorer_metrics, r#"telemetry_spans_dropped_total{reason="export_failed"}"#);
+        let gateway_full = sample(&gateway_metrics, r#"telemetry_spans_dropped_total{reason="queue_full"}"#);
+        let scorer_failed = sample(&scorer_metrics, r#"telemetry_spans_dropped_total{reason="export_failed"}"#);
         if gateway_full > 0.0 && scorer_failed > 0.0 {
-            assert_eq!(metric(&gateway_metrics, "telemetry_spans_exported_total"), 0.0);
-            assert_eq!(metric(&scorer_metrics, "telemetry_spans_exported_total"), 0.0);
+            assert_eq!(sample(&gateway_metrics, "telemetry_spans_exported_total"), 0.0);
+            assert_eq!(sample(&scorer_metrics, "telemetry_spans_exported_total"), 0.0);
             println!("dead collectors: gateway dropped {gateway_full} spans (queue full), scorer {scorer_failed} (export failed)");
             break;
         }

@@ -3,48 +3,82 @@
 //! producer's open transaction), so readers of `decisions` can meet a transaction twice: each
 //! keeps the first decision and counts the rest.
 
-use std::collections::{HashSet, VecDeque};
+use std::borrow::Borrow;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+/// The last `capacity` distinct keys inserted, each with the value it was first inserted with;
+/// the oldest is forgotten first. Memory stays flat however long it runs.
+#[derive(Debug)]
+pub struct RecentMap<K, V> {
+    values: HashMap<K, V>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> RecentMap<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self { values: HashMap::with_capacity(capacity.min(1 << 16)), order: VecDeque::new(), capacity }
+    }
+
+    pub fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.values.get(key)
+    }
+
+    /// Inserts `key` with `value` unless it is already there (then its first value stays);
+    /// true when it was not there.
+    pub fn insert_first(&mut self, key: K, value: V) -> bool {
+        if self.values.contains_key(&key) {
+            return false;
+        }
+        if self.order.len() == self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.values.remove(&oldest);
+        }
+        self.order.push_back(key.clone());
+        self.values.insert(key, value);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
 
 /// The transaction ids of the last `capacity` distinct decisions read, oldest forgotten first.
 /// Repeats come within seconds of the original (a replayed batch), so a window of recent ids is
 /// enough and keeps memory flat.
 #[derive(Debug)]
-pub struct FirstSeen {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
-    capacity: usize,
-}
+pub struct FirstSeen(RecentMap<String, ()>);
 
 impl FirstSeen {
     /// The window readers use unless configured otherwise (at 2,000 decisions/s, 100 s).
     pub const DEFAULT_CAPACITY: usize = 200_000;
 
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        Self { ids: HashSet::with_capacity(capacity.min(1 << 16)), order: VecDeque::new(), capacity }
+        Self(RecentMap::new(capacity))
     }
 
     /// True the first time `transaction_id` is offered (within the window); false for a repeat.
     pub fn first(&mut self, transaction_id: &str) -> bool {
-        if self.ids.contains(transaction_id) {
-            return false;
-        }
-        if self.order.len() == self.capacity
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.ids.remove(&oldest);
-        }
-        self.ids.insert(transaction_id.to_string());
-        self.order.push_back(transaction_id.to_string());
-        true
+        self.0.get(transaction_id).is_none() && self.0.insert_first(transaction_id.to_string(), ())
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.0.is_empty()
     }
 }
 
@@ -63,5 +97,15 @@ mod tests {
         assert_eq!(seen.len(), 3);
         assert!(seen.first("a"), "forgotten once out of the window");
         assert!(!seen.first("d"));
+    }
+
+    #[test]
+    fn a_recent_map_keeps_each_keys_first_value_within_its_window() {
+        let mut m = RecentMap::new(2);
+        assert!(m.insert_first(1u64, "a"));
+        assert!(!m.insert_first(1, "b"), "already there");
+        assert_eq!(m.get(&1), Some(&"a"), "the first value stays");
+        assert!(m.insert_first(2, "c") && m.insert_first(3, "d"));
+        assert_eq!((m.get(&1), m.len()), (None, 2), "the oldest goes first");
     }
 }

@@ -26,6 +26,7 @@ pub struct ScorerMetrics {
     pub records: IntCounter,
     pub consumer_lag: prometheus::IntGaugeVec,
     pub transactions_aborted: IntCounter,
+    pub repeated_transactions: IntCounterVec,
     pub build_info: IntGauge,
 }
 
@@ -33,6 +34,8 @@ pub struct ScorerMetrics {
 pub const ERROR_KINDS: [&str; 7] = ["decode", "schema", "validation", "feature_store", "consume", "produce", "commit"];
 /// `dlq_records_total{reason}` values known up front.
 pub const DLQ_REASONS: [&str; 3] = ["decode", "schema", "validation"];
+/// `scorer_repeated_transactions_total{payment}` values.
+pub const REPEATED_PAYMENTS: [&str; 2] = ["same", "different"];
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid histogram")
@@ -71,6 +74,20 @@ impl ScorerMetrics {
         for k in DLQ_REASONS {
             dlq.with_label_values(&[k]);
         }
+        let repeated_transactions = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "scorer_repeated_transactions_total",
+                    "Records of a transaction id this scorer had decided already: decided again for whoever waits on them, without a second business event. payment: same (a retry, a producer's duplicate) or different (an id reused for another payment).",
+                ),
+                &["payment"],
+            )
+            .expect("valid metric"),
+        );
+        for k in REPEATED_PAYMENTS {
+            repeated_transactions.with_label_values(&[k]);
+        }
         let build_info = register(
             r,
             IntGauge::with_opts(
@@ -101,6 +118,7 @@ impl ScorerMetrics {
             consumer_lag: register(r, prometheus::IntGaugeVec::new(Opts::new("kafka_consumer_lag", "Records between the scorer's position and the partition's end, from librdkafka statistics (every 5 s)."), &["topic", "partition"]).expect("valid metric")),
             records: register(r, IntCounter::new("scorer_records_total", "Input records processed and committed.").expect("valid metric")),
             transactions_aborted: register(r, IntCounter::new("scorer_transactions_aborted_total", "Kafka transactions aborted and their batch re-read.").expect("valid metric")),
+            repeated_transactions,
             build_info,
         }
     }

@@ -4,6 +4,14 @@
 //! committed only together with (exactly-once: in the same Kafka transaction) or after
 //! (at-least-once: after every output is acknowledged) its outputs. That commit runs on the
 //! committer thread (`crate::commit`) while the loop polls and scores the next batch.
+//!
+//! A second record for a transaction id this scorer has decided (a client's retry published
+//! again through another gateway, a record that landed after its producer gave up, a producer's
+//! duplicate) is decided again — whoever published it may be waiting for a decision — but gets no
+//! second business event, so business events count each transaction once; it is counted by
+//! whether its payment is the same. Only transactions whose batch committed, or is committing
+//! with the batch in hand tied to its fate, count as decided: an event is never left out in
+//! favour of one that was rolled back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -153,6 +161,31 @@ enum IncomingKind {
     Bad(DeadLetter),
 }
 
+/// A transaction id and its payment (user, amount, currency, method), each hashed: what tells a
+/// repeated transaction from a new one, and a retry from another payment under a reused id.
+type Fingerprint = (u64, u64);
+
+fn fingerprint(tx: &Transaction) -> Fingerprint {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut id = DefaultHasher::new();
+    tx.transaction_id.hash(&mut id);
+    let mut payment = DefaultHasher::new();
+    (&tx.user_id, tx.amount.to_bits(), &tx.currency, tx.payment_method.as_str()).hash(&mut payment);
+    (id.finish(), payment.finish())
+}
+
+/// Whether a record's transaction id was decided before, and with which payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    First,
+    SamePayment,
+    OtherPayment,
+}
+
+/// How many decided transactions the scorer remembers to spot repeats (at 2,000 transactions/s,
+/// 100 s).
+const DECIDED_WINDOW: usize = schemas::FirstSeen::DEFAULT_CAPACITY;
+
 /// A record bound for the dead-letter topic: its original bytes and headers plus the reason.
 pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
@@ -191,10 +224,14 @@ pub struct Pipeline {
     metrics: ScorerMetrics,
     /// The last batch's encoded outputs, kept for their buffers' capacity.
     encoded: Encoded,
+    /// Transactions whose decisions committed: id hash → payment hash.
+    decided: schemas::RecentMap<u64, u64>,
+    repeat_warnings: telemetry::logs::Throttle,
 }
 
 /// A batch's encoded outputs: per decision, where its `Decision` and then its `BusinessEvent`
-/// end in `bytes` (each starts where the previous record ended), and their trace headers.
+/// end in `bytes` (each starts where the previous record ended; a repeat has no event, so both
+/// ends are the same), and their trace headers.
 #[derive(Default)]
 struct Encoded {
     bytes: Vec<u8>,
@@ -207,6 +244,8 @@ struct InFlight {
     records: usize,
     rewind: HashMap<i32, i64>,
     scored: Option<Scored>,
+    /// The transactions it decides first (id hash → payment hash); decided once it commits.
+    deciding: HashMap<u64, u64>,
 }
 
 /// A scored batch's decisions and spans, kept until its commit settles.
@@ -218,6 +257,8 @@ struct Scored {
     fetch_times: (SystemTime, SystemTime),
     stages: crate::scoring::StageTimes,
     dead: Vec<(i32, i64, DeadLetter)>,
+    /// Per decision: was its transaction decided before.
+    seen: Vec<Seen>,
 }
 
 impl Pipeline {
@@ -287,6 +328,8 @@ impl Pipeline {
             store,
             metrics,
             encoded: Encoded::default(),
+            decided: schemas::RecentMap::new(DECIDED_WINDOW),
+            repeat_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
         })
     }
 
@@ -366,6 +409,7 @@ impl Pipeline {
                 IncomingKind::Bad(d) => dead.push((item.partition, item.offset, d)),
             }
         }
+        let (seen, deciding) = self.seen_before(&good);
         let sources: Vec<RecordSource<'_>> = good
             .iter()
             .zip(&positions)
@@ -398,7 +442,7 @@ impl Pipeline {
         };
         self.metrics.model_inference.observe(inference_started.elapsed().as_secs_f64());
 
-        let encoded = match self.encode_outputs(&decisions, &mut spans) {
+        let encoded = match self.encode_outputs(&decisions, &seen, &mut spans) {
             Ok(e) => e,
             Err(e) => {
                 spans.fail(&e.to_string());
@@ -421,8 +465,8 @@ impl Pipeline {
             spans.fail(&e.to_string());
             return Err(self.roll_back(e, &rewind));
         }
-        let scored = Scored { started, decisions, record_times, spans, fetch_times, stages: self.scorer.last_stages(), dead };
-        self.start_commit(offsets, InFlight { records: n, rewind, scored: Some(scored) })?;
+        let scored = Scored { started, decisions, record_times, spans, fetch_times, stages: self.scorer.last_stages(), dead, seen };
+        self.start_commit(offsets, InFlight { records: n, rewind, scored: Some(scored), deciding })?;
         Ok(settled)
     }
 
@@ -462,7 +506,7 @@ impl Pipeline {
         }
         let n = messages.len();
         drop(messages);
-        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None })?;
+        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None, deciding: HashMap::new() })?;
         Ok(settled)
     }
 
@@ -517,6 +561,30 @@ impl Pipeline {
         batch
     }
 
+    /// For each of the batch's transactions, whether this scorer decided its id before —
+    /// committed, in the batch committing now (if that one fails, the batch in hand is dropped and
+    /// both are read again), or earlier in this batch — and the ids this batch decides first.
+    fn seen_before(&self, txs: &[Transaction]) -> (Vec<Seen>, HashMap<u64, u64>) {
+        let committing = self.in_flight.as_ref().map(|f| &f.deciding);
+        let mut deciding = HashMap::with_capacity(txs.len());
+        let seen = txs
+            .iter()
+            .map(|tx| {
+                let (id, payment) = fingerprint(tx);
+                let known = deciding.get(&id).or_else(|| committing.and_then(|c| c.get(&id))).or_else(|| self.decided.get(&id));
+                match known {
+                    None => {
+                        deciding.insert(id, payment);
+                        Seen::First
+                    }
+                    Some(p) if *p == payment => Seen::SamePayment,
+                    Some(_) => Seen::OtherPayment,
+                }
+            })
+            .collect();
+        (seen, deciding)
+    }
+
     /// Input partitions revoked since the last call: records of theirs still in hand belong to
     /// their new owner.
     fn take_revoked(&self) -> Vec<i32> {
@@ -549,6 +617,7 @@ impl Pipeline {
         let Some(batch) = self.in_flight.take() else { return Ok(0) };
         match self.committer.result() {
             Ok(committed) => {
+                self.remember(batch.deciding);
                 if let Some(scored) = batch.scored {
                     self.finish(scored, committed);
                 }
@@ -563,7 +632,9 @@ impl Pipeline {
                 Err(match failure {
                     CommitFailure::Outputs(e) => self.roll_back(e, &rewind),
                     CommitFailure::Offsets(e) => {
-                        // Outputs are out but offsets are not: the batch is read again (at least once).
+                        // Outputs are out but offsets are not: the batch is read again (at least
+                        // once), its business events already written.
+                        self.remember(batch.deciding);
                         self.metrics.errors.with_label_values(&["commit"]).inc();
                         self.rewind(&rewind);
                         StepError::Retry(format!("offset commit failed: {e}"))
@@ -574,11 +645,31 @@ impl Pipeline {
         }
     }
 
+    /// Transactions whose decisions and business events are out.
+    fn remember(&mut self, decided: HashMap<u64, u64>) {
+        for (id, payment) in decided {
+            self.decided.insert_first(id, payment);
+        }
+    }
+
     fn finish(&mut self, scored: Scored, committed: Committed) {
-        let Scored { started, decisions, record_times, spans, fetch_times, stages, dead } = scored;
+        let Scored { started, decisions, record_times, spans, fetch_times, stages, dead, seen } = scored;
         let now_ms = schemas::now_millis();
         let latency = committed.0.saturating_duration_since(started).as_secs_f64();
-        self.observe(&decisions, &record_times, latency, now_ms);
+        self.observe(&decisions, &seen, &record_times, latency, now_ms);
+        for (d, s) in decisions.iter().zip(&seen) {
+            let payment = match s {
+                Seen::First => continue,
+                Seen::SamePayment => "same",
+                Seen::OtherPayment => "different",
+            };
+            self.metrics.repeated_transactions.with_label_values(&[payment]).inc();
+            if *s == Seen::OtherPayment
+                && let Some(suppressed) = self.repeat_warnings.allow()
+            {
+                tracing::warn!(transaction_id = %d.transaction_id, suppressed, "transaction id decided before for a different payment; decided again, no second business event");
+            }
+        }
         for (i, d) in decisions.iter().enumerate() {
             log_decision(d, || spans.ids(i));
         }
@@ -595,15 +686,17 @@ impl Pipeline {
     /// Encodes the batch's decisions and business events, with their trace headers, ahead of
     /// their transaction: handed to librdkafka back to back afterwards, they leave in a few large
     /// produce requests instead of many small ones, which is what makes the commit quick.
-    fn encode_outputs(&mut self, decisions: &[Decision], spans: &mut BatchSpans) -> Result<Encoded, KafkaError> {
+    fn encode_outputs(&mut self, decisions: &[Decision], seen: &[Seen], spans: &mut BatchSpans) -> Result<Encoded, KafkaError> {
         let mut encoded = std::mem::take(&mut self.encoded);
         encoded.bytes.clear();
         encoded.records.clear();
-        for (i, d) in decisions.iter().enumerate() {
+        for (i, (d, s)) in decisions.iter().zip(seen).enumerate() {
             let trace = spans.output_headers(i, &d.user_id);
             schemas::encode_into(d, &mut encoded.bytes).map_err(|e| encode_error(&e))?;
             let decision_end = encoded.bytes.len();
-            schemas::encode_into(&business_event(d), &mut encoded.bytes).map_err(|e| encode_error(&e))?;
+            if *s == Seen::First {
+                schemas::encode_into(&business_event(d), &mut encoded.bytes).map_err(|e| encode_error(&e))?;
+            }
             encoded.records.push((decision_end, encoded.bytes.len(), trace));
         }
         Ok(encoded)
@@ -615,8 +708,10 @@ impl Pipeline {
             let key = d.user_id.as_bytes();
             send(&self.producer, &self.cfg.decisions_topic, key, &encoded.bytes[start..decision_end], trace.clone())?;
             self.sent += 1;
-            send(&self.producer, &self.cfg.events_topic, key, &encoded.bytes[decision_end..event_end], trace)?;
-            self.sent += 1;
+            if event_end > decision_end {
+                send(&self.producer, &self.cfg.events_topic, key, &encoded.bytes[decision_end..event_end], trace)?;
+                self.sent += 1;
+            }
             start = event_end;
         }
         self.encoded = encoded;
@@ -682,12 +777,13 @@ impl Pipeline {
     }
 
     /// A committed batch's decisions in the metrics. Counters are added up per batch: one label
-    /// lookup per (decision, risk level, model) seen rather than one per record.
-    fn observe(&self, decisions: &[Decision], record_times: &[Option<i64>], latency_seconds: f64, now_ms: i64) {
+    /// lookup per (decision, risk level, model) seen rather than one per record. The amounts, like
+    /// business events, count each transaction once.
+    fn observe(&self, decisions: &[Decision], seen: &[Seen], record_times: &[Option<i64>], latency_seconds: f64, now_ms: i64) {
         let m = &self.metrics;
         let mut predictions: Vec<((schemas::Verdict, schemas::RiskLevel, &str), u64)> = Vec::new();
         let (mut degraded, mut revenue, mut blocked, mut review) = (0, 0.0, 0.0, 0.0);
-        for (d, record_ms) in decisions.iter().zip(record_times) {
+        for ((d, record_ms), s) in decisions.iter().zip(record_times).zip(seen) {
             let key = (d.decision, d.risk_level, d.model_version.as_str());
             match predictions.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, n)) => *n += 1,
@@ -699,6 +795,9 @@ impl Pipeline {
                 m.decision_latency.observe(((now_ms - ts).max(0) as f64) / 1e3);
             }
             degraded += u64::from(d.degraded);
+            if *s != Seen::First {
+                continue;
+            }
             let (usd, _) = crate::fx::to_usd(d.amount, &d.currency);
             match BusinessEventKind::for_verdict(d.decision) {
                 BusinessEventKind::Revenue => revenue += usd,

@@ -40,6 +40,11 @@ impl Stack {
     }
 
     fn scorer(&self, instance: &str, extra: &[&str]) -> Service {
+        self.scorer_on(free_port(), instance, extra)
+    }
+
+    /// A scorer serving its /metrics on `port`.
+    fn scorer_on(&self, port: u16, instance: &str, extra: &[&str]) -> Service {
         let mut args: Vec<String> = vec![
             "--brokers".into(),
             self.broker.bootstrap(),
@@ -50,7 +55,7 @@ impl Stack {
             "--transactional-id".into(),
             format!("{}-{instance}", self.group),
             "--listen".into(),
-            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{port}"),
             "--session-timeout-ms".into(),
             "6000".into(),
         ];
@@ -220,6 +225,45 @@ fn poison_records_are_dead_lettered_with_reasons_and_scoring_continues() {
         assert_eq!(r.headers["source.partition"], "0");
         assert_eq!(r.headers["source.offset"], i.to_string());
     }
+}
+
+/// A second record for a decided transaction — in the same batch, the next, or after its
+/// decision committed — is decided again (whoever published it may be waiting) but gets no second
+/// business event; repeats are counted by whether the payment is the same.
+#[test]
+fn repeated_transactions_get_a_decision_each_and_one_business_event() {
+    let stack = Stack::start(1);
+    let port = free_port();
+    let _scorer = stack.scorer_on(port, "a", &[]);
+    let p = stack.producer();
+    let txs: Vec<Transaction> = payments(4, "repeats").into_iter().map(|(t, _)| t).collect();
+    let other = Transaction { amount: txs[0].amount + 1.0, ..txs[0].clone() };
+    p.send_transactions(topics::TRANSACTIONS, [&txs[0], &txs[1], &txs[0], &other, &txs[2]]);
+    p.flush();
+    assert_eq!(decisions(&stack.read(topics::DECISIONS, 5, 60)).len(), 5);
+    p.send_transactions(topics::TRANSACTIONS, [&txs[0], &txs[3]]);
+    p.flush();
+
+    let ds = decisions(&stack.read(topics::DECISIONS, 7, 60));
+    let sent = [&txs[0], &txs[1], &txs[0], &other, &txs[2], &txs[0], &txs[3]];
+    let got: Vec<(&str, f64)> = ds.iter().map(|d| (d.transaction_id.as_str(), d.amount)).collect();
+    let want: Vec<(&str, f64)> = sent.iter().map(|t| (t.transaction_id.as_str(), t.amount)).collect();
+    assert_eq!(got, want, "a decision for every record, in order");
+    let events: Vec<BusinessEvent> = stack.read(topics::BUSINESS_EVENTS, 4, 60).iter().map(Received::decode).collect();
+    let mut ids: Vec<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want: Vec<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "one business event per transaction");
+    let first = events.iter().find(|e| e.transaction_id == txs[0].transaction_id).unwrap();
+    assert_eq!(first.amount, txs[0].amount, "the first payment's event");
+
+    let text = testkit::scrape(port);
+    assert_eq!(testkit::sample(&text, r#"scorer_repeated_transactions_total{payment="same"}"#), 2.0, "{text}");
+    assert_eq!(testkit::sample(&text, r#"scorer_repeated_transactions_total{payment="different"}"#), 1.0);
+    let counted: f64 = ["revenue", "fraud_blocked", "review_queued"].iter().map(|m| testkit::sample(&text, &format!("{m}_usd_total"))).sum();
+    let amounts: f64 = events.iter().map(|e| scorer::fx::to_usd(e.amount, &e.currency).0).sum();
+    assert!((counted - amounts).abs() < 1e-6, "amount metrics count each transaction once: {counted} vs {amounts}");
 }
 
 #[test]
