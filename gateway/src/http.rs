@@ -327,8 +327,17 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
                 return reused_id(&differ);
             }
             Claim::Publish(claim) => {
-                let published = publish(&app, &tx, &trace).await;
-                claim.report(published.is_ok());
+                // Published in a task of its own, so that a client disconnecting now does not
+                // cancel a publish Kafka may already have: the claim is reported as the publish
+                // really ended, and a retry waits for the decision instead of publishing again.
+                let (app, tx, trace) = (Arc::clone(&app), tx.clone(), trace.clone());
+                let published = tokio::spawn(async move {
+                    let published = publish(&app, &tx, &trace).await;
+                    claim.report(published.is_ok());
+                    published
+                })
+                .await
+                .unwrap_or_else(|e| Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("publishing the transaction failed: {e}"), vec![])));
                 if let Err(response) = published {
                     outcome("unavailable");
                     return response;

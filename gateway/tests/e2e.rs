@@ -391,6 +391,36 @@ async fn wait_until_waiting(gw: &common::Gateway, n: usize) {
     }
 }
 
+/// A client that gives up while its transaction is being published does not cancel the publish:
+/// once Kafka acknowledges it, a retry waits for its decision instead of publishing it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gone_mid_publish_leaves_its_transaction_published_once() {
+    let stack = Stack::start();
+    let _scorer = stack.scorer();
+    let gw = stack.gateway(&["--produce-timeout-ms", "20000", "--decision-deadline-ms", "20000"]);
+    gw.wait_ready().await;
+    let mut g = Generator::new(SEED, Drift::None, unique("gone"));
+    let warm = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
+    assert_eq!(gw.predict(&seed_body(&warm)).await.0, StatusCode::OK);
+
+    // The broker stalls with the record on its way; the client gives up and its request ends.
+    let tx = g.payment(&Generator::user(SEED, 2), 1_764_000_000_000).transaction;
+    stack.broker.pause();
+    let given_up = gw.http.post(format!("{}/v1/predict", gw.base)).json(&seed_body(&tx)).timeout(Duration::from_millis(300)).send().await;
+    assert!(given_up.as_ref().is_err_and(reqwest::Error::is_timeout), "{given_up:?}");
+    wait_until_waiting(&gw, 0).await;
+    stack.broker.resume();
+
+    let (status, body) = gw.predict(&seed_body(&tx)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["transaction_id"], tx.transaction_id.as_str());
+    let published: Vec<schemas::Transaction> =
+        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let copies = published.iter().filter(|t| t.transaction_id == tx.transaction_id).count();
+    assert_eq!(copies, 1, "published once");
+    assert!(gw.metrics().await.contains("gateway_repeated_requests_total 1"), "the retry waited for the first publish");
+}
+
 /// A gateway started after others decided transactions reads the last minutes of `decisions`
 /// before it reports ready: a retry of a transaction decided before it started gets that
 /// decision without being published again, and lookups find it. With no recall window it knows

@@ -141,6 +141,17 @@ impl Broker {
     pub fn stop(&mut self) {
         stop_child(&mut self.child);
     }
+
+    /// Freezes the broker (SIGSTOP): requests are accepted by the kernel and answered only after
+    /// `resume`, as with a stalled broker host.
+    pub fn pause(&self) {
+        process::send_signal(self.child.as_ref().expect("tansu is running").id(), "STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT), its records intact.
+    pub fn resume(&self) {
+        process::send_signal(self.child.as_ref().expect("tansu is running").id(), "CONT");
+    }
 }
 
 impl Drop for Broker {
