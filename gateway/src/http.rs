@@ -331,13 +331,15 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
                 // cancel a publish Kafka may already have: the claim is reported as the publish
                 // really ended, and a retry waits for the decision instead of publishing again.
                 let (app, tx, trace) = (Arc::clone(&app), tx.clone(), trace.clone());
-                let published = tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let published = publish(&app, &tx, &trace).await;
                     claim.report(published.is_ok());
                     published
-                })
-                .await
-                .unwrap_or_else(|e| Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("publishing the transaction failed: {e}"), vec![])));
+                });
+                let published = match task.await {
+                    Ok(published) => published,
+                    Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("publishing the transaction failed: {e}"), vec![])),
+                };
                 if let Err(response) = published {
                     outcome("unavailable");
                     return response;
