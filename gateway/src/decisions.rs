@@ -80,8 +80,7 @@ pub struct DecisionBoard {
 struct Board {
     waiters: HashMap<String, Vec<oneshot::Sender<Arc<Decided>>>>,
     waiting: usize,
-    recent: HashMap<String, Arc<Decided>>,
-    order: VecDeque<String>,
+    recent: schemas::RecentMap<String, Arc<Decided>>,
     /// Transactions without a decision yet that a request here publishes or has published.
     published: HashMap<String, Published>,
     published_order: VecDeque<(String, u64)>,
@@ -170,8 +169,7 @@ impl DecisionBoard {
             inner: Mutex::new(Board {
                 waiters: HashMap::new(),
                 waiting: 0,
-                recent: HashMap::new(),
-                order: VecDeque::new(),
+                recent: schemas::RecentMap::new(max_recent),
                 published: HashMap::new(),
                 published_order: VecDeque::new(),
                 claims: 0,
@@ -290,7 +288,7 @@ impl DecisionBoard {
     /// Records a decision read from Kafka (and the trace it was made in) and wakes its waiters.
     pub fn deliver(&self, decision: Decision, trace_id: Option<String>) -> Delivered {
         let mut b = self.lock();
-        if b.recent.contains_key(&decision.transaction_id) {
+        if b.recent.get(&decision.transaction_id).is_some() {
             return Delivered::Duplicate;
         }
         let id = decision.transaction_id.clone();
@@ -306,13 +304,7 @@ impl DecisionBoard {
         }
         // Decided: a retry is answered from `recent` now.
         b.published.remove(&id);
-        b.recent.insert(id.clone(), decision);
-        b.order.push_back(id);
-        while b.order.len() > self.max_recent {
-            if let Some(old) = b.order.pop_front() {
-                b.recent.remove(&old);
-            }
-        }
+        b.recent.insert_first(id, decision);
         Delivered::First { waiting }
     }
 }
