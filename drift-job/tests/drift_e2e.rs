@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use fraudctl::labels::LabelSink;
 use fraudctl::synth::{Drift, Generator};
 use schemas::{Decision, DriftReport, DriftSeverity, Label, topics};
-use testkit::kafka::{Received, TestProducer, create_standard_topics, read};
+use testkit::kafka::{Received, TestProducer, read};
 use testkit::process::Service;
-use testkit::{Broker, RedisServer, free_port, unique};
+use testkit::{free_port, unique};
 
 const SEED: u64 = 5;
 const USERS: u64 = 2000;
@@ -68,11 +68,7 @@ fn wait_for_report(port: u16, after_ms: i64) -> String {
 
 #[test]
 fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
-    let broker = Broker::start();
-    let redis = RedisServer::start();
-    create_standard_topics(&broker.bootstrap(), 2);
-    let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
-    fraudctl::features::load_synthetic(&mut store, USERS, SEED).unwrap();
+    let (broker, redis) = testkit::servers(2, USERS, SEED);
     let group = unique("scorer");
     let mut scorer = Service::start(
         "scorer",

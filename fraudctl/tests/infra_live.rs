@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use fraudctl::synth::Drift;
 use fraudctl::traffic::TrafficConfig;
-use testkit::kafka::create_standard_topics;
 use testkit::process::Service;
-use testkit::{Broker, RedisServer, free_port, unique};
+use testkit::{free_port, unique};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -84,11 +83,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
-    let broker = Broker::start();
-    let redis = RedisServer::start();
-    create_standard_topics(&broker.bootstrap(), 2);
-    let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
-    fraudctl::features::load_synthetic(&mut store, 500, 1).unwrap();
+    let (broker, redis) = testkit::servers(2, 500, 1);
     let (gw_port, sc_port, dj_port, prom_port) = (free_port(), free_port(), free_port(), free_port());
     let group = unique("scorer");
     let mut scorer = Service::start(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use schemas::{BusinessEvent, BusinessEventKind, Decision, Transaction, Verdict, topics};
 use scorer::{ModelCard, Scorer, UserLookup};
-use testkit::kafka::{Received, TestProducer, create_standard_topics, read};
+use testkit::kafka::{Received, TestProducer, read};
 use testkit::process::Service;
 use testkit::{Broker, RedisServer, free_port, unique};
 
@@ -26,17 +26,12 @@ struct Stack {
 
 impl Stack {
     fn start(partitions: i32) -> Self {
-        let broker = Broker::start();
-        let redis = RedisServer::start();
-        create_standard_topics(&broker.bootstrap(), partitions);
-        let s = Self { broker, redis, group: unique("scorers") };
-        s.load_features();
-        s
+        let (broker, redis) = testkit::servers(partitions, USERS, SEED);
+        Self { broker, redis, group: unique("scorers") }
     }
 
     fn load_features(&self) {
-        let mut store = fraudctl::features::store(&self.redis.url(), "features:user:").unwrap();
-        fraudctl::features::load_synthetic(&mut store, USERS, SEED).unwrap();
+        testkit::load_features(&self.redis, USERS, SEED);
     }
 
     fn scorer(&self, instance: &str, extra: &[&str]) -> Service {

@@ -160,6 +160,23 @@ impl Drop for Broker {
     }
 }
 
+/// What every pipeline test starts from: a broker with the standard topics (`partitions` each)
+/// and a Redis holding the features of `users` synthetic users (`load_features`).
+pub fn servers(partitions: i32, users: u64, seed: u64) -> (Broker, RedisServer) {
+    let broker = Broker::start();
+    let redis = RedisServer::start();
+    kafka::create_standard_topics(&broker.bootstrap(), partitions);
+    load_features(&redis, users, seed);
+    (broker, redis)
+}
+
+/// Writes the features of `users` synthetic users drawn from `seed` to `redis` under the standard
+/// key prefix, as `fraudctl features load --users N` does.
+pub fn load_features(redis: &RedisServer, users: u64, seed: u64) {
+    let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
+    fraudctl::features::load_synthetic(&mut store, users, seed).unwrap();
+}
+
 /// A name unique to this process and call, for topics, groups and key prefixes.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use testkit::kafka::create_standard_topics;
 use testkit::process::Service;
 use testkit::{Broker, RedisServer, free_port, unique};
 
@@ -28,11 +27,7 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Self {
-        let broker = Broker::start();
-        let redis = RedisServer::start();
-        create_standard_topics(&broker.bootstrap(), 2);
-        let mut store = fraudctl::features::store(&redis.url(), "features:user:").unwrap();
-        fraudctl::features::load_synthetic(&mut store, USERS, SEED).unwrap();
+        let (broker, redis) = testkit::servers(2, USERS, SEED);
         Self { broker, redis, group: unique("scorers") }
     }
 
