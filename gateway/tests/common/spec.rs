@@ -6,6 +6,9 @@
 //! may not carry a property its schema does not name, so an undocumented field fails as surely as
 //! a missing one.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -15,6 +18,8 @@ pub struct Spec {
     /// The document's components as JSON Schema, loose and strict, converted once.
     components: Value,
     strict_components: Value,
+    /// Answer validators by path template, method and status, each compiled on first use.
+    answers: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
 impl Spec {
@@ -28,7 +33,7 @@ impl Spec {
         let (mut components, mut strict_components) = (doc["components"].clone(), doc["components"].clone());
         to_json_schema(&mut components, false);
         to_json_schema(&mut strict_components, true);
-        Self { doc, components, strict_components }
+        Self { doc, components, strict_components, answers: Mutex::default() }
     }
 
     /// The validator for a schema of the document (`#/components/schemas/...` references resolve).
@@ -64,8 +69,11 @@ impl Spec {
             .unwrap_or_else(|| panic!("{template} {method} {code} is not in openapi.json"));
         let schema = &answer["content"]["application/json"]["schema"];
         assert!(schema.is_object(), "{template} {method} {code}: openapi.json documents no JSON body");
-        let errors: Vec<String> =
-            self.validator(schema, true).iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let validator = {
+            let mut answers = self.answers.lock().unwrap();
+            Arc::clone(answers.entry(format!("{template} {method} {code}")).or_insert_with(|| Arc::new(self.validator(schema, true))))
+        };
+        let errors: Vec<String> = validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{template} {method} {code} answered a body openapi.json does not describe: {errors:?}\n{body}");
         for name in answer["headers"].as_object().into_iter().flat_map(|h| h.keys()) {
             assert!(headers.contains_key(name.as_str()), "{template} {method} {code}: documented header {name} was not sent");
