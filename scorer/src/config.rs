@@ -47,6 +47,10 @@ pub struct ScorerArgs {
     /// Most records per poll batch (one feature store round trip and one model call each).
     #[arg(long, env = "SCORER_MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_batch: u32,
+    /// How many decided transactions (their ids and payments, ~50 bytes each) the scorer remembers,
+    /// so that a record of one it decided already gets no second business event.
+    #[arg(long, env = "SCORER_REPEAT_WINDOW", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..=20_000_000))]
+    pub repeat_window: u32,
     /// Largest amount accepted; larger ones go to the dead-letter topic.
     #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0)]
     pub max_amount: f64,
@@ -86,6 +90,9 @@ mod tests {
         assert_eq!(a.kafka_config, [("a".into(), "1".into()), ("b".into(), "2".into())]);
         let err = ScorerArgs::try_parse_from(["scorer", "--max-batch", "0"]).unwrap_err().to_string();
         assert!(err.contains("--max-batch"), "{err}");
+        let err = ScorerArgs::try_parse_from(["scorer", "--repeat-window", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--repeat-window"), "{err}");
+        assert_eq!(ScorerArgs::try_parse_from(["scorer"]).unwrap().repeat_window, 200_000);
         let err = ScorerArgs::try_parse_from(["scorer", "--kafka-config", "oops"]).unwrap_err().to_string();
         assert!(err.contains("key=value"), "{err}");
     }

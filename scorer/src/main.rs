@@ -35,6 +35,7 @@ fn main() -> Result<()> {
         redis_timeout_ms = args.redis_timeout_ms,
         model_card = %args.model_card.display(),
         max_batch = args.max_batch,
+        repeat_window = args.repeat_window,
         max_amount = args.max_amount,
         review_above_amount = args.review_above_amount,
         listen = %args.listen,
@@ -92,6 +93,7 @@ fn main() -> Result<()> {
     cfg.delivery = args.delivery;
     cfg.work = args.work;
     cfg.max_batch = args.max_batch as usize;
+    cfg.repeat_window = args.repeat_window as usize;
     cfg.session_timeout_ms = args.session_timeout_ms;
     cfg.limits = TransactionLimits { max_amount: args.max_amount };
     cfg.kafka_overrides = args.kafka_config;

@@ -69,6 +69,8 @@ pub struct PipelineConfig {
     pub delivery: Delivery,
     pub transactional_id: String,
     pub max_batch: usize,
+    /// How many decided transactions are remembered to spot repeats.
+    pub repeat_window: usize,
     pub poll_timeout: Duration,
     pub session_timeout_ms: u32,
     pub limits: TransactionLimits,
@@ -90,6 +92,8 @@ impl PipelineConfig {
             delivery: Delivery::ExactlyOnce,
             transactional_id: transactional_id.into(),
             max_batch: 500,
+            // At 2,000 transactions/s, 100 s.
+            repeat_window: 200_000,
             poll_timeout: Duration::from_millis(100),
             session_timeout_ms: 10_000,
             limits: TransactionLimits::default(),
@@ -181,10 +185,6 @@ enum Seen {
     SamePayment,
     OtherPayment,
 }
-
-/// How many decided transactions the scorer remembers to spot repeats (at 2,000 transactions/s,
-/// 100 s).
-const DECIDED_WINDOW: usize = schemas::FirstSeen::DEFAULT_CAPACITY;
 
 /// A record bound for the dead-letter topic: its original bytes and headers plus the reason.
 pub struct DeadLetter {
@@ -315,6 +315,7 @@ impl Pipeline {
         consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
         let (consumer, producer) = (Arc::new(consumer), Arc::new(producer));
         let committer = Committer::start(Arc::clone(&producer), Arc::clone(&consumer), gate)?;
+        let decided = schemas::RecentMap::new(cfg.repeat_window);
         Ok(Self {
             store_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
             dlq_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
@@ -328,7 +329,7 @@ impl Pipeline {
             store,
             metrics,
             encoded: Encoded::default(),
-            decided: schemas::RecentMap::new(DECIDED_WINDOW),
+            decided,
             repeat_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
         })
     }
