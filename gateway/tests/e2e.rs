@@ -426,6 +426,48 @@ async fn a_client_gone_mid_publish_leaves_its_transaction_published_once() {
     assert_eq!(waited + replayed, 1.0, "{metrics}");
 }
 
+/// A broker that stalls (accepts connections, answers nothing) is a quick 503, not a hang. The
+/// record may still land once the broker goes on; the client's retry is then published a second
+/// time, and the answer, the decisions readers keep and the business events still count the
+/// transaction once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_broker_is_a_quick_503_and_a_record_that_lands_late_is_counted_once() {
+    let stack = Stack::start();
+    let _scorer = stack.scorer();
+    let gw = stack.gateway(&["--produce-timeout-ms", "800", "--decision-deadline-ms", "20000"]);
+    gw.wait_ready().await;
+    let mut g = Generator::new(SEED, Drift::None, unique("stalled"));
+    let warm = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
+    assert_eq!(gw.predict(&seed_body(&warm)).await.0, StatusCode::OK);
+
+    let tx = g.payment(&Generator::user(SEED, 2), 1_764_000_000_000).transaction;
+    stack.broker.pause();
+    let started = Instant::now();
+    let (status, body) = gw.predict(&seed_body(&tx)).await;
+    let took = started.elapsed();
+    stack.broker.resume();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+
+    // The producer is usable again once the broker is: the retry and a new payment are decided.
+    let (status, body) = gw.predict(&seed_body(&tx)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let next = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
+    assert_eq!(gw.predict(&seed_body(&next)).await.0, StatusCode::OK);
+    let bootstrap = stack.broker.bootstrap();
+    let published: Vec<schemas::Transaction> =
+        read(&bootstrap, topics::TRANSACTIONS, 3, Duration::from_secs(30), Duration::from_secs(2)).iter().map(|r| r.decode()).collect();
+    let copies = published.iter().filter(|t| t.transaction_id == tx.transaction_id).count();
+    println!("the stalled transaction was published {copies} times");
+    assert!((1..=2).contains(&copies), "{copies}");
+    let events: Vec<schemas::BusinessEvent> = read(&bootstrap, topics::BUSINESS_EVENTS, 3, Duration::from_secs(30), Duration::from_secs(2)).iter().map(|r| r.decode()).collect();
+    let mut ids: Vec<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![warm.transaction_id.as_str(), tx.transaction_id.as_str(), next.transaction_id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "one business event per transaction");
+}
+
 /// A gateway started after others decided transactions reads the last minutes of `decisions`
 /// before it reports ready: a retry of a transaction decided before it started gets that
 /// decision without being published again, and lookups find it. With no recall window it knows
