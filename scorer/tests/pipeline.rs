@@ -309,6 +309,32 @@ fn a_redis_that_stops_answering_degrades_decisions_until_it_answers_again() {
     assert!(scorer.logs().contains("feature store unavailable"));
 }
 
+/// A broker that stalls mid-stream — connections open, nothing answered, for longer than the
+/// scorer's transaction and session timeouts — loses nothing: once it answers again, the same
+/// scorer process decides every transaction.
+#[test]
+fn a_broker_stalled_mid_stream_loses_nothing_and_the_scorer_carries_on() {
+    let stack = Stack::start(2);
+    let mut scorer = stack.scorer("a", &[]);
+    let p = stack.producer();
+    let txs = payments(600, "stall");
+    assert_eq!(send_and_decide(&stack, &p, &txs, 0..200).len(), 200);
+
+    p.send_transactions(topics::TRANSACTIONS, txs[200..400].iter().map(|(t, _)| t));
+    p.flush();
+    stack.broker.pause();
+    std::thread::sleep(Duration::from_secs(15));
+    stack.broker.resume();
+    p.send_transactions(topics::TRANSACTIONS, txs[400..].iter().map(|(t, _)| t));
+    p.flush();
+
+    let (by_id, dups) = first_per_transaction(decisions(&stack.read(topics::DECISIONS, txs.len(), 120)));
+    let missing: Vec<&str> = txs.iter().map(|(t, _)| t.transaction_id.as_str()).filter(|id| !by_id.contains_key(*id)).collect();
+    println!("after the stall: {} decided, {dups} duplicates, {} missing", by_id.len(), missing.len());
+    assert!(missing.is_empty(), "{} transactions never decided:\n{}", missing.len(), scorer.logs());
+    assert!(scorer.is_running(), "the scorer gave up:\n{}", scorer.logs());
+}
+
 /// Streams `n` transactions at a steady rate, stops the scorer with `signal` while they are
 /// still flowing, restarts it, and returns (decisions by id, duplicates, transactions).
 fn interrupted_run(signal: &str, n: usize, delivery: &str) -> (HashMap<String, Decision>, usize, Vec<Transaction>) {
