@@ -18,7 +18,6 @@ use crate::pipeline::{PipelineContext, StepError, TXN_TIMEOUT};
 /// Counts delivered (acknowledged or failed) output records, so the committer can wait for a
 /// batch's outputs without polling, and failures, so at-least-once mode knows whether they all
 /// landed. Every record librdkafka accepted gets exactly one report, a purged one included.
-#[derive(Default)]
 pub struct DeliveryContext {
     pub(crate) failures: AtomicU64,
     delivered: AtomicU64,
@@ -26,6 +25,22 @@ pub struct DeliveryContext {
     target: AtomicU64,
     lock: Mutex<()>,
     reached: Condvar,
+    /// A failed batch fails all its records at once (an aborted transaction purges them all): one
+    /// line a second, with how many were left out, instead of one per record.
+    warnings: telemetry::logs::Throttle,
+}
+
+impl Default for DeliveryContext {
+    fn default() -> Self {
+        Self {
+            failures: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            target: AtomicU64::default(),
+            lock: Mutex::default(),
+            reached: Condvar::default(),
+            warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+        }
+    }
 }
 
 impl DeliveryContext {
@@ -61,7 +76,9 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "output record not delivered");
+            if let Some(suppressed) = self.warnings.allow() {
+                tracing::warn!(error = %e, suppressed, "output record not delivered");
+            }
         }
         self.count_delivery();
     }
