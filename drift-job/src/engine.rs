@@ -29,6 +29,8 @@ pub struct Engine {
     quality: HashMap<String, QualityWindow>,
     seen: FirstSeen,
     metrics: DriftMetrics,
+    /// A model card that does not match its decisions fails every one of them: a line a second.
+    mismatch_lines: telemetry::logs::Throttle,
 }
 
 impl Engine {
@@ -41,6 +43,7 @@ impl Engine {
             quality: HashMap::new(),
             seen: FirstSeen::new(cfg.dedupe_ids),
             metrics,
+            mismatch_lines: telemetry::logs::Throttle::new(std::time::Duration::from_secs(1)),
             cfg,
         }
     }
@@ -59,8 +62,10 @@ impl Engine {
         self.metrics.decisions.with_label_values(&[d.model_version.as_str(), "known"]).inc();
         let (start, end) = window_of(now_ms, self.cfg.window_ms);
         let window = self.windows.entry(d.model_version.clone()).or_insert_with(|| PsiWindow::new(reference, start, end));
-        if !window.observe(reference, d) {
-            tracing::warn!(model_version = %d.model_version, transaction_id = %d.transaction_id, "decision's features do not match its model card; not counted for drift");
+        if !window.observe(reference, d)
+            && let Some(suppressed) = self.mismatch_lines.allow()
+        {
+            tracing::warn!(model_version = %d.model_version, transaction_id = %d.transaction_id, suppressed, "decision's features do not match its model card; not counted for drift");
         }
         let (usd, _) = scorer::fx::to_usd(d.amount, &d.currency);
         let outcome = Outcome { model_version: d.model_version.clone(), verdict: d.decision, amount_usd: usd, decided_at_ms: d.decided_at };

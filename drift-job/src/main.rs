@@ -145,12 +145,16 @@ fn main() -> Result<()> {
     tracing::info!("drift-job ready");
 
     let mut last_tick = Instant::now();
+    // Per-record troubles come in floods (a broker gone, a bad producer): a line a second.
+    let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::new(Duration::from_secs(1)), telemetry::logs::Throttle::new(Duration::from_secs(1)));
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => {
                 metrics.errors.with_label_values(&["consume"]).inc();
-                tracing::warn!(error = %e, "consume error");
+                if let Some(suppressed) = error_lines.allow() {
+                    tracing::warn!(error = %e, suppressed, "consume error");
+                }
             }
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
@@ -160,7 +164,9 @@ fn main() -> Result<()> {
                         Ok(l) => engine.on_label(&l, now),
                         Err(e) => {
                             metrics.errors.with_label_values(&["decode"]).inc();
-                            tracing::warn!(error = %e, topic = msg.topic(), offset = msg.offset(), "undecodable label skipped");
+                            if let Some(suppressed) = undecodable_lines.allow() {
+                                tracing::warn!(error = %e, topic = msg.topic(), offset = msg.offset(), suppressed, "undecodable label skipped");
+                            }
                         }
                     }
                 } else {
@@ -168,7 +174,9 @@ fn main() -> Result<()> {
                         Ok(d) => engine.on_decision(&d, now),
                         Err(e) => {
                             metrics.errors.with_label_values(&["decode"]).inc();
-                            tracing::warn!(error = %e, topic = msg.topic(), offset = msg.offset(), "undecodable decision skipped");
+                            if let Some(suppressed) = undecodable_lines.allow() {
+                                tracing::warn!(error = %e, topic = msg.topic(), offset = msg.offset(), suppressed, "undecodable decision skipped");
+                            }
                         }
                     }
                 }

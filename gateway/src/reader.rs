@@ -59,6 +59,8 @@ pub fn spawn(
         // Partitions of the first assignment not yet read to their end.
         let mut catching_up: Option<HashSet<i32>> = None;
         let mut last_check = Instant::now() - Duration::from_secs(3600);
+        // Per-record troubles come in floods (a broker gone, a bad producer): a line a second.
+        let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::new(Duration::from_secs(1)), telemetry::logs::Throttle::new(Duration::from_secs(1)));
         while !stop.load(Ordering::Relaxed) {
             let check_every = if assigned.is_empty() { Duration::from_millis(500) } else { Duration::from_secs(10) };
             if last_check.elapsed() >= check_every {
@@ -87,7 +89,9 @@ pub fn spawn(
                 }
                 Some(Err(e)) => {
                     metrics.errors.with_label_values(&["consume"]).inc();
-                    tracing::warn!(error = %e, "decisions reader error");
+                    if let Some(suppressed) = error_lines.allow() {
+                        tracing::warn!(error = %e, suppressed, "decisions reader error");
+                    }
                 }
                 Some(Ok(msg)) => match schemas::decode::<Decision>(msg.payload().unwrap_or_default()) {
                     Ok(d) => {
@@ -101,7 +105,9 @@ pub fn spawn(
                     }
                     Err(e) => {
                         metrics.errors.with_label_values(&["decode"]).inc();
-                        tracing::warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "undecodable decision skipped");
+                        if let Some(suppressed) = undecodable_lines.allow() {
+                            tracing::warn!(error = %e, partition = msg.partition(), offset = msg.offset(), suppressed, "undecodable decision skipped");
+                        }
                     }
                 },
             }
