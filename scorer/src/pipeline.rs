@@ -341,6 +341,8 @@ impl Pipeline {
     /// Runs until `stop` is set, then settles the batch in hand, commits it and leaves the group.
     /// `readiness` turns true once the consumer group has given this scorer its partitions.
     pub fn run(&mut self, stop: &AtomicBool, readiness: &telemetry::ops::Readiness) -> Result<(), StepError> {
+        // A lasting failure (a missing output topic, a broker gone) retries ten times a second.
+        let retry_lines = telemetry::logs::Throttle::new(Duration::from_secs(1));
         while !stop.load(Ordering::Relaxed) {
             if !readiness.is_ready() && self.has_assignment() {
                 readiness.set(true);
@@ -348,7 +350,9 @@ impl Pipeline {
             match self.step() {
                 Ok(_) => {}
                 Err(StepError::Retry(reason)) => {
-                    tracing::warn!(%reason, "batch will be read again");
+                    if let Some(suppressed) = retry_lines.allow() {
+                        tracing::warn!(%reason, suppressed, "batch will be read again");
+                    }
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(fatal) => return Err(fatal),
