@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
-use schemas::{Decision, PaymentMethod, Transaction};
+use schemas::{Decision, Payment};
 
 /// A decision read from Kafka, as the gateway answers it, with the trace it was made in (its
 /// record's `traceparent`): the trace of the request that published the transaction, or the
@@ -29,44 +29,6 @@ impl Decided {
     /// The fields in which `payment` differs from the payment decided here.
     pub fn differences(&self, payment: &Payment) -> Vec<&'static str> {
         Payment::decided(&self.decision).differences(payment)
-    }
-}
-
-/// What a transaction id stands for: the payment a retry must repeat. (The timestamp is left out:
-/// a retry without one is stamped anew on receipt.)
-#[derive(Debug, Clone, PartialEq)]
-pub struct Payment {
-    pub user_id: String,
-    pub amount: f64,
-    pub currency: String,
-    pub payment_method: PaymentMethod,
-}
-
-impl Payment {
-    pub fn of(tx: &Transaction) -> Self {
-        Self { user_id: tx.user_id.clone(), amount: tx.amount, currency: tx.currency.clone(), payment_method: tx.payment_method }
-    }
-
-    pub fn decided(d: &Decision) -> Self {
-        Self { user_id: d.user_id.clone(), amount: d.amount, currency: d.currency.clone(), payment_method: d.payment_method }
-    }
-
-    /// The fields, by their API names, that `other` gives differently.
-    pub fn differences(&self, other: &Payment) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.user_id != other.user_id {
-            out.push("user_id");
-        }
-        if self.amount != other.amount {
-            out.push("amount");
-        }
-        if self.currency != other.currency {
-            out.push("currency");
-        }
-        if self.payment_method != other.payment_method {
-            out.push("payment_method");
-        }
-        out
     }
 }
 

@@ -21,10 +21,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use schemas::{FieldError, Transaction, TransactionLimits};
+use schemas::{FieldError, Payment, Transaction, TransactionLimits};
 use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
-use crate::decisions::{Claim, Decided, DecisionBoard, Payment, Publishing, WaitError};
+use crate::decisions::{Claim, Decided, DecisionBoard, Publishing, WaitError};
 use crate::metrics::GatewayMetrics;
 use crate::request::parse_transaction;
 

@@ -4,11 +4,13 @@
 mod codec;
 mod fast;
 mod first_seen;
+mod payment;
 mod records;
 mod validate;
 
 pub use codec::{Record, SchemaId, decode, encode, encode_into, peek_schema_id, schema_text};
 pub use first_seen::{FirstSeen, RecentMap};
+pub use payment::Payment;
 pub use records::{
     BusinessEvent, BusinessEventKind, Decision, DriftBin, DriftReport, DriftSeverity,
     FeatureContribution, FeatureValue, Label, PaymentMethod, RiskLevel, Transaction, Verdict,

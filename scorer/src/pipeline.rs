@@ -173,9 +173,7 @@ fn fingerprint(tx: &Transaction) -> Fingerprint {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut id = DefaultHasher::new();
     tx.transaction_id.hash(&mut id);
-    let mut payment = DefaultHasher::new();
-    (&tx.user_id, tx.amount.to_bits(), &tx.currency, tx.payment_method.as_str()).hash(&mut payment);
-    (id.finish(), payment.finish())
+    (id.finish(), tx.payment_hash())
 }
 
 /// Whether a record's transaction id was decided before, and with which payment.
