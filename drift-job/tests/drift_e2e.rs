@@ -17,11 +17,6 @@ const SEED: u64 = 5;
 const USERS: u64 = 2000;
 const WINDOW_S: i64 = 4;
 
-fn metrics(port: u16) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async { reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap() })
-}
-
 /// `name{labels...}` → value, for every series of `name` whose labels contain `filter`.
 fn series(text: &str, name: &str, filter: &str) -> Vec<(String, f64)> {
     text.lines()
@@ -55,7 +50,7 @@ fn wait_for_window_start() {
 fn wait_for_report(port: u16, after_ms: i64) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = metrics(port);
+        let text = testkit::scrape(port);
         if let Some((_, end)) = series(&text, "drift_window_end_timestamp_seconds", "").first()
             && (*end * 1000.0) as i64 > after_ms
         {
@@ -144,7 +139,7 @@ fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
     sink.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let text = loop {
-        let text = metrics(drift_port);
+        let text = testkit::scrape(drift_port);
         if series(&text, "model_performance_samples", "").first().is_some_and(|(_, v)| *v as usize >= labels.len()) {
             break text;
         }

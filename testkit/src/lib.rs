@@ -145,12 +145,16 @@ impl Broker {
     /// Freezes the broker (SIGSTOP): requests are accepted by the kernel and answered only after
     /// `resume`, as with a stalled broker host.
     pub fn pause(&self) {
-        process::send_signal(self.child.as_ref().expect("tansu is running").id(), "STOP");
+        process::send_signal(self.pid(), "STOP");
     }
 
     /// Lets a paused broker go on (SIGCONT), its records intact.
     pub fn resume(&self) {
-        process::send_signal(self.child.as_ref().expect("tansu is running").id(), "CONT");
+        process::send_signal(self.pid(), "CONT");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tansu is running").id()
     }
 }
 
