@@ -220,8 +220,7 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let burst = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
     let burst_answers = predict_concurrently(&gw, &burst, 5).await;
     assert!(burst_answers.iter().all(|(s, b)| *s == StatusCode::ACCEPTED && b["status"] == "pending"), "{burst_answers:?}");
-    let published: Vec<schemas::Transaction> =
-        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let published = published(&stack, 2);
     let mut ids: Vec<&str> = published.iter().map(|t| t.transaction_id.as_str()).collect();
     ids.sort_unstable();
     let mut want = vec![tx.transaction_id.as_str(), burst.transaction_id.as_str()];
@@ -359,6 +358,11 @@ fn assert_reused_id(status: StatusCode, body: &Value, field: &str) {
     assert_eq!(body["details"][0]["field"], field, "{body}");
 }
 
+/// The transactions in `transactions` once at least `min` are there and no more came for 2 s.
+fn published(stack: &Stack, min: usize) -> Vec<schemas::Transaction> {
+    read(&stack.broker.bootstrap(), topics::TRANSACTIONS, min, Duration::from_secs(30), Duration::from_secs(2)).iter().map(|r| r.decode()).collect()
+}
+
 /// Starts one prediction per transaction, all at once; `answers` joins them.
 fn spawn_predictions<'a>(gw: &common::Gateway, txs: impl IntoIterator<Item = &'a schemas::Transaction>) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
     txs.into_iter()
@@ -414,8 +418,7 @@ async fn a_client_gone_mid_publish_leaves_its_transaction_published_once() {
     let (status, body) = gw.predict(&seed_body(&tx)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["transaction_id"], tx.transaction_id.as_str());
-    let published: Vec<schemas::Transaction> =
-        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let published = published(&stack, 2);
     let copies = published.iter().filter(|t| t.transaction_id == tx.transaction_id).count();
     assert_eq!(copies, 1, "published once");
     // The retry waited for the first publish, or (had its decision come first) was answered from
@@ -454,13 +457,11 @@ async fn a_stalled_broker_is_a_quick_503_and_a_record_that_lands_late_is_counted
     assert_eq!(status, StatusCode::OK, "{body}");
     let next = g.payment(&Generator::user(SEED, 3), 1_764_000_000_000).transaction;
     assert_eq!(gw.predict(&seed_body(&next)).await.0, StatusCode::OK);
-    let bootstrap = stack.broker.bootstrap();
-    let published: Vec<schemas::Transaction> =
-        read(&bootstrap, topics::TRANSACTIONS, 3, Duration::from_secs(30), Duration::from_secs(2)).iter().map(|r| r.decode()).collect();
+    let published = published(&stack, 3);
     let copies = published.iter().filter(|t| t.transaction_id == tx.transaction_id).count();
     println!("the stalled transaction was published {copies} times");
     assert!((1..=2).contains(&copies), "{copies}");
-    let events: Vec<schemas::BusinessEvent> = read(&bootstrap, topics::BUSINESS_EVENTS, 3, Duration::from_secs(30), Duration::from_secs(2)).iter().map(|r| r.decode()).collect();
+    let events: Vec<schemas::BusinessEvent> = read(&stack.broker.bootstrap(), topics::BUSINESS_EVENTS, 3, Duration::from_secs(30), Duration::from_secs(2)).iter().map(|r| r.decode()).collect();
     let mut ids: Vec<&str> = events.iter().map(|e| e.transaction_id.as_str()).collect();
     ids.sort_unstable();
     let mut want = vec![warm.transaction_id.as_str(), tx.transaction_id.as_str(), next.transaction_id.as_str()];
@@ -533,8 +534,7 @@ async fn sigterm_answers_the_requests_in_flight_and_loses_no_accepted_transactio
     assert_eq!(code, Some(0), "graceful stop exits 0:\n{}", gw.service.logs());
     assert!(gw.service.logs().contains("gateway stopping"));
 
-    let published: Vec<schemas::Transaction> =
-        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, txs.len(), Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let published = published(&stack, txs.len());
     let mut got: Vec<&str> = published.iter().map(|t| t.transaction_id.as_str()).collect();
     let mut want: Vec<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
     got.sort_unstable();
@@ -567,8 +567,7 @@ async fn past_max_waiters_requests_are_refused_unpublished_and_the_board_empties
     let metrics = gw.metrics().await;
     assert!(metrics.contains("gateway_waiting_requests 0"), "{metrics}");
     assert!(metrics.contains(r#"gateway_predictions_total{outcome="unavailable"} 1"#), "{metrics}");
-    let published: Vec<schemas::Transaction> =
-        read(&stack.broker.bootstrap(), topics::TRANSACTIONS, 2, Duration::from_secs(30), Duration::from_secs(1)).iter().map(|r| r.decode()).collect();
+    let published = published(&stack, 2);
     assert_eq!(published.len(), 2);
     assert!(published.iter().all(|t| t.transaction_id != txs[2].transaction_id), "the refused transaction was not published");
 }
