@@ -43,7 +43,7 @@ impl Engine {
             quality: HashMap::new(),
             seen: FirstSeen::new(cfg.dedupe_ids),
             metrics,
-            mismatch_lines: telemetry::logs::Throttle::new(std::time::Duration::from_secs(1)),
+            mismatch_lines: telemetry::logs::Throttle::per_second(),
             cfg,
         }
     }

@@ -146,7 +146,7 @@ fn main() -> Result<()> {
 
     let mut last_tick = Instant::now();
     // Per-record troubles come in floods (a broker gone, a bad producer): a line a second.
-    let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::new(Duration::from_secs(1)), telemetry::logs::Throttle::new(Duration::from_secs(1)));
+    let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::per_second(), telemetry::logs::Throttle::per_second());
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}

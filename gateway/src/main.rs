@@ -109,8 +109,8 @@ async fn main() -> Result<()> {
         decision_deadline: Duration::from_millis(args.decision_deadline_ms),
         produce_timeout: Duration::from_millis(args.produce_timeout_ms),
         max_body_bytes: args.max_body_bytes,
-        produce_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
-        pending_notices: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+        produce_warnings: telemetry::logs::Throttle::per_second(),
+        pending_notices: telemetry::logs::Throttle::per_second(),
     });
     let app = router(state, telemetry::ops::router(registry, readiness));
     telemetry::ops::serve(args.listen, app, telemetry::ops::shutdown_signal()).await.with_context(|| format!("serving on {}", args.listen))?;

@@ -60,7 +60,7 @@ pub fn spawn(
         let mut catching_up: Option<HashSet<i32>> = None;
         let mut last_check = Instant::now() - Duration::from_secs(3600);
         // Per-record troubles come in floods (a broker gone, a bad producer): a line a second.
-        let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::new(Duration::from_secs(1)), telemetry::logs::Throttle::new(Duration::from_secs(1)));
+        let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::per_second(), telemetry::logs::Throttle::per_second());
         while !stop.load(Ordering::Relaxed) {
             let check_every = if assigned.is_empty() { Duration::from_millis(500) } else { Duration::from_secs(10) };
             if last_check.elapsed() >= check_every {

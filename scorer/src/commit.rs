@@ -38,7 +38,7 @@ impl Default for DeliveryContext {
             target: AtomicU64::default(),
             lock: Mutex::default(),
             reached: Condvar::default(),
-            warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+            warnings: telemetry::logs::Throttle::per_second(),
         }
     }
 }

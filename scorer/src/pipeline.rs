@@ -225,6 +225,7 @@ pub struct Pipeline {
     /// Transactions whose decisions committed: id hash → payment hash.
     decided: schemas::RecentMap<u64, u64>,
     repeat_warnings: telemetry::logs::Throttle,
+    consume_warnings: telemetry::logs::Throttle,
 }
 
 /// A batch's encoded outputs: per decision, where its `Decision` and then its `BusinessEvent`
@@ -315,8 +316,8 @@ impl Pipeline {
         let committer = Committer::start(Arc::clone(&producer), Arc::clone(&consumer), gate)?;
         let decided = schemas::RecentMap::new(cfg.repeat_window);
         Ok(Self {
-            store_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
-            dlq_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+            store_warnings: telemetry::logs::Throttle::per_second(),
+            dlq_warnings: telemetry::logs::Throttle::per_second(),
             cfg,
             consumer,
             producer,
@@ -328,7 +329,8 @@ impl Pipeline {
             metrics,
             encoded: Encoded::default(),
             decided,
-            repeat_warnings: telemetry::logs::Throttle::new(Duration::from_secs(1)),
+            repeat_warnings: telemetry::logs::Throttle::per_second(),
+            consume_warnings: telemetry::logs::Throttle::per_second(),
         })
     }
 
@@ -340,7 +342,7 @@ impl Pipeline {
     /// `readiness` turns true once the consumer group has given this scorer its partitions.
     pub fn run(&mut self, stop: &AtomicBool, readiness: &telemetry::ops::Readiness) -> Result<(), StepError> {
         // A lasting failure (a missing output topic, a broker gone) retries ten times a second.
-        let retry_lines = telemetry::logs::Throttle::new(Duration::from_secs(1));
+        let retry_lines = telemetry::logs::Throttle::per_second();
         while !stop.load(Ordering::Relaxed) {
             if !readiness.is_ready() && self.has_assignment() {
                 readiness.set(true);
@@ -473,6 +475,15 @@ impl Pipeline {
         Ok(settled)
     }
 
+    /// A consumer error (a broker gone, a partition's leader moving) ends the batch's poll; while it
+    /// lasts it comes back at every poll, so it is counted each time and logged once a second.
+    fn consume_error(&self, e: &KafkaError) {
+        self.metrics.errors.with_label_values(&["consume"]).inc();
+        if let Some(suppressed) = self.consume_warnings.allow() {
+            tracing::warn!(error = %e, suppressed, "consume error");
+        }
+    }
+
     /// The passthrough loop: the same shape as `step` — poll a batch, settle the previous one,
     /// produce, hand the commit over — with every record forwarded as it is.
     fn step_passthrough(&mut self) -> Result<usize, StepError> {
@@ -483,7 +494,7 @@ impl Pipeline {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consume error");
+                    self.consume_error(&e);
                     break;
                 }
                 Some(Ok(m)) => messages.push(m),
@@ -545,8 +556,7 @@ impl Pipeline {
                 None => break,
                 Some(Ok(msg)) => batch.push(decode(&msg, &self.cfg.limits)),
                 Some(Err(e)) => {
-                    self.metrics.errors.with_label_values(&["consume"]).inc();
-                    tracing::warn!(error = %e, "consume error");
+                    self.consume_error(&e);
                     break;
                 }
             }

@@ -83,6 +83,11 @@ impl Throttle {
         Self { every, state: std::sync::Mutex::new((None, 0)) }
     }
 
+    /// At most one line a second: what a warning about a per-record or per-poll trouble gets.
+    pub fn per_second() -> Self {
+        Self::new(std::time::Duration::from_secs(1))
+    }
+
     /// `Some(suppressed since the last line)` when a line may be written now.
     pub fn allow(&self) -> Option<u64> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
