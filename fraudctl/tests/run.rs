@@ -1,0 +1,113 @@
+//! The README's run command: `fraudctl run` (what `scripts/run.sh` executes once it has built the
+//! binaries) starts the embedded broker, Redis, the scorer, the gateway and the drift job, sends
+//! traffic with a live summary, answers the README's request, and on Ctrl-C stops every process it
+//! started.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Waits until a line of `lines` satisfies `pick`, and returns what it picked.
+fn wait_for_line<T>(lines: &Mutex<Vec<String>>, timeout: Duration, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = lines.lock().unwrap().iter().find_map(|l| pick(l)) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {what} within {timeout:?}; fraudctl run printed:\n{}", lines.lock().unwrap().join("\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The processes `pid` started, as (pid, name).
+fn children(pid: u32) -> Vec<(u32, String)> {
+    let out = Command::new("pgrep").args(["-l", "-P", &pid.to_string()]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(p, n)| (p.parse().unwrap(), n.to_string())))
+        .collect()
+}
+
+/// The counter `name` (e.g. "approve") in a summary line: `... | approve 12 review 1 block 0 | ...`.
+fn count(line: &str, name: &str) -> u64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c_stops_all_it_started() {
+    let mut run = Command::new(env!("CARGO_BIN_EXE_fraudctl"))
+        .args(["run", "--gateway-port", &testkit::free_port().to_string()])
+        // Without a terminal the live summary is a line every 5 s.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("REDIS_URL")
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (stdout, lines) = (run.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| lines.lock().unwrap().push(l)))
+    };
+
+    let gateway = wait_for_line(&lines, Duration::from_secs(120), "gateway line", |l| {
+        l.strip_prefix("gateway  ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+    });
+    let started = children(run.id());
+    let mut names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["drift-job", "gateway", "redis-server", "scorer", "tansu"], "{started:?}");
+
+    // The README's request, as its curl sends it.
+    let http = reqwest::Client::new();
+    let readme = json!({"transaction_id": "txn_demo_001", "user_id": 12345, "amount": 149.99, "payment_method": "card", "merchant_id": "merchant_42"});
+    let answer = http.post(format!("{gateway}/v1/predict")).json(&readme).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let decision: Value = answer.json().await.unwrap();
+    assert_eq!(decision["transaction_id"], "txn_demo_001");
+    assert!(["approve", "review", "block"].contains(&decision["decision"].as_str().unwrap()), "{decision}");
+    for field in ["fraud_probability", "risk_level", "latency_ms", "model_version", "trace_id", "top_features", "degraded"] {
+        assert!(!decision[field].is_null(), "no {field} in {decision}");
+    }
+    assert_eq!(decision["degraded"], false, "features for user 12345 are loaded: {decision}");
+    // The same id for another payment is refused, naming the field.
+    let mut other = readme.clone();
+    other["amount"] = json!(150.0);
+    let conflict = http.post(format!("{gateway}/v1/predict")).json(&other).send().await.unwrap();
+    assert_eq!(conflict.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(conflict.text().await.unwrap().contains("amount"));
+    let looked_up: Value = http.get(format!("{gateway}/v1/decisions/txn_demo_001")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(looked_up["decision"], decision["decision"]);
+
+    // The traffic's live summary: payments decided, none pending or failed.
+    let summary = wait_for_line(&lines, Duration::from_secs(30), "summary with decisions", |l| {
+        (l.contains("| approve ") && count(l, "approve") + count(l, "review") + count(l, "block") > 0).then(|| l.to_string())
+    });
+    assert_eq!((count(&summary, "pending"), count(&summary, "errors")), (0, 0), "{summary}");
+
+    // Ctrl-C: everything it started stops, and so does it.
+    let status = Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = run.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "fraudctl run still running 60 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    let printed = lines.lock().unwrap().join("\n");
+    assert!(exit.success(), "{exit}; fraudctl run printed:\n{printed}");
+    assert!(printed.contains("stopping"), "{printed}");
+    for (pid, name) in &started {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name} ({pid}) still running after fraudctl run stopped");
+    }
+}
