@@ -354,6 +354,7 @@ fn traffic_config(shape: &TrafficShape, gateway: Option<String>, brokers: Option
         max_in_flight: shape.max_in_flight,
         label_delay: shape.label_delay.map(Duration::from_secs_f64),
         truth_file: shape.truth_file.clone(),
+        notices: None,
         run_id: format!("{:x}", schemas::now_millis()),
     }
 }
@@ -367,6 +368,8 @@ fn run_stack(args: RunArgs) -> Result<()> {
     let mut infra: Vec<Process> = Vec::new();
 
     let embedded_broker = args.brokers.is_none();
+    let notices = fraudctl::traffic::Notices::default();
+    let watch_stop = Arc::new(AtomicBool::new(false));
     let brokers = match args.brokers {
         Some(b) => {
             println!("kafka    {b} (KAFKA_BROKERS)");
@@ -374,7 +377,15 @@ fn run_stack(args: RunArgs) -> Result<()> {
         }
         None => {
             let port = stack::port(9092)?;
-            infra.push(stack::start_tansu(port, &log_dir)?);
+            let tansu = stack::start_tansu(port, &log_dir)?;
+            // Say so when the broker's growing cost starts to show, rather than let answers slow
+            // down unexplained.
+            let notices = notices.clone();
+            let every = Duration::from_secs(10);
+            stack::watch_cpu(tansu.pid(), every, watch_stop.clone(), stack::busy_broker_notice, move |line| {
+                notices.lock().unwrap_or_else(|p| p.into_inner()).push(line)
+            });
+            infra.push(tansu);
             println!("kafka    127.0.0.1:{port} — embedded Tansu broker, in-memory, for local use only: every record is gone when this stops");
             format!("127.0.0.1:{port}")
         }
@@ -442,6 +453,9 @@ fn run_stack(args: RunArgs) -> Result<()> {
             for s in services.iter_mut() {
                 s.check_running()?;
             }
+            for line in std::mem::take(&mut *notices.lock().unwrap_or_else(|p| p.into_inner())) {
+                println!("{line}");
+            }
         }
     } else {
         println!(
@@ -452,9 +466,11 @@ fn run_stack(args: RunArgs) -> Result<()> {
         let mut cfg = traffic_config(&args.shape, Some(gateway.clone()), Some(brokers.clone()));
         // Labels 10 s after each payment by default, so that model quality shows up locally.
         cfg.label_delay = cfg.label_delay.or(Some(Duration::from_secs(10)));
+        cfg.notices = Some(notices.clone());
         rt.block_on(fraudctl::traffic::run(cfg, stop.clone(), true))?;
     }
     println!("stopping");
+    watch_stop.store(true, Ordering::Relaxed);
     // Services first, then what they depend on.
     while let Some(s) = services.pop() {
         drop(s);

@@ -6,6 +6,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -184,6 +186,51 @@ pub fn start_redis(port: u16, log_dir: &Path) -> Result<Process> {
     Ok(p)
 }
 
+/// Share of a core above which `fraudctl run` tells that its embedded broker is getting slow:
+/// the broker's cost per fetch grows with what it holds (BENCHMARKS.md), and from about a core on,
+/// answers slow down and turn `202 pending`.
+pub const BUSY_BROKER: f64 = 0.9;
+
+/// The line `fraudctl run` prints once its embedded broker has used `share` of a core over the
+/// last interval, or `None` while it is below [`BUSY_BROKER`].
+pub fn busy_broker_notice(share: f64) -> Option<String> {
+    (share > BUSY_BROKER).then(|| {
+        format!(
+            "note     the embedded broker used {:.0} % of a core lately: it slows down as it fills (its fetches read through what it holds), so answers will get slower and then pending; restart fraudctl run for a fresh broker, lower --rate, or set KAFKA_BROKERS to use a real Kafka",
+            share * 100.0
+        )
+    })
+}
+
+/// Samples process `pid`'s CPU every `every` until `stop` is set or the process is gone, and
+/// hands the first line `judge` makes of a share of a core (`fraudctl run`:
+/// [`busy_broker_notice`]) to `notify`.
+pub fn watch_cpu(
+    pid: u32,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    judge: impl Fn(f64) -> Option<String> + Send + 'static,
+    notify: impl FnOnce(String) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let pid = pid.to_string();
+        let (mut cpu, mut at) = (cpu_seconds(&pid).unwrap_or(0.0), Instant::now());
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100).min(every));
+            if at.elapsed() < every {
+                continue;
+            }
+            let Ok(now_cpu) = cpu_seconds(&pid) else { return };
+            let share = (now_cpu - cpu) / at.elapsed().as_secs_f64();
+            if let Some(line) = judge(share) {
+                notify(line);
+                return;
+            }
+            (cpu, at) = (now_cpu, Instant::now());
+        }
+    })
+}
+
 /// Waits until something accepts connections on `port`; `running` fails when the process that
 /// should listen there has exited.
 pub fn wait_for_port(port: u16, what: &str, mut running: impl FnMut() -> Result<()>) -> Result<()> {
@@ -217,5 +264,34 @@ mod tests {
             }
         }
         assert!(resident_bytes("no-such-process").is_err());
+    }
+
+    #[test]
+    fn the_busy_broker_notice_starts_above_its_threshold() {
+        assert_eq!(busy_broker_notice(0.0), None);
+        assert_eq!(busy_broker_notice(BUSY_BROKER), None);
+        let line = busy_broker_notice(1.23).unwrap();
+        assert!(line.contains("123 % of a core") && line.contains("restart fraudctl run"), "{line}");
+    }
+
+    /// A process spinning on a core is reported; one that sleeps is not. (The bar is low: the
+    /// tests share two cores with the other tests' brokers and services.)
+    #[test]
+    fn the_cpu_watch_tells_a_busy_process_from_an_idle_one() {
+        let watch = |script: &str, wait: Duration| {
+            let mut child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let judge = |share: f64| (share > 0.2).then(|| format!("busy: {share:.2}"));
+            let watcher = watch_cpu(child.id(), Duration::from_secs(1), stop.clone(), judge, move |line| tx.send(line).unwrap());
+            let line = rx.recv_timeout(wait).ok();
+            stop.store(true, Ordering::Relaxed);
+            watcher.join().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            line
+        };
+        assert!(watch("while :; do :; done", Duration::from_secs(10)).is_some_and(|l| l.starts_with("busy: ")));
+        assert_eq!(watch("exec sleep 30", Duration::from_secs(3)), None);
     }
 }

@@ -37,7 +37,12 @@ pub struct TrafficConfig {
     pub label_delay: Option<Duration>,
     /// Append each payment's ground truth to this file (for `fraudctl labels`).
     pub truth_file: Option<std::path::PathBuf>,
+    /// Lines from elsewhere (`fraudctl run`'s broker watch) to print above the live summary.
+    pub notices: Option<Notices>,
 }
+
+/// Lines waiting to be printed by the traffic loop, which owns the terminal's live line.
+pub type Notices = Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Counters the summary line is made of.
 #[derive(Default)]
@@ -202,6 +207,14 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
                 });
             }
             (_, None, None) => anyhow::bail!("nowhere to send traffic: give --gateway or --brokers"),
+        }
+        if let Some(notices) = &cfg.notices {
+            for line in std::mem::take(&mut *notices.lock().unwrap_or_else(|p| p.into_inner())) {
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None => println!("{line}"),
+                }
+            }
         }
         match &bar {
             Some(bar) if last_print.elapsed() >= Duration::from_millis(500) => {

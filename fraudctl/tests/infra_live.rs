@@ -133,6 +133,7 @@ fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
         run_id: unique("live"),
         label_delay: Some(Duration::from_secs(1)),
         truth_file: None,
+        notices: None,
     };
     let stats = rt.block_on(fraudctl::traffic::run(cfg, Arc::new(AtomicBool::new(false)), false)).unwrap();
     assert!(stats.http_ok.load(std::sync::atomic::Ordering::Relaxed) > 1000);
