@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message};
+use telemetry::kafka::LoggingContext;
 
 use drift_job::engine::{Engine, EngineConfig};
 use drift_job::metrics::DriftMetrics;
@@ -116,7 +117,7 @@ fn main() -> Result<()> {
         signal_stop.store(true, Ordering::Relaxed);
     });
 
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<LoggingContext> = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", &args.group_id)
         .set("isolation.level", "read_committed")
@@ -132,14 +133,14 @@ fn main() -> Result<()> {
         // broker"), and the scorer and the gateway's reader need that broker quick.
         .set("fetch.wait.max.ms", "500")
         .set("fetch.min.bytes", "1048576")
-        .create()
+        .create_with_context(LoggingContext::default())
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    let producer: ThreadedProducer<LoggingContext> = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
-        .create()
+        .create_with_context(LoggingContext::default())
         .context("creating the Kafka producer")?;
     readiness.set(true);
     tracing::info!("drift-job ready");

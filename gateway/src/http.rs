@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use telemetry::kafka::LoggingContext;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -48,7 +49,7 @@ pub fn openapi_document(limits: &TransactionLimits) -> String {
 pub const TRACERESPONSE: &str = "traceresponse";
 
 pub struct AppState {
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<LoggingContext>,
     pub board: Arc<DecisionBoard>,
     pub metrics: GatewayMetrics,
     pub limits: TransactionLimits,

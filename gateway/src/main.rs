@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
+use telemetry::kafka::LoggingContext;
 
 use gateway::config::GatewayArgs;
 use gateway::decisions::DecisionBoard;
@@ -24,6 +25,7 @@ async fn main() -> Result<()> {
     tracing::info!(
         listen = %args.listen,
         brokers = %args.brokers,
+        kafka_config = %telemetry::config::show_key_values(&args.kafka_config),
         decision_deadline_ms = args.decision_deadline_ms,
         decisions_fetch_wait_ms = args.decisions_fetch_wait_ms,
         produce_timeout_ms = args.produce_timeout_ms,
@@ -55,7 +57,7 @@ async fn main() -> Result<()> {
     for (k, v) in &args.kafka_config {
         producer_cfg.set(k, v);
     }
-    let producer: FutureProducer = producer_cfg.create().context("creating the Kafka producer")?;
+    let producer: FutureProducer<LoggingContext> = producer_cfg.create_with_context(LoggingContext::default()).context("creating the Kafka producer")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let reader_ready = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,7 @@ use opentelemetry::trace::TraceContextExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use telemetry::kafka::LoggingContext;
 
 use schemas::Decision;
 
@@ -53,7 +54,7 @@ pub fn spawn(
     }
     // Tells when the recall window has been read (readiness waits for it): not overridable.
     client.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = client.create()?;
+    let consumer: BaseConsumer<LoggingContext> = client.create_with_context(LoggingContext::default())?;
     let handle = std::thread::Builder::new().name("decisions-reader".into()).spawn(move || {
         let mut assigned: HashSet<i32> = HashSet::new();
         // Partitions of the first assignment not yet read to their end.
@@ -119,7 +120,7 @@ pub fn spawn(
 /// Assigns partitions not yet followed: `recall` back from now on start-up (at the end when it
 /// is zero, or when the broker cannot look offsets up by time), from their beginning when they
 /// appear later (they are new, so everything in them is news).
-fn follow_new_partitions(consumer: &BaseConsumer, topic: &str, recall: Duration, assigned: &mut HashSet<i32>) {
+fn follow_new_partitions(consumer: &BaseConsumer<LoggingContext>, topic: &str, recall: Duration, assigned: &mut HashSet<i32>) {
     let md = match consumer.fetch_metadata(Some(topic), Duration::from_secs(2)) {
         Ok(md) => md,
         Err(e) => {
@@ -153,7 +154,7 @@ fn follow_new_partitions(consumer: &BaseConsumer, topic: &str, recall: Duration,
 
 /// `tpl`'s partitions at the first offset written `recall` ago or later; as given when the broker
 /// cannot say.
-fn recall_from(consumer: &BaseConsumer, tpl: TopicPartitionList, recall: Duration) -> TopicPartitionList {
+fn recall_from(consumer: &BaseConsumer<LoggingContext>, tpl: TopicPartitionList, recall: Duration) -> TopicPartitionList {
     let since = schemas::now_millis() - recall.as_millis() as i64;
     let mut at = TopicPartitionList::new();
     for e in tpl.elements() {

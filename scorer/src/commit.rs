@@ -28,6 +28,7 @@ pub struct DeliveryContext {
     /// A failed batch fails all its records at once (an aborted transaction purges them all): one
     /// line a second, with how many were left out, instead of one per record.
     warnings: telemetry::logs::Throttle,
+    logs: telemetry::kafka::KafkaLogs,
 }
 
 impl Default for DeliveryContext {
@@ -39,6 +40,7 @@ impl Default for DeliveryContext {
             lock: Mutex::default(),
             reached: Condvar::default(),
             warnings: telemetry::logs::Throttle::per_second(),
+            logs: telemetry::kafka::KafkaLogs::default(),
         }
     }
 }
@@ -69,7 +71,15 @@ impl DeliveryContext {
     }
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();

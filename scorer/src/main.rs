@@ -27,6 +27,7 @@ fn main() -> Result<()> {
     let transactional_id = args.transactional_id.clone().unwrap_or_else(|| format!("fraudstream-scorer-{}", hostname()));
     tracing::info!(
         brokers = %args.brokers,
+        kafka_config = %telemetry::config::show_key_values(&args.kafka_config),
         group_id = %args.group_id,
         transactional_id = %transactional_id,
         delivery = ?args.delivery,

@@ -110,9 +110,18 @@ pub struct PipelineContext {
     assigned: AtomicBool,
     lag: prometheus::IntGaugeVec,
     gate: Arc<CommitGate>,
+    logs: telemetry::kafka::KafkaLogs,
 }
 
 impl ClientContext for PipelineContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(&error, reason);
+    }
+
     fn stats(&self, stats: rdkafka::Statistics) {
         // The high watermark comes from fetch responses (right even where ListOffsets is not);
         // lag is measured to the application's position, because offsets are committed through
@@ -302,6 +311,7 @@ impl Pipeline {
                 assigned: AtomicBool::new(false),
                 lag: metrics.consumer_lag.clone(),
                 gate: Arc::clone(&gate),
+                logs: telemetry::kafka::KafkaLogs::default(),
             })
             .context("creating the Kafka consumer")?;
         let producer: ThreadedProducer<DeliveryContext> =

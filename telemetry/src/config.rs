@@ -20,6 +20,13 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// `key=value` settings joined for printing, with the values of secret-looking keys (password,
+/// secret, token) masked: `fetch.wait.max.ms=50,sasl.password=***`.
+pub fn show_key_values(settings: &[(String, String)]) -> String {
+    let secret = |k: &str| ["password", "secret", "token"].iter().any(|s| k.to_ascii_lowercase().contains(s));
+    settings.iter().map(|(k, v)| if secret(k) { format!("{k}=***") } else { format!("{k}={v}") }).collect::<Vec<_>>().join(",")
+}
+
 /// This machine's name, for default instance ids.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -39,6 +46,9 @@ mod tests {
         assert_eq!(mask_url("redis://default:hunter2@redis:6379/0"), "redis://default:***@redis:6379/0");
         assert_eq!(mask_url("redis://token@redis:6379"), "redis://***@redis:6379");
         assert_eq!(mask_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let settings = [kv("fetch.wait.max.ms", "50"), kv("sasl.password", "hunter2"), kv("sasl.oauthbearer.client.secret", "s3"), kv("linger.ms", "1")];
+        assert_eq!(show_key_values(&settings), "fetch.wait.max.ms=50,sasl.password=***,sasl.oauthbearer.client.secret=***,linger.ms=1");
     }
 
     #[test]

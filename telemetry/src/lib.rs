@@ -1,8 +1,9 @@
 //! Telemetry start-up shared by every fraudstream service: JSON logs on stdout, OpenTelemetry
 //! traces over OTLP with W3C context in Kafka and HTTP headers, the Prometheus registry and its
-//! histogram buckets, and the operational HTTP routes (metrics, health).
+//! histogram buckets, the operational HTTP routes (metrics, health), and librdkafka's own logs.
 
 pub mod config;
+pub mod kafka;
 pub mod logs;
 pub mod metrics;
 pub mod ops;

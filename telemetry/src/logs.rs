@@ -148,7 +148,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::layer::SubscriberExt;
@@ -168,6 +168,18 @@ mod tests {
         }
     }
 
+    /// The JSON lines written while `f` runs, at every level, as the services write them.
+    pub(crate) fn capture(f: impl FnOnce()) -> Vec<String> {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(SpanFieldsLayer)
+            .with(tracing_subscriber::fmt::layer().event_format(JsonLines).with_writer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
     #[test]
     fn throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
         let t = Throttle::new(std::time::Duration::from_secs(3600));
@@ -181,20 +193,13 @@ mod tests {
 
     #[test]
     fn lines_are_json_with_span_ids_and_without_pii() {
-        let buf = Buffer::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::registry()
-            .with(SpanFieldsLayer)
-            .with(tracing_subscriber::fmt::layer().event_format(JsonLines).with_writer(move || writer.clone()));
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = capture(|| {
             let span = tracing::info_span!("request", trace_id = "0af7651916cd43dd8448eb211c80319c", span_id = "b7ad6b7169203331");
             let _g = span.enter();
             tracing::info!(transaction_id = "txn-4111111111111111", amount = 149.99, note = "card 4111 1111 1111 1111 from jane@example.com", "decision made");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 1, "{text}");
-        let v: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v: Value = serde_json::from_str(&lines[0]).unwrap();
         assert_eq!(v["level"], "INFO");
         assert_eq!(v["message"], "decision made");
         assert_eq!(v["trace_id"], "0af7651916cd43dd8448eb211c80319c");

@@ -1,0 +1,111 @@
+//! librdkafka's own log lines and error events in the service's logs.
+//!
+//! librdkafka reports trouble it handles itself — a broker connection refused or lost, a request
+//! timed out, all brokers down — through its log callback and its error events, not through the
+//! calls the services make. These go to the JSON logs with target `librdkafka`, so that an operator
+//! sees why a service is slow or not ready. While a broker is down the same failure comes many
+//! times a second (from every client of the process), so each kind is written at most once a
+//! second with how many were left out.
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::logs::Throttle;
+
+/// The throttled log lines and error events of one librdkafka client.
+#[derive(Debug)]
+pub struct KafkaLogs {
+    lines: Throttle,
+    errors: Throttle,
+}
+
+impl Default for KafkaLogs {
+    fn default() -> Self {
+        Self { lines: Throttle::per_second(), errors: Throttle::per_second() }
+    }
+}
+
+impl KafkaLogs {
+    /// A log line from librdkafka (`facility` is its subsystem, e.g. `FAIL`, `REQTMOUT`).
+    pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // Debug lines (the `debug` setting) are for someone who asked for them: never held back.
+        if matches!(level, RDKafkaLogLevel::Debug) {
+            tracing::debug!(target: "librdkafka", facility, "{message}");
+            return;
+        }
+        let Some(suppressed) = self.lines.allow() else { return };
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, suppressed, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, suppressed, "{message}"),
+            _ => tracing::info!(target: "librdkafka", facility, suppressed, "{message}"),
+        }
+    }
+
+    /// An error event: something the client will retry or recover from on its own, or a fatal
+    /// error (which the calls the service makes then return as well).
+    pub fn error(&self, error: &KafkaError, reason: &str) {
+        // A consumer asked to be told when it reaches the end of a partition: news, not trouble.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        if let Some(suppressed) = self.errors.allow() {
+            tracing::warn!(target: "librdkafka", %error, suppressed, "{reason}");
+        }
+    }
+}
+
+/// A client context that only sends librdkafka's logs and errors to the service's logs, for
+/// clients that need nothing else from their context.
+#[derive(Debug, Default)]
+pub struct LoggingContext(KafkaLogs);
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.0.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(&error, reason);
+    }
+}
+
+impl ConsumerContext for LoggingContext {}
+
+/// Delivery reports are left to the caller (a `FutureProducer`'s futures, or nothing).
+impl ProducerContext for LoggingContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_one_line_a_second_debug_lines_are_all_kept_and_partition_ends_are_not_errors() {
+        let logs = KafkaLogs::default();
+        let lines = crate::logs::tests::capture(|| {
+            // First, so that only its own filter can keep it out.
+            logs.error(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF), "Fetch from broker 111 reached end of partition at offset 0");
+            for _ in 0..100 {
+                logs.log(RDKafkaLogLevel::Error, "FAIL", "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused");
+                logs.error(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
+            }
+            for i in 0..3 {
+                logs.log(RDKafkaLogLevel::Debug, "FETCH", &format!("fetch {i}"));
+            }
+        });
+        let of = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+        assert_eq!(of("Connection refused"), 1, "{lines:#?}");
+        assert_eq!(of("brokers are down"), 1, "{lines:#?}");
+        assert_eq!(of("\"fetch "), 3, "{lines:#?}");
+        assert_eq!(of("end of partition"), 0, "{lines:#?}");
+        assert!(lines.iter().all(|l| l.contains("\"target\":\"librdkafka\"")), "{lines:#?}");
+    }
+}
