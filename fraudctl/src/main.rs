@@ -418,9 +418,18 @@ fn run_stack(args: RunArgs) -> Result<()> {
         // DECISIONS_FETCH_WAIT_MS, when set, is left to the gateway.
         gateway_args.extend(["--decisions-fetch-wait-ms".to_string(), "50".to_string()]);
     }
+    let mut scorer_args = vec!["--listen".to_string(), format!("127.0.0.1:{scorer_port}")];
+    if embedded_broker && std::env::var_os("SCORER_KAFKA_CONFIG").is_none() {
+        // The embedded broker answers a fetch with no records at all when reading through what
+        // the partition holds takes longer than the fetch's wait: past some ten thousand
+        // records, the scorer's 10 ms would starve it for good while its lag grows. 50 ms costs
+        // nothing measurable at the default rate (BENCHMARKS.md). SCORER_KAFKA_CONFIG, when set,
+        // is left to the scorer.
+        scorer_args.extend(["--kafka-config".to_string(), "fetch.wait.max.ms=50".to_string()]);
+    }
     let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];
     let mut services = vec![
-        Process::spawn("scorer", &stack::sibling("scorer")?, &["--listen".into(), format!("127.0.0.1:{scorer_port}")], &log_dir, &env)?,
+        Process::spawn("scorer", &stack::sibling("scorer")?, &scorer_args, &log_dir, &env)?,
         Process::spawn("gateway", &stack::sibling("gateway")?, &gateway_args, &log_dir, &env)?,
         Process::spawn(
             "drift-job",

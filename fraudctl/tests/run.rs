@@ -49,6 +49,7 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
         .stderr(Stdio::inherit())
         .env_remove("KAFKA_BROKERS")
         .env_remove("REDIS_URL")
+        .env_remove("SCORER_KAFKA_CONFIG")
         .spawn()
         .unwrap();
     let lines = Arc::new(Mutex::new(Vec::new()));
@@ -60,6 +61,13 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
     let gateway = wait_for_line(&lines, Duration::from_secs(120), "gateway line", |l| {
         l.strip_prefix("gateway  ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
     });
+    // The embedded broker answers a fetch with nothing when reading the partition takes longer
+    // than the fetch's wait: the scorer gets a wait that keeps it fed as the broker fills.
+    let logs = wait_for_line(&lines, Duration::from_secs(5), "logs line", |l| {
+        l.strip_prefix("logs     ").and_then(|rest| rest.strip_suffix("/*.log")).map(std::path::PathBuf::from)
+    });
+    let scorer_start = std::fs::read_to_string(logs.join("scorer.log")).unwrap();
+    assert!(scorer_start.contains(r#""kafka_config":"fetch.wait.max.ms=50""#), "{scorer_start}");
     let started = children(run.id());
     let mut names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
     names.sort_unstable();
