@@ -16,6 +16,9 @@ if [[ ! -x $OHA_ROOT/bin/oha ]]; then
 fi
 cargo build --release --locked -p fraudctl -p scorer -p gateway -p drift-job >&2
 rates=("$@"); ((${#rates[@]})) || rates=(500 1000 2000)
+# The scorer as it runs in production (10 ms fetch wait), not the 50 ms fetch wait `fraudctl run`
+# gives it on the embedded broker for long local sessions; runs here are short, on a fresh broker.
+export SCORER_KAFKA_CONFIG=${SCORER_KAFKA_CONFIG-fetch.wait.max.ms=10}
 duration=${DURATION:-20s}
 work=$(mktemp -d)
 stack_pid=
