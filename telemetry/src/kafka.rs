@@ -4,8 +4,8 @@
 //! timed out, all brokers down — through its log callback and its error events, not through the
 //! calls the services make. These go to the JSON logs with target `librdkafka`, so that an operator
 //! sees why a service is slow or not ready. While a broker is down the same failure comes many
-//! times a second (from every client of the process), so each kind is written at most once a
-//! second with how many were left out.
+//! times a second (from every client of the process), so each client writes at most one log line
+//! and one error event a second, with how many were left out.
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
