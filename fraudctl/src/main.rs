@@ -382,9 +382,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
             // down unexplained.
             let notices = notices.clone();
             let every = Duration::from_secs(10);
-            stack::watch_cpu(tansu.pid(), every, watch_stop.clone(), stack::busy_broker_notice, move |line| {
-                notices.lock().unwrap_or_else(|p| p.into_inner()).push(line)
-            });
+            stack::watch_cpu(tansu.pid(), every, watch_stop.clone(), stack::busy_broker_notice, move |line| notices.push(line));
             infra.push(tansu);
             println!("kafka    127.0.0.1:{port} — embedded Tansu broker, in-memory, for local use only: every record is gone when this stops");
             format!("127.0.0.1:{port}")
@@ -411,20 +409,21 @@ fn run_stack(args: RunArgs) -> Result<()> {
     let scorer_port = stack::port(9101)?;
     let drift_port = stack::port(9102)?;
     let gateway_port = stack::port(args.gateway_port)?;
+    // A setting `fraudctl run` picks for the embedded broker, unless the variable that sets it
+    // is in the environment (then it is left to the service).
+    let embedded_default = |var: &str| embedded_broker && std::env::var_os(var).is_none();
     let mut gateway_args = vec!["--listen".to_string(), format!("127.0.0.1:{gateway_port}")];
-    if embedded_broker && std::env::var_os("DECISIONS_FETCH_WAIT_MS").is_none() {
+    if embedded_default("DECISIONS_FETCH_WAIT_MS") {
         // The embedded broker's fetch cost grows with the data it holds: fewer empty fetches from
         // the gateway's decisions reader keep it answering several times longer (BENCHMARKS.md).
-        // DECISIONS_FETCH_WAIT_MS, when set, is left to the gateway.
         gateway_args.extend(["--decisions-fetch-wait-ms".to_string(), "50".to_string()]);
     }
     let mut scorer_args = vec!["--listen".to_string(), format!("127.0.0.1:{scorer_port}")];
-    if embedded_broker && std::env::var_os("SCORER_KAFKA_CONFIG").is_none() {
+    if embedded_default("SCORER_KAFKA_CONFIG") {
         // The embedded broker answers a fetch with no records at all when reading through what
         // the partition holds takes longer than the fetch's wait: past some ten thousand
         // records, the scorer's 10 ms would starve it for good while its lag grows. 50 ms costs
-        // nothing measurable at the default rate (BENCHMARKS.md). SCORER_KAFKA_CONFIG, when set,
-        // is left to the scorer.
+        // nothing measurable at the default rate (BENCHMARKS.md).
         scorer_args.extend(["--kafka-config".to_string(), "fetch.wait.max.ms=50".to_string()]);
     }
     let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];
@@ -462,7 +461,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
             for s in services.iter_mut() {
                 s.check_running()?;
             }
-            for line in std::mem::take(&mut *notices.lock().unwrap_or_else(|p| p.into_inner())) {
+            for line in notices.take() {
                 println!("{line}");
             }
         }

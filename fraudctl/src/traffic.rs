@@ -41,8 +41,21 @@ pub struct TrafficConfig {
     pub notices: Option<Notices>,
 }
 
-/// Lines waiting to be printed by the traffic loop, which owns the terminal's live line.
-pub type Notices = Arc<std::sync::Mutex<Vec<String>>>;
+/// Lines waiting to be printed by whoever owns the terminal (the traffic loop's live line, or
+/// `fraudctl run` without traffic); clones share the lines.
+#[derive(Debug, Clone, Default)]
+pub struct Notices(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Notices {
+    pub fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    /// The lines pushed since the last call, oldest first.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 /// Counters the summary line is made of.
 #[derive(Default)]
@@ -208,24 +221,24 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
             }
             (_, None, None) => anyhow::bail!("nowhere to send traffic: give --gateway or --brokers"),
         }
-        if let Some(notices) = &cfg.notices {
-            for line in std::mem::take(&mut *notices.lock().unwrap_or_else(|p| p.into_inner())) {
+        let due = match &bar {
+            Some(_) => last_print.elapsed() >= Duration::from_millis(500),
+            None => live && last_print.elapsed() >= Duration::from_secs(5),
+        };
+        if due {
+            // Notices from elsewhere go above the summary, when it is written.
+            for line in cfg.notices.iter().flat_map(Notices::take) {
                 match &bar {
                     Some(bar) => bar.println(line),
                     None => println!("{line}"),
                 }
             }
-        }
-        match &bar {
-            Some(bar) if last_print.elapsed() >= Duration::from_millis(500) => {
-                bar.set_message(stats.summary(started.elapsed()));
-                last_print = Instant::now();
+            let summary = stats.summary(started.elapsed());
+            match &bar {
+                Some(bar) => bar.set_message(summary),
+                None => println!("{summary}"),
             }
-            None if live && last_print.elapsed() >= Duration::from_secs(5) => {
-                println!("{}", stats.summary(started.elapsed()));
-                last_print = Instant::now();
-            }
-            _ => {}
+            last_print = Instant::now();
         }
     }
     // Let answers in flight come back.
