@@ -79,6 +79,10 @@ impl ClientContext for DeliveryContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.logs.error(&error, reason);
     }
+
+    /// The producer's statistics (when `statistics.interval.ms` comes with the overrides both
+    /// clients get) are not used; rdkafka would log each report whole.
+    fn stats_raw(&self, _statistics: &[u8]) {}
 }
 
 impl ProducerContext for DeliveryContext {

@@ -98,6 +98,7 @@ fn main() -> Result<()> {
     cfg.session_timeout_ms = args.session_timeout_ms;
     cfg.limits = TransactionLimits { max_amount: args.max_amount };
     cfg.kafka_overrides = args.kafka_config;
+    cfg.stall_after = Duration::from_secs(args.stall_after_s);
     let mut pipeline = Pipeline::new(cfg, scorer, store, metrics).context("connecting to Kafka")?;
     // Ready for traffic (`/health/ready`) once the group assigns partitions, a few seconds later.
     tracing::info!("scorer ready");

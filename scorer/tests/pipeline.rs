@@ -346,6 +346,54 @@ fn a_broker_stalled_mid_stream_loses_nothing_and_the_scorer_carries_on() {
     assert!(undelivered <= 40, "{undelivered} lines for undelivered records");
 }
 
+/// This broker answers a fetch with no records when it cannot read the partition within the
+/// fetch's wait; with no wait at all that is every fetch, so the scorer starves while its records
+/// wait — as a scorer with a short wait does on a large partition. It says so, and counts the
+/// partition as stalled; a scorer with a wait the broker can meet decides everything and says
+/// nothing of the kind.
+#[test]
+fn a_scorer_whose_fetches_come_back_empty_says_its_partitions_are_stalled() {
+    let stack = Stack::start(1);
+    let p = stack.producer();
+    let txs = payments(40, "starved");
+    // One record per batch, as the gateway sends them.
+    for (t, _) in &txs {
+        p.send_transactions(topics::TRANSACTIONS, [t]);
+        p.flush();
+    }
+    let quick_stats = ["--kafka-config", "statistics.interval.ms=500", "--stall-after-s", "2"];
+
+    let port = free_port();
+    let mut starved = stack.scorer_on(port, "a", &[&quick_stats[..], &["--kafka-config", "fetch.wait.max.ms=0"]].concat());
+    starved.wait_for_log("partition stalled", Duration::from_secs(60));
+    let logs = starved.logs();
+    let line = logs.lines().find(|l| l.contains("partition stalled")).unwrap();
+    let fields: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(fields["level"], "WARN", "{line}");
+    assert_eq!(fields["topic"], topics::TRANSACTIONS, "{line}");
+    assert_eq!(fields["partition"], 0, "{line}");
+    assert_eq!(fields["position"], 0, "{line}");
+    // The partition's end as this broker gives it: the last batch's first offset (39), where
+    // Apache Kafka gives the end itself (40).
+    assert!((39..=40).contains(&fields["waiting"].as_i64().unwrap()), "{line}");
+    assert_eq!(fields["fetch_wait_ms"], "0", "{line}");
+    assert!(fields["stalled_s"].as_u64().unwrap() >= 2, "{line}");
+    assert_eq!(logs.matches("partition stalled").count(), 1, "once per stall:\n{logs}");
+    assert!(!logs.contains("Client stats"), "the producer's statistics are not logged");
+    let metrics = testkit::scrape(port);
+    assert_eq!(testkit::sample(&metrics, "scorer_records_total"), 0.0, "the scorer really was starved");
+    assert_eq!(testkit::sample(&metrics, "kafka_consumer_stalled_partitions"), 1.0);
+    starved.signal("TERM");
+    assert_eq!(starved.wait(Duration::from_secs(30)), Some(0));
+
+    let port = free_port();
+    let fed = stack.scorer_on(port, "a", &quick_stats);
+    assert_eq!(decisions(&stack.read(topics::DECISIONS, txs.len(), 60)).len(), txs.len());
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!fed.logs().contains("partition stalled"), "{}", fed.logs());
+    assert_eq!(testkit::sample(&testkit::scrape(port), "kafka_consumer_stalled_partitions"), 0.0);
+}
+
 /// Streams `n` transactions at a steady rate, stops the scorer with `signal` while they are
 /// still flowing, restarts it, and returns (decisions by id, duplicates, transactions).
 fn interrupted_run(signal: &str, n: usize, delivery: &str) -> (HashMap<String, Decision>, usize, Vec<Transaction>) {

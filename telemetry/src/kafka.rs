@@ -76,6 +76,10 @@ impl ClientContext for LoggingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.0.error(&error, reason);
     }
+
+    /// Statistics (if `statistics.interval.ms` is among a service's overrides) are not used;
+    /// rdkafka would log each report whole.
+    fn stats_raw(&self, _statistics: &[u8]) {}
 }
 
 impl ConsumerContext for LoggingContext {}
