@@ -5,7 +5,8 @@
 //! calls the services make. These go to the JSON logs with target `librdkafka`, so that an operator
 //! sees why a service is slow or not ready. While a broker is down the same failure comes many
 //! times a second (from every client of the process), so each client writes at most one log line
-//! and one error event a second, with how many were left out.
+//! a second per librdkafka facility and one error event a second per error code, with how many of
+//! that kind were left out: a second trouble starting meanwhile still gets its line.
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -14,18 +15,19 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::logs::Throttle;
+use crate::logs::KeyedThrottle;
 
-/// The throttled log lines and error events of one librdkafka client.
+/// The throttled log lines (per facility) and error events (per error code) of one librdkafka
+/// client.
 #[derive(Debug)]
 pub struct KafkaLogs {
-    lines: Throttle,
-    errors: Throttle,
+    lines: KeyedThrottle,
+    errors: KeyedThrottle,
 }
 
 impl Default for KafkaLogs {
     fn default() -> Self {
-        Self { lines: Throttle::per_second(), errors: Throttle::per_second() }
+        Self { lines: KeyedThrottle::per_second(), errors: KeyedThrottle::per_second() }
     }
 }
 
@@ -40,7 +42,7 @@ impl KafkaLogs {
             tracing::debug!(target: "librdkafka", facility, "{message}");
             return;
         }
-        let Some(suppressed) = self.lines.allow() else { return };
+        let Some(suppressed) = self.lines.allow(facility) else { return };
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility, suppressed, "{message}")
@@ -57,7 +59,8 @@ impl KafkaLogs {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
             return;
         }
-        if let Some(suppressed) = self.errors.allow() {
+        let code = error.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+        if let Some(suppressed) = self.errors.allow(&code) {
             tracing::warn!(target: "librdkafka", %error, suppressed, "{reason}");
         }
     }
@@ -100,9 +103,14 @@ mod tests {
         let lines = crate::logs::tests::capture(|| {
             // First, so that only its own filter can keep it out.
             logs.error(&KafkaError::Global(RDKafkaErrorCode::PartitionEOF), "Fetch from broker 111 reached end of partition at offset 0");
-            for _ in 0..100 {
+            for i in 0..100 {
                 logs.log(RDKafkaLogLevel::Error, "FAIL", "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused");
                 logs.error(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
+                // Another trouble in the same second, amid the first one's repeats.
+                if i == 50 {
+                    logs.log(RDKafkaLogLevel::Warning, "REQTMOUT", "127.0.0.1:9092/111: Timed out ProduceRequest in flight (after 800ms, timeout #0)");
+                    logs.error(&KafkaError::Global(RDKafkaErrorCode::MessageTimedOut), "1 message timed out");
+                }
             }
             for i in 0..3 {
                 logs.log(RDKafkaLogLevel::Debug, "FETCH", &format!("fetch {i}"));
@@ -112,6 +120,8 @@ mod tests {
         let of = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
         assert_eq!(of("Connection refused"), 1, "{lines:#?}");
         assert_eq!(of("brokers are down"), 1, "{lines:#?}");
+        assert_eq!(of("Timed out ProduceRequest"), 1, "{lines:#?}");
+        assert_eq!(of("message timed out"), 1, "{lines:#?}");
         assert_eq!(of("\"fetch "), 3, "{lines:#?}");
         assert_eq!(of("end of partition"), 0, "{lines:#?}");
         let ignored: Vec<&String> = lines.iter().filter(|l| l.contains("will be ignored")).collect();

@@ -75,12 +75,31 @@ const IDENTIFIERS: &[&str] = &["timestamp", "trace_id", "span_id", "transaction_
 #[derive(Debug)]
 pub struct Throttle {
     every: std::time::Duration,
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    state: std::sync::Mutex<Gate>,
+}
+
+/// One throttled kind of line: when it was last written, and how many were held back since.
+#[derive(Debug, Default)]
+struct Gate {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Gate {
+    fn allow(&mut self, every: std::time::Duration) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < every) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 impl Throttle {
     pub fn new(every: std::time::Duration) -> Self {
-        Self { every, state: std::sync::Mutex::new((None, 0)) }
+        Self { every, state: std::sync::Mutex::new(Gate::default()) }
     }
 
     /// At most one line a second: what a warning about a per-record or per-poll trouble gets.
@@ -90,15 +109,40 @@ impl Throttle {
 
     /// `Some(suppressed since the last line)` when a line may be written now.
     pub fn allow(&self) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if s.0.is_some_and(|last| now.duration_since(last) < self.every) {
-            s.1 += 1;
-            return None;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).allow(self.every)
+    }
+}
+
+/// A [`Throttle`] per kind of line (e.g. a client library's subsystem or error code), so that one
+/// trouble repeating does not hide another that starts meanwhile. Kinds past the first
+/// [`KeyedThrottle::MAX_KINDS`] share one throttle, which keeps the memory bounded whatever the
+/// keys.
+#[derive(Debug)]
+pub struct KeyedThrottle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<std::collections::HashMap<String, Gate>>,
+}
+
+impl KeyedThrottle {
+    pub const MAX_KINDS: usize = 64;
+
+    pub fn new(every: std::time::Duration) -> Self {
+        Self { every, state: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// At most one line a second per kind.
+    pub fn per_second() -> Self {
+        Self::new(std::time::Duration::from_secs(1))
+    }
+
+    /// `Some(lines of this kind suppressed since its last line)` when one may be written now.
+    pub fn allow(&self, kind: &str) -> Option<u64> {
+        let mut gates = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = gates.get_mut(kind) {
+            return gate.allow(self.every);
         }
-        let suppressed = s.1;
-        *s = (Some(now), 0);
-        Some(suppressed)
+        let key = if gates.len() < Self::MAX_KINDS - 1 { kind } else { "" };
+        gates.entry(key.to_string()).or_default().allow(self.every)
     }
 }
 
@@ -189,6 +233,29 @@ pub(crate) mod tests {
         let t2 = Throttle::new(std::time::Duration::ZERO);
         assert_eq!(t2.allow(), Some(0));
         assert_eq!(t2.allow(), Some(0));
+        let t3 = Throttle::new(std::time::Duration::from_millis(30));
+        assert_eq!(t3.allow(), Some(0));
+        assert_eq!((t3.allow(), t3.allow()), (None, None));
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(t3.allow(), Some(2), "the next line says how many were held back");
+        assert_eq!(t3.allow(), None);
+    }
+
+    #[test]
+    fn keyed_throttle_holds_back_each_kind_on_its_own_and_bounds_the_kinds() {
+        let t = KeyedThrottle::new(std::time::Duration::from_secs(3600));
+        assert_eq!(t.allow("FAIL"), Some(0));
+        assert_eq!(t.allow("FAIL"), None);
+        assert_eq!(t.allow("REQTMOUT"), Some(0), "another kind is not hidden by the first");
+        assert_eq!(t.allow("REQTMOUT"), None);
+        // Past the bound, new kinds share one throttle: one line for all of them.
+        for i in 2..KeyedThrottle::MAX_KINDS - 1 {
+            assert_eq!(t.allow(&format!("kind{i}")), Some(0));
+        }
+        assert_eq!(t.allow("late1"), Some(0));
+        assert_eq!(t.allow("late2"), None);
+        assert_eq!(t.allow("FAIL"), None, "known kinds keep their own");
+        assert!(t.state.lock().unwrap().len() <= KeyedThrottle::MAX_KINDS);
     }
 
     #[test]
