@@ -42,6 +42,10 @@ pub struct GatewayArgs {
     /// look offsets up by time (the embedded test broker) it reads the topic from its start.
     #[arg(long, env = "DECISIONS_RECALL_SECONDS", default_value_t = 300)]
     pub decisions_recall_seconds: u64,
+    /// Warn when a partition of decisions has records waiting this long, in seconds, without the
+    /// reader fetching any (checked at each librdkafka statistics report, every 5 s).
+    #[arg(long, env = "KAFKA_STALL_AFTER_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_after_s: u64,
     /// Extra librdkafka settings for both clients, `key=value`, repeatable (env: comma-separated).
     #[arg(long = "kafka-config", env = "GATEWAY_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_config: Vec<(String, String)>,

@@ -67,6 +67,7 @@ async fn main() -> Result<()> {
             topic: args.decisions_topic.clone(),
             fetch_wait_ms: args.decisions_fetch_wait_ms,
             recall: Duration::from_secs(args.decisions_recall_seconds),
+            stall_after: Duration::from_secs(args.stall_after_s),
             overrides: args.kafka_config.clone(),
         },
         board.clone(),

@@ -14,6 +14,7 @@ pub struct GatewayMetrics {
     pub waiting: IntGauge,
     pub repeated: IntCounter,
     pub errors: IntCounterVec,
+    pub stalled_partitions: IntGauge,
     pub build_info: IntGauge,
 }
 
@@ -75,6 +76,11 @@ impl GatewayMetrics {
                 .expect("valid metric"),
             ),
             errors,
+            stalled_partitions: register(
+                r,
+                IntGauge::new("kafka_consumer_stalled_partitions", "Partitions of decisions whose records wait while the decisions reader has fetched none of them for --stall-after-s.")
+                    .expect("valid metric"),
+            ),
             build_info,
         }
     }

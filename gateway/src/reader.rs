@@ -27,6 +27,8 @@ pub struct ReaderConfig {
     pub fetch_wait_ms: u32,
     /// How far back to start on start-up; zero: at the end.
     pub recall: Duration,
+    /// A partition whose decisions wait this long without the reader moving is logged.
+    pub stall_after: Duration,
     pub overrides: Vec<(String, String)>,
 }
 
@@ -48,13 +50,21 @@ pub fn spawn(
         .set("isolation.level", "read_committed")
         // Decisions are waited on by requests: fetch as soon as anything is there.
         .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
-        .set("fetch.min.bytes", "1");
+        .set("fetch.min.bytes", "1")
+        // Positions for stall detection.
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &cfg.overrides {
         client.set(k, v);
     }
+    let stalls = telemetry::stall::Stalls::new(
+        cfg.stall_after,
+        metrics.stalled_partitions.clone(),
+        client.get("fetch.wait.max.ms").unwrap_or("500"),
+        "give the decisions reader a longer wait, e.g. DECISIONS_FETCH_WAIT_MS=50",
+    );
     // Tells when the recall window has been read (readiness waits for it): not overridable.
     client.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<LoggingContext> = client.create_with_context(LoggingContext::default())?;
+    let consumer: BaseConsumer<LoggingContext> = client.create_with_context(LoggingContext::watching(stalls))?;
     let handle = std::thread::Builder::new().name("decisions-reader".into()).spawn(move || {
         let mut assigned: HashSet<i32> = HashSet::new();
         // Partitions of the first assignment not yet read to their end.
@@ -77,6 +87,7 @@ pub fn spawn(
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+            consumer.context().check_stalls(&consumer);
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(partition))) => {

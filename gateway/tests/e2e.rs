@@ -469,6 +469,44 @@ async fn a_stalled_broker_is_a_quick_503_and_a_record_that_lands_late_is_counted
     assert_eq!(ids, want, "one business event per transaction");
 }
 
+/// This broker answers a fetch with no records when it cannot read the partition within the
+/// fetch's wait; with no wait at all that is every fetch of the decisions reader (as with a short
+/// wait on large partitions). Every answer is then pending although the scorer decides; the
+/// gateway says which partitions stall and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decisions_reader_whose_fetches_come_back_empty_says_its_partitions_are_stalled() {
+    let stack = Stack::start();
+    let _scorer = stack.scorer();
+    let starved = [
+        "--decision-deadline-ms", "300", "--decisions-recall-seconds", "0", "--stall-after-s", "2",
+        "--kafka-config", "fetch.wait.max.ms=0", "--kafka-config", "statistics.interval.ms=500",
+    ];
+    let mut gw = stack.gateway(&starved);
+    gw.service.wait_for_log("following decisions", Duration::from_secs(30));
+    let mut g = Generator::new(SEED, Drift::None, unique("starved-reader"));
+    let mut pending = 0;
+    for user in 0..8 {
+        let tx = g.payment(&Generator::user(SEED, user), 1_764_000_000_000).transaction;
+        let (status, body) = gw.predict(&seed_body(&tx)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        pending += 1;
+    }
+    let decided = read(&stack.broker.bootstrap(), topics::DECISIONS, pending, Duration::from_secs(30), Duration::from_secs(1));
+    assert_eq!(decided.len(), pending, "the scorer decides; the gateway does not see it");
+
+    gw.service.wait_for_log("partition stalled", Duration::from_secs(60));
+    let logs = gw.service.logs();
+    let line = logs.lines().find(|l| l.contains("partition stalled")).unwrap();
+    let fields: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(fields["level"], "WARN", "{line}");
+    assert_eq!(fields["topic"], topics::DECISIONS, "{line}");
+    assert_eq!(fields["fetch_wait_ms"], "0", "{line}");
+    assert!(fields["waiting"].as_i64().unwrap() >= 1, "{line}");
+    assert!(fields["remedy"].as_str().unwrap().contains("DECISIONS_FETCH_WAIT_MS"), "{line}");
+    let metrics = gw.metrics().await;
+    assert!(testkit::sample(&metrics, "kafka_consumer_stalled_partitions") >= 1.0, "{metrics}");
+}
+
 /// A gateway started after others decided transactions reads the last minutes of `decisions`
 /// before it reports ready: a retry of a transaction decided before it started gets that
 /// decision without being published again, and lookups find it. With no recall window it knows

@@ -59,7 +59,7 @@ pub struct ScorerArgs {
     pub review_above_amount: f64,
     /// Warn when a partition's records wait this long, in seconds, without the scorer fetching or
     /// taking any of them (checked at each librdkafka statistics report, every 5 s).
-    #[arg(long, env = "SCORER_STALL_AFTER_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "KAFKA_STALL_AFTER_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_after_s: u64,
     /// Consumer group session timeout, in ms.
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]

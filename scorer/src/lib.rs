@@ -13,7 +13,6 @@ pub mod rules;
 pub mod runtime;
 pub mod scoring;
 pub mod spans;
-pub mod stall;
 pub mod store;
 
 pub use card::ModelCard;

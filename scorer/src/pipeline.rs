@@ -33,7 +33,6 @@ use crate::features::UserLookup;
 use crate::metrics::ScorerMetrics;
 use crate::scoring::Scorer;
 use crate::spans::{BatchSpans, RecordSource, SpanNaming};
-use crate::stall::{Change, StallWatch};
 use crate::store::FeatureStore;
 
 /// How outputs and input offsets are tied together.
@@ -113,10 +112,7 @@ pub struct PipelineContext {
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: AtomicBool,
     lag: prometheus::IntGaugeVec,
-    stalls: Mutex<StallWatch>,
-    stalled: prometheus::IntGauge,
-    /// The consumer's `fetch.wait.max.ms`, named in stall warnings.
-    fetch_wait_ms: String,
+    stalls: telemetry::stall::Stalls,
     gate: Arc<CommitGate>,
     logs: telemetry::kafka::KafkaLogs,
 }
@@ -136,8 +132,6 @@ impl ClientContext for PipelineContext {
         // the producer's transactions, which librdkafka's own `consumer_lag` does not see.
         // Only partitions this consumer currently fetches; revoked ones leave the gauge.
         self.lag.reset();
-        let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition < 0 || !p.desired {
@@ -147,13 +141,9 @@ impl ClientContext for PipelineContext {
                 if lag >= 0 {
                     self.lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(lag);
                 }
-                if let Some(Change::Resumed { stalled_for }) = stalls.record(topic, *partition, p.next_offset, p.app_offset, now) {
-                    tracing::info!(topic = topic.as_str(), partition, stalled_s = stalled_for.as_secs(), "partition moving again");
-                }
             }
         }
-        stalls.sweep();
-        self.stalled.set(stalls.stalled() as i64);
+        self.stalls.on_stats(&stats);
     }
 }
 
@@ -325,9 +315,12 @@ impl Pipeline {
                 revoked: Mutex::new(Vec::new()),
                 assigned: AtomicBool::new(false),
                 lag: metrics.consumer_lag.clone(),
-                stalls: Mutex::new(StallWatch::new(cfg.stall_after)),
-                stalled: metrics.stalled_partitions.clone(),
-                fetch_wait_ms: consumer_cfg.get("fetch.wait.max.ms").unwrap_or("500").to_string(),
+                stalls: telemetry::stall::Stalls::new(
+                    cfg.stall_after,
+                    metrics.stalled_partitions.clone(),
+                    consumer_cfg.get("fetch.wait.max.ms").unwrap_or("500"),
+                    "raise the scorer's fetch wait, e.g. SCORER_KAFKA_CONFIG=fetch.wait.max.ms=50",
+                ),
                 gate: Arc::clone(&gate),
                 logs: telemetry::kafka::KafkaLogs::default(),
             })
@@ -371,15 +364,11 @@ impl Pipeline {
     pub fn run(&mut self, stop: &AtomicBool, readiness: &telemetry::ops::Readiness) -> Result<(), StepError> {
         // A lasting failure (a missing output topic, a broker gone) retries ten times a second.
         let retry_lines = telemetry::logs::Throttle::per_second();
-        let mut stall_check = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if !readiness.is_ready() && self.has_assignment() {
                 readiness.set(true);
             }
-            if stall_check.elapsed() >= Duration::from_secs(1) {
-                stall_check = Instant::now();
-                self.check_stalls();
-            }
+            self.consumer.context().stalls.check(&self.consumer);
             match self.step() {
                 Ok(_) => {}
                 Err(StepError::Retry(reason)) => {
@@ -396,40 +385,6 @@ impl Pipeline {
         }
         self.close();
         Ok(())
-    }
-
-    /// Asks the broker for the end of each partition the statistics show unmoved for a while, and
-    /// warns of those with records beyond the position. Nothing is being consumed from a suspect,
-    /// so the request's round trip costs the loop nothing.
-    fn check_stalls(&self) {
-        let ctx = self.consumer.context();
-        let suspects = ctx.stalls.lock().unwrap_or_else(|p| p.into_inner()).suspects(Instant::now());
-        for s in suspects {
-            // On brokers whose ListOffsets answers with the last batch's first offset rather than
-            // the partition's end (Tansu), this is a lower bound: enough to tell records wait.
-            let end = match self.consumer.fetch_watermarks(&s.topic, s.partition, Duration::from_secs(2)) {
-                Ok((_, high)) => high,
-                Err(e) => {
-                    tracing::debug!(topic = s.topic.as_str(), partition = s.partition, error = %e, "cannot read the partition's end");
-                    continue;
-                }
-            };
-            let mut stalls = ctx.stalls.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(Change::Stalled { waiting, stalled_for }) = stalls.confirm(&s.topic, s.partition, end, Instant::now()) {
-                ctx.stalled.set(stalls.stalled() as i64);
-                tracing::warn!(
-                    topic = s.topic.as_str(),
-                    partition = s.partition,
-                    position = s.position,
-                    waiting,
-                    stalled_s = stalled_for.as_secs(),
-                    fetch_wait_ms = ctx.fetch_wait_ms.as_str(),
-                    "partition stalled: records wait but none has been fetched for a while; fetches may be coming \
-                     back empty (a broker that cannot read the partition within fetch.wait.max.ms answers with \
-                     nothing: raise it, e.g. SCORER_KAFKA_CONFIG=fetch.wait.max.ms=50)"
-                );
-            }
-        }
     }
 
     /// Leaves the consumer group so that partitions move to other scorers at once.

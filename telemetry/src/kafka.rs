@@ -10,12 +10,13 @@
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::logs::KeyedThrottle;
+use crate::stall::Stalls;
 
 /// The throttled log lines (per facility) and error events (per error code) of one librdkafka
 /// client.
@@ -66,23 +67,49 @@ impl KafkaLogs {
     }
 }
 
-/// A client context that only sends librdkafka's logs and errors to the service's logs, for
-/// clients that need nothing else from their context.
+/// A client context that sends librdkafka's logs and errors to the service's logs and, for a
+/// consumer built [`LoggingContext::watching`] its partitions, feeds its statistics to stall
+/// detection; for clients that need nothing else from their context.
 #[derive(Debug, Default)]
-pub struct LoggingContext(KafkaLogs);
+pub struct LoggingContext {
+    logs: KafkaLogs,
+    stalls: Option<Stalls>,
+}
+
+impl LoggingContext {
+    /// A consumer's context that also watches its partitions for stalls: the consumer needs
+    /// `statistics.interval.ms`, and its poll loop calls [`LoggingContext::check_stalls`].
+    pub fn watching(stalls: Stalls) -> Self {
+        Self { logs: KafkaLogs::default(), stalls: Some(stalls) }
+    }
+
+    /// See [`Stalls::check`]; nothing for a context that does not watch.
+    pub fn check_stalls(&self, consumer: &BaseConsumer<Self>) {
+        if let Some(stalls) = &self.stalls {
+            stalls.check(consumer);
+        }
+    }
+}
 
 impl ClientContext for LoggingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.0.log(level, fac, log_message);
+        self.logs.log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(&error, reason);
+        self.logs.error(&error, reason);
     }
 
-    /// Statistics (if `statistics.interval.ms` is among a service's overrides) are not used;
-    /// rdkafka would log each report whole.
-    fn stats_raw(&self, _statistics: &[u8]) {}
+    /// Statistics feed stall detection where there is one, and are not used otherwise (if
+    /// `statistics.interval.ms` is among a service's overrides; rdkafka would log each report
+    /// whole).
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Some(stalls) = &self.stalls else { return };
+        match serde_json::from_slice::<rdkafka::Statistics>(statistics) {
+            Ok(stats) => stalls.on_stats(&stats),
+            Err(e) => tracing::debug!(target: "kafka", error = %e, "unreadable librdkafka statistics"),
+        }
+    }
 }
 
 impl ConsumerContext for LoggingContext {}

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod ops;
 pub mod otlp;
 pub mod scrub;
+pub mod stall;
 pub mod trace;
 
 use tracing_subscriber::EnvFilter;

@@ -1,16 +1,20 @@
-//! Partitions whose records wait while the consumer does not move.
+//! Partitions whose records wait while a consumer does not move.
 //!
-//! Consumer lag rises with traffic and falls as the scorer catches up. A partition whose fetch
+//! Consumer lag rises with traffic and falls as a consumer catches up. A partition whose fetch
 //! position and application position both stand still while records wait in it is something
 //! else: every fetch coming back empty (a broker that cannot read the partition within the
 //! consumer's `fetch.wait.max.ms` answers with nothing, every time, and tells nothing of the
 //! partition's end either), a paused partition, a consumer that lost its fetch session. The
 //! statistics reports give each partition's positions; a partition that has not moved for a while
-//! is a suspect, and the scorer asks the broker for its end (a `ListOffsets` request, once per
-//! suspect and period) to tell a stalled partition from an idle one.
+//! is a suspect, and the consumer's own loop asks the broker for its end (a `ListOffsets` request,
+//! once per suspect and period) to tell a stalled partition from an idle one. [`Stalls`] does
+//! both for a consumer and says what it finds in the logs and in a gauge.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
 /// What changed for a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +115,90 @@ impl StallWatch {
     /// How many partitions are stalled now.
     pub fn stalled(&self) -> usize {
         self.partitions.values().filter(|w| w.stalled).count()
+    }
+}
+
+/// Stall detection for one consumer: fed by its statistics reports (`statistics.interval.ms`
+/// must be set), checked from its poll loop, logged with target `kafka` and counted in a gauge.
+#[derive(Debug)]
+pub struct Stalls {
+    watch: Mutex<StallWatch>,
+    gauge: prometheus::IntGauge,
+    /// The consumer's `fetch.wait.max.ms`, named in warnings.
+    fetch_wait_ms: String,
+    /// What an operator can do, for the warning: the service's setting for a longer fetch wait.
+    remedy: &'static str,
+    last_check: Mutex<Option<Instant>>,
+}
+
+impl Stalls {
+    /// Partitions unmoved for `after` while records wait are reported; `gauge` counts them.
+    pub fn new(after: Duration, gauge: prometheus::IntGauge, fetch_wait_ms: impl Into<String>, remedy: &'static str) -> Self {
+        Self { watch: Mutex::new(StallWatch::new(after)), gauge, fetch_wait_ms: fetch_wait_ms.into(), remedy, last_check: Mutex::new(None) }
+    }
+
+    fn watch(&self) -> std::sync::MutexGuard<'_, StallWatch> {
+        self.watch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A statistics report: the positions of the partitions the consumer fetches.
+    pub fn on_stats(&self, stats: &rdkafka::Statistics) {
+        let now = Instant::now();
+        let mut watch = self.watch();
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || !p.desired {
+                    continue;
+                }
+                if let Some(Change::Resumed { stalled_for }) = watch.record(topic, *partition, p.next_offset, p.app_offset, now) {
+                    tracing::info!(target: "kafka", topic = topic.as_str(), partition, stalled_s = stalled_for.as_secs(), "partition moving again");
+                }
+            }
+        }
+        watch.sweep();
+        self.gauge.set(watch.stalled() as i64);
+    }
+
+    /// From the consumer's poll loop: at most once a second, asks the broker for the end of each
+    /// suspect and warns of those with records beyond the position. Nothing is being consumed
+    /// from a suspect, so the requests' round trips cost the loop nothing it would have done.
+    pub fn check<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
+        {
+            let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let suspects = self.watch().suspects(Instant::now());
+        for s in suspects {
+            // On brokers whose ListOffsets answers with the last batch's first offset rather than
+            // the partition's end (Tansu), this is a lower bound: enough to tell records wait.
+            let end = match consumer.fetch_watermarks(&s.topic, s.partition, Duration::from_secs(2)) {
+                Ok((_, high)) => high,
+                Err(e) => {
+                    tracing::debug!(target: "kafka", topic = s.topic.as_str(), partition = s.partition, error = %e, "cannot read the partition's end");
+                    continue;
+                }
+            };
+            let mut watch = self.watch();
+            if let Some(Change::Stalled { waiting, stalled_for }) = watch.confirm(&s.topic, s.partition, end, Instant::now()) {
+                self.gauge.set(watch.stalled() as i64);
+                tracing::warn!(
+                    target: "kafka",
+                    topic = s.topic.as_str(),
+                    partition = s.partition,
+                    position = s.position,
+                    waiting,
+                    stalled_s = stalled_for.as_secs(),
+                    fetch_wait_ms = self.fetch_wait_ms.as_str(),
+                    remedy = self.remedy,
+                    "partition stalled: records wait but none has been fetched for a while; fetches may be coming \
+                     back empty (a broker that cannot read the partition within fetch.wait.max.ms answers with \
+                     nothing): see remedy"
+                );
+            }
+        }
     }
 }
 
