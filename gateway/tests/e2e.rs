@@ -478,7 +478,9 @@ async fn a_decisions_reader_whose_fetches_come_back_empty_says_its_partitions_ar
     let stack = Stack::start();
     let _scorer = stack.scorer();
     let starved = [
-        "--decision-deadline-ms", "300", "--decisions-recall-seconds", "0", "--stall-after-s", "2",
+        // Never ready (its reader never catches up), so the first publish may meet a producer
+        // still starting: a generous produce timeout.
+        "--decision-deadline-ms", "300", "--produce-timeout-ms", "10000", "--decisions-recall-seconds", "0", "--stall-after-s", "2",
         "--kafka-config", "fetch.wait.max.ms=0", "--kafka-config", "statistics.interval.ms=500",
     ];
     let mut gw = stack.gateway(&starved);
