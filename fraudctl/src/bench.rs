@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use schemas::topics;
 
-use crate::stack::{self, Process};
+use crate::stack::{self, Process, metric};
 use crate::synth::{Drift, Generator};
 
 pub struct ScorerBench {
@@ -121,10 +121,6 @@ impl Measured {
     pub fn cpu_per_100k(&self) -> f64 {
         self.cpu_seconds * 100_000.0 / self.records as f64
     }
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Runs the sequence; `stop` (Ctrl-C) ends it early with an error, its processes stopped.
@@ -302,16 +298,5 @@ impl Sample {
         self.spans_exported += metric(text, "telemetry_spans_exported_total").unwrap_or(0.0);
         self.spans_dropped +=
             text.lines().filter(|l| l.starts_with("telemetry_spans_dropped_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_a_metric_value() {
-        let text = "# HELP x\nscorer_records_total 1500\nprocess_cpu_seconds_total 2.5\nscorer_records_total_other 9\n";
-        assert_eq!(super::metric(text, "scorer_records_total"), Some(1500.0));
-        assert_eq!(super::metric(text, "process_cpu_seconds_total"), Some(2.5));
-        assert_eq!(super::metric(text, "missing"), None);
     }
 }

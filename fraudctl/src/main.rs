@@ -447,6 +447,12 @@ fn run_stack(args: RunArgs) -> Result<()> {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the gateway and scorer were not ready within 60 s; logs in {}", log_dir.display());
         std::thread::sleep(Duration::from_millis(200));
     }
+    if embedded_broker {
+        // A consumer this broker starves says so in its log and metrics; say it here too.
+        let watched = [("scorer", scorer_port), ("gateway", gateway_port)].map(|(name, port)| (name.to_string(), port, log_dir.join(format!("{name}.log"))));
+        let notices = notices.clone();
+        rt.spawn(stack::watch_stalls(watched.to_vec(), Duration::from_secs(10), watch_stop.clone(), move |line| notices.push(line)));
+    }
     println!("gateway  {gateway} — POST /v1/predict, GET /v1/decisions/{{id}}, /openapi.json, /metrics");
     println!("scorer   http://127.0.0.1:{scorer_port}/metrics");
     println!("drift    http://127.0.0.1:{drift_port}/metrics (feature_psi every {} s, model_performance from labels)", args.drift_window);

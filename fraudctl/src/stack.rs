@@ -231,6 +231,42 @@ pub fn watch_cpu(
     })
 }
 
+/// The value of an unlabelled sample `name` in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// The line `fraudctl run` prints the first time `service` (whose log is `log`) reports
+/// `partitions` stalled partitions.
+pub fn stalled_notice(service: &str, partitions: f64, log: &Path) -> String {
+    format!(
+        "note     the {service} fetches nothing from {partitions} partition(s) where records wait (`partition stalled` in {}): this broker answers a fetch with no records when reading through the partition takes longer than the fetch's wait; restart fraudctl run for a fresh broker, lower --rate, or set KAFKA_BROKERS to use a real Kafka",
+        log.display()
+    )
+}
+
+/// Reads `kafka_consumer_stalled_partitions` from each service's /metrics (`(name, port, log)`)
+/// every `every` until `stop` is set, and pushes [`stalled_notice`] to `notify` the first time a
+/// service has any.
+pub async fn watch_stalls(services: Vec<(String, u16, PathBuf)>, every: Duration, stop: Arc<AtomicBool>, notify: impl Fn(String)) {
+    let http = reqwest::Client::new();
+    let mut told = vec![false; services.len()];
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        for ((name, port, log), told) in services.iter().zip(told.iter_mut()) {
+            if *told {
+                continue;
+            }
+            let Ok(answer) = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await else { continue };
+            let Ok(text) = answer.text().await else { continue };
+            if let Some(n) = metric(&text, "kafka_consumer_stalled_partitions").filter(|n| *n > 0.0) {
+                notify(stalled_notice(name, n, log));
+                *told = true;
+            }
+        }
+    }
+}
+
 /// Waits until something accepts connections on `port`; `running` fails when the process that
 /// should listen there has exited.
 pub fn wait_for_port(port: u16, what: &str, mut running: impl FnMut() -> Result<()>) -> Result<()> {
@@ -264,6 +300,14 @@ mod tests {
             }
         }
         assert!(resident_bytes("no-such-process").is_err());
+    }
+
+    #[test]
+    fn reads_a_metric_value() {
+        let text = "# HELP x\nscorer_records_total 1500\nprocess_cpu_seconds_total 2.5\nscorer_records_total_other 9\n";
+        assert_eq!(metric(text, "scorer_records_total"), Some(1500.0));
+        assert_eq!(metric(text, "process_cpu_seconds_total"), Some(2.5));
+        assert_eq!(metric(text, "missing"), None);
     }
 
     #[test]

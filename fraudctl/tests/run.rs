@@ -6,8 +6,9 @@
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -40,23 +41,62 @@ fn count(line: &str, name: &str) -> u64 {
     words.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok()).unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c_stops_all_it_started() {
-    let mut run = Command::new(env!("CARGO_BIN_EXE_fraudctl"))
-        .args(["run", "--gateway-port", &testkit::free_port().to_string()])
+/// A running `fraudctl run`, the lines it prints, and the lock that keeps other tests' runs from
+/// starting meanwhile (a run takes the ports it prefers when they are free: two starting at once
+/// would pick the same ones).
+struct Run {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: JoinHandle<()>,
+    _one_at_a_time: std::fs::File,
+}
+
+/// `fraudctl run` with its embedded broker and Redis and `env` added.
+fn start_run(env: &[(&str, &str)]) -> Run {
+    let lock = std::fs::File::create(std::env::temp_dir().join("fraudstream-run-test.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fraudctl"));
+    cmd.args(["run", "--gateway-port", &testkit::free_port().to_string()])
         // Without a terminal the live summary is a line every 5 s.
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .env_remove("KAFKA_BROKERS")
-        .env_remove("REDIS_URL")
-        .env_remove("SCORER_KAFKA_CONFIG")
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    for var in ["KAFKA_BROKERS", "REDIS_URL", "SCORER_KAFKA_CONFIG", "KAFKA_STALL_AFTER_S"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let mut run = cmd.spawn().unwrap();
     let lines = Arc::new(Mutex::new(Vec::new()));
     let reader = {
         let (stdout, lines) = (run.stdout.take().unwrap(), lines.clone());
         std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| lines.lock().unwrap().push(l)))
     };
+    Run { child: run, lines, reader, _one_at_a_time: lock }
+}
+
+/// Ctrl-C, and what `fraudctl run` printed once it has exited (successfully, else it panics).
+fn ctrl_c(run: Run) -> String {
+    let Run { child: mut run, lines, reader, _one_at_a_time } = run;
+    let status = Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = run.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "fraudctl run still running 60 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    let printed = lines.lock().unwrap().join("\n");
+    assert!(exit.success(), "{exit}; fraudctl run printed:\n{printed}");
+    assert!(printed.contains("stopping"), "{printed}");
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c_stops_all_it_started() {
+    let run = start_run(&[]);
+    let lines = run.lines.clone();
 
     let gateway = wait_for_line(&lines, Duration::from_secs(120), "gateway line", |l| {
         l.strip_prefix("gateway  ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
@@ -68,7 +108,7 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
     });
     let scorer_start = std::fs::read_to_string(logs.join("scorer.log")).unwrap();
     assert!(scorer_start.contains(r#""kafka_config":"fetch.wait.max.ms=50""#), "{scorer_start}");
-    let started = children(run.id());
+    let started = children(run.child.id());
     let mut names: Vec<&str> = started.iter().map(|(_, n)| n.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["drift-job", "gateway", "redis-server", "scorer", "tansu"], "{started:?}");
@@ -101,21 +141,25 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
     assert_eq!((count(&summary, "pending"), count(&summary, "errors")), (0, 0), "{summary}");
 
     // Ctrl-C: everything it started stops, and so does it.
-    let status = Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = run.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "fraudctl run still running 60 s after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    reader.join().unwrap();
-    let printed = lines.lock().unwrap().join("\n");
-    assert!(exit.success(), "{exit}; fraudctl run printed:\n{printed}");
-    assert!(printed.contains("stopping"), "{printed}");
+    let printed = ctrl_c(run);
+    assert!(!printed.contains("fetches nothing"), "{printed}");
     for (pid, name) in &started {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name} ({pid}) still running after fraudctl run stopped");
     }
+}
+
+/// A scorer this broker starves (here: no fetch wait at all, which it never meets) leaves every
+/// payment pending; `fraudctl run` says why, where to look and what to do.
+#[test]
+fn a_run_whose_scorer_starves_says_so() {
+    let run = start_run(&[("SCORER_KAFKA_CONFIG", "fetch.wait.max.ms=0,statistics.interval.ms=500"), ("KAFKA_STALL_AFTER_S", "2")]);
+    let lines = run.lines.clone();
+    let logs = wait_for_line(&lines, Duration::from_secs(120), "logs line", |l| l.strip_prefix("logs     ").and_then(|rest| rest.strip_suffix("/*.log")).map(str::to_string));
+    let note = wait_for_line(&lines, Duration::from_secs(60), "note of the stalled scorer", |l| {
+        l.starts_with("note     the scorer fetches nothing from").then(|| l.to_string())
+    });
+    assert!(note.contains(&format!("{logs}/scorer.log")), "{note}");
+    assert!(note.contains("restart fraudctl run"), "{note}");
+    let printed = ctrl_c(run);
+    assert_eq!(printed.matches("note     the scorer fetches nothing").count(), 1, "said once:\n{printed}");
 }
