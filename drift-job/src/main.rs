@@ -50,6 +50,14 @@ struct Args {
     /// group faster).
     #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u32,
+    /// Extra librdkafka settings for both clients (e.g. `security.protocol`, `sasl.*`),
+    /// `key=value`, repeatable (env: comma-separated).
+    #[arg(long = "kafka-config", env = "DRIFT_KAFKA_CONFIG", value_delimiter = ',', value_parser = telemetry::config::parse_key_value)]
+    kafka_config: Vec<(String, String)>,
+    /// Warn when a partition's records wait this long, in seconds, without the job fetching any
+    /// (checked at each librdkafka statistics report, every 5 s).
+    #[arg(long, env = "KAFKA_STALL_AFTER_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    stall_after_s: u64,
     #[arg(long, env = "DRIFT_LISTEN", default_value = "0.0.0.0:9102")]
     listen: std::net::SocketAddr,
     #[arg(long, env = "DECISIONS_TOPIC", default_value = topics::DECISIONS)]
@@ -66,6 +74,7 @@ fn main() -> Result<()> {
     telemetry::init_logging("drift-job");
     tracing::info!(
         brokers = %args.brokers,
+        kafka_config = %telemetry::config::show_key_values(&args.kafka_config),
         group_id = %args.group_id,
         model_cards = ?args.model_cards,
         window_seconds = args.window_seconds,
@@ -117,7 +126,8 @@ fn main() -> Result<()> {
         signal_stop.store(true, Ordering::Relaxed);
     });
 
-    let consumer: BaseConsumer<LoggingContext> = ClientConfig::new()
+    let mut consumer_cfg = ClientConfig::new();
+    consumer_cfg
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", &args.group_id)
         .set("isolation.level", "read_committed")
@@ -133,15 +143,25 @@ fn main() -> Result<()> {
         // broker"), and the scorer and the gateway's reader need that broker quick.
         .set("fetch.wait.max.ms", "500")
         .set("fetch.min.bytes", "1048576")
-        .create_with_context(LoggingContext::default())
-        .context("creating the Kafka consumer")?;
+        // Positions for stall detection.
+        .set("statistics.interval.ms", "5000");
+    let mut producer_cfg = ClientConfig::new();
+    producer_cfg.set("bootstrap.servers", &args.brokers).set("enable.idempotence", "true").set("linger.ms", "20");
+    for (k, v) in &args.kafka_config {
+        consumer_cfg.set(k, v);
+        producer_cfg.set(k, v);
+    }
+    let stalls = telemetry::stall::Stalls::new(
+        Duration::from_secs(args.stall_after_s),
+        metrics.stalled_partitions.clone(),
+        consumer_cfg.get("fetch.wait.max.ms").unwrap_or("500"),
+        "give the drift job a longer wait, e.g. DRIFT_KAFKA_CONFIG=fetch.wait.max.ms=2000",
+    );
+    let consumer: BaseConsumer<LoggingContext> =
+        consumer_cfg.create_with_context(LoggingContext::watching(stalls)).context("creating the Kafka consumer")?;
     consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
-    let producer: ThreadedProducer<LoggingContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .create_with_context(LoggingContext::default())
-        .context("creating the Kafka producer")?;
+    let producer: ThreadedProducer<LoggingContext> =
+        producer_cfg.create_with_context(LoggingContext::default()).context("creating the Kafka producer")?;
     readiness.set(true);
     tracing::info!("drift-job ready");
 
@@ -149,6 +169,7 @@ fn main() -> Result<()> {
     // Per-record troubles come in floods (a broker gone, a bad producer): a line a second.
     let (error_lines, undecodable_lines) = (telemetry::logs::Throttle::per_second(), telemetry::logs::Throttle::per_second());
     while !stop.load(Ordering::Relaxed) {
+        consumer.context().check_stalls(&consumer);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => {

@@ -24,6 +24,7 @@ pub struct DriftMetrics {
     pub fraud_missed_usd: CounterVec,
     pub errors: IntCounterVec,
     pub duplicates: IntCounter,
+    pub stalled_partitions: IntGauge,
     pub build_info: IntGauge,
 }
 
@@ -87,6 +88,10 @@ impl DriftMetrics {
             false_positive_blocked_usd,
             fraud_missed_usd,
             errors,
+            stalled_partitions: register(
+                r,
+                IntGauge::new("kafka_consumer_stalled_partitions", "Partitions whose records wait while the drift job has fetched none of them for --stall-after-s.").expect("valid metric"),
+            ),
             duplicates: register(r, IntCounter::new("duplicate_decisions_total", "Decisions read for a transaction that already had one; the first is kept.").expect("valid metric")),
             build_info,
         }

@@ -155,3 +155,47 @@ fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
     assert!(precision > 0.2 && recall > 0.2, "{perf:?}");
     drop(scorer);
 }
+
+/// This broker answers a fetch with no records when it cannot read the partition within the
+/// fetch's wait; with no wait at all that is every fetch, so the drift job's windows and quality
+/// stop while labels and decisions wait. It says which partitions stall and what to do.
+#[test]
+fn a_drift_job_whose_fetches_come_back_empty_says_its_partitions_are_stalled() {
+    let (broker, _redis) = testkit::servers(1, 10, SEED);
+    let port = free_port();
+    let mut drift = Service::start(
+        "drift-job",
+        &[
+            "--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{port}"), "--group-id", &unique("drift"),
+            "--session-timeout-ms", "6000", "--stall-after-s", "2",
+            "--kafka-config", "fetch.wait.max.ms=0", "--kafka-config", "statistics.interval.ms=500",
+        ]
+        .map(String::from),
+        &[],
+    );
+    drift.wait_for_log("drift-job ready", Duration::from_secs(30));
+    // Labels keep coming, a record per batch, until the job says its partition of `labels`
+    // stalls: it starts at the end, wherever that is once the group has given it the partition.
+    let p = TestProducer::new(&broker.bootstrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    while !drift.logs().contains("partition stalled") {
+        assert!(Instant::now() < deadline, "no stall reported after {sent} labels:\n{}", drift.logs());
+        let label = Label { transaction_id: format!("starved-{sent}"), is_fraud: false, labelled_at: schemas::now_millis() };
+        p.send(topics::LABELS, Some(label.transaction_id.as_bytes()), &schemas::encode(&label).unwrap(), &[]);
+        p.flush();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = drift.logs();
+    let line = logs.lines().find(|l| l.contains("partition stalled")).unwrap();
+    let fields: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(fields["level"], "WARN", "{line}");
+    assert_eq!(fields["topic"], topics::LABELS, "{line}");
+    assert_eq!(fields["fetch_wait_ms"], "0", "{line}");
+    assert!(fields["waiting"].as_i64().unwrap() >= 1, "{line}");
+    assert!(fields["remedy"].as_str().unwrap().contains("DRIFT_KAFKA_CONFIG"), "{line}");
+    assert!(logs.contains(r#""kafka_config":"fetch.wait.max.ms=0,statistics.interval.ms=500""#), "overrides listed at start-up");
+    let metrics = testkit::scrape(port);
+    assert!(testkit::sample(&metrics, "kafka_consumer_stalled_partitions") >= 1.0, "{metrics}");
+}
