@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
 use serde::{Deserialize, Serialize};
 
@@ -68,10 +67,7 @@ pub struct LabelSink(ThreadedProducer<DefaultProducerContext>);
 impl LabelSink {
     pub fn new(brokers: &str) -> Result<Self> {
         Ok(Self(
-            ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "20")
+            crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20")])
                 .create()
                 .context("creating the labels producer")?,
         ))

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod broker_bench;
 pub mod features;
+pub mod kafka;
 pub mod labels;
 pub mod stack;
 pub mod synth;

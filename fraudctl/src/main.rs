@@ -14,6 +14,11 @@ use scorer::{ModelCard, Scorer, UserLookup};
 #[derive(Parser)]
 #[command(name = "fraudctl", version, about = "Operate fraudstream: demo scoring, features, traffic")]
 struct Cli {
+    /// librdkafka settings for every Kafka client fraudctl makes (what a cluster needs, e.g.
+    /// `security.protocol=ssl`), `key=value`, repeatable (env: comma-separated). The services
+    /// take theirs from SCORER_KAFKA_CONFIG, GATEWAY_KAFKA_CONFIG and DRIFT_KAFKA_CONFIG.
+    #[arg(long = "kafka-config", env = "FRAUDCTL_KAFKA_CONFIG", global = true, value_delimiter = ',', value_parser = telemetry::config::parse_key_value)]
+    kafka_config: Vec<(String, String)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -226,6 +231,7 @@ struct ScoreArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    fraudctl::kafka::set_overrides(cli.kafka_config);
     match cli.command {
         Command::Score(args) => score(args),
         Command::Topics(TopicsCommand::Create { brokers, partitions }) => {

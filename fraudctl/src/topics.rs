@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -21,7 +23,7 @@ pub fn standard(partitions: i32) -> Vec<(String, i32)> {
 /// Creates `topics` (name, partitions); topics that already exist are left as they are.
 pub async fn create(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+        crate::kafka::client(brokers, &[]).create().context("creating the Kafka admin client")?;
     let new: Vec<NewTopic<'_>> =
         topics.iter().map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

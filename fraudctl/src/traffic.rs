@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -129,10 +128,7 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
     let stats = Arc::new(TrafficStats::default());
     let producer: Option<FutureProducer> = match &cfg.brokers {
         Some(b) => Some(
-            ClientConfig::new()
-                .set("bootstrap.servers", b)
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "5")
+            crate::kafka::client(b, &[("enable.idempotence", "true"), ("linger.ms", "5")])
                 .create()
                 .context("creating the Kafka producer")?,
         ),
@@ -302,16 +298,19 @@ async fn produce(p: &FutureProducer, tx: &Transaction, stats: &TrafficStats) {
 /// Counts every decision appearing on `decisions` from now on (both paths), the first per
 /// transaction; later ones are counted as duplicates.
 fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "fraudctl-traffic")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        // Counts for a once-a-second summary: a fetch at most twice a second spares the broker
-        // (as in drift-job).
-        .set("fetch.wait.max.ms", "500")
-        .set("fetch.min.bytes", "1048576")
-        .create()?;
+    // Counts for a once-a-second summary: a fetch at most twice a second spares the broker (as in
+    // drift-job).
+    let consumer: BaseConsumer = crate::kafka::client(
+        brokers,
+        &[
+            ("group.id", "fraudctl-traffic"),
+            ("enable.auto.commit", "false"),
+            ("isolation.level", "read_committed"),
+            ("fetch.wait.max.ms", "500"),
+            ("fetch.min.bytes", "1048576"),
+        ],
+    )
+    .create()?;
     crate::topics::assign_all(&consumer, topics::DECISIONS, Offset::End, Duration::from_secs(5))?;
     Ok(std::thread::spawn(move || {
         let mut seen = schemas::FirstSeen::new(schemas::FirstSeen::DEFAULT_CAPACITY);

@@ -1,0 +1,31 @@
+//! `fraudctl --kafka-config` (FRAUDCTL_KAFKA_CONFIG): what a cluster needs reaches every Kafka
+//! client fraudctl makes, after the client's own settings.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::process::Command;
+
+fn fraudctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fraudctl")).args(args).env_remove("FRAUDCTL_KAFKA_CONFIG").env("RUST_BACKTRACE", "0").output().unwrap()
+}
+
+#[test]
+fn overrides_reach_the_clients_and_win_over_their_own_settings() {
+    let broker = testkit::Broker::start();
+    // The override names the real broker; the flag a port where nothing listens. Only an
+    // override applied last gets the topics created.
+    let out = fraudctl(&["--kafka-config", &format!("bootstrap.servers={}", broker.bootstrap()), "topics", "create", "--brokers", "127.0.0.1:1", "--partitions", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("topic transactions (1 partitions)"), "{stdout}");
+}
+
+#[test]
+fn an_unknown_setting_is_a_clear_error() {
+    let out = fraudctl(&["--kafka-config", "no.such.setting=1", "topics", "create", "--brokers", "127.0.0.1:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("creating the Kafka admin client") && stderr.contains("no.such.setting"), "{stderr}");
+    let out = fraudctl(&["topics", "create", "--kafka-config", "oops", "--brokers", "127.0.0.1:1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key=value"), "{}", String::from_utf8_lossy(&out.stderr));
+}
