@@ -26,8 +26,10 @@ pub async fn create(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<(
         crate::kafka::client(brokers, &[]).create().context("creating the Kafka admin client")?;
     let new: Vec<NewTopic<'_>> =
         topics.iter().map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1))).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &opts).await? {
+    // A broker that cannot be reached is an error within seconds, not after librdkafka's minute.
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).request_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&new, &opts).await.with_context(|| format!("creating topics on the Kafka brokers {brokers}"))?;
+    for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),

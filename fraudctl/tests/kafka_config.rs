@@ -29,3 +29,13 @@ fn an_unknown_setting_is_a_clear_error() {
     let out = fraudctl(&["topics", "create", "--kafka-config", "oops", "--brokers", "127.0.0.1:1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("key=value"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn brokers_that_cannot_be_reached_are_an_error_naming_them_not_a_hang() {
+    let started = std::time::Instant::now();
+    let out = fraudctl(&["topics", "create", "--brokers", "127.0.0.1:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("creating topics on the Kafka brokers 127.0.0.1:1"), "{stderr}");
+    println!("failed after {:?}: {stderr}", started.elapsed());
+}
