@@ -83,7 +83,12 @@ fn main() -> Result<()> {
         join_ttl_seconds = args.join_ttl_seconds,
         quality_window = args.quality_window,
         dedupe_ids = args.dedupe_ids,
+        session_timeout_ms = args.session_timeout_ms,
+        stall_after_s = args.stall_after_s,
         listen = %args.listen,
+        decisions_topic = %args.decisions_topic,
+        labels_topic = %args.labels_topic,
+        drift_reports_topic = %args.drift_reports_topic,
         "drift-job starting"
     );
     let mut references = Vec::new();

@@ -28,6 +28,8 @@ async fn main() -> Result<()> {
         kafka_config = %telemetry::config::show_key_values(&args.kafka_config),
         decision_deadline_ms = args.decision_deadline_ms,
         decisions_fetch_wait_ms = args.decisions_fetch_wait_ms,
+        decisions_recall_seconds = args.decisions_recall_seconds,
+        stall_after_s = args.stall_after_s,
         produce_timeout_ms = args.produce_timeout_ms,
         max_body_bytes = args.max_body_bytes,
         max_amount = args.max_amount,

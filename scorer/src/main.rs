@@ -34,14 +34,20 @@ fn main() -> Result<()> {
         redis_url = %mask_url(&args.redis_url),
         feature_key_prefix = %args.feature_key_prefix,
         redis_timeout_ms = args.redis_timeout_ms,
+        redis_backoff_ms = args.redis_backoff_ms,
         model_card = %args.model_card.display(),
+        model_intra_threads = args.model_intra_threads,
         max_batch = args.max_batch,
         repeat_window = args.repeat_window,
         max_amount = args.max_amount,
         review_above_amount = args.review_above_amount,
+        session_timeout_ms = args.session_timeout_ms,
+        stall_after_s = args.stall_after_s,
         listen = %args.listen,
         transactions_topic = %args.transactions_topic,
         decisions_topic = %args.decisions_topic,
+        business_events_topic = %args.business_events_topic,
+        dlq_topic = %args.dlq_topic,
         "scorer starting"
     );
     if !(args.max_amount.is_finite() && args.max_amount > 0.0) {
