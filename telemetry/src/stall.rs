@@ -40,8 +40,8 @@ struct Watched {
     app: i64,
     /// When the positions last moved (or the partition was first seen).
     since: Instant,
-    /// When the partition's end was last found not beyond its position.
-    idle_checked: Option<Instant>,
+    /// When its end was last asked for and found not beyond its position, or not answered.
+    asked: Option<Instant>,
     stalled: bool,
     seen: bool,
 }
@@ -64,7 +64,7 @@ impl StallWatch {
     /// (`app_offset`). Says when a partition reported stalled moves again.
     pub fn record(&mut self, topic: &str, partition: i32, fetch: i64, app: i64, now: Instant) -> Option<Change> {
         let key = (topic.to_string(), partition);
-        let fresh = Watched { fetch, app, since: now, idle_checked: None, stalled: false, seen: true };
+        let fresh = Watched { fetch, app, since: now, asked: None, stalled: false, seen: true };
         let Some(w) = self.partitions.get_mut(&key) else {
             self.partitions.insert(key, fresh);
             return None;
@@ -90,7 +90,7 @@ impl StallWatch {
             .partitions
             .iter()
             .filter(|(_, w)| w.fetch >= 0 && !w.stalled && now.saturating_duration_since(w.since) >= self.after)
-            .filter(|(_, w)| w.idle_checked.is_none_or(|t| now.saturating_duration_since(t) >= self.after))
+            .filter(|(_, w)| w.asked.is_none_or(|t| now.saturating_duration_since(t) >= self.after))
             .map(|((topic, partition), w)| Suspect { topic: topic.clone(), partition: *partition, position: w.fetch })
             .collect();
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
@@ -105,11 +105,18 @@ impl StallWatch {
             return None;
         }
         if end <= w.fetch {
-            w.idle_checked = Some(now);
+            w.asked = Some(now);
             return None;
         }
         w.stalled = true;
         Some(Change::Stalled { waiting: end - w.fetch, stalled_for: now.saturating_duration_since(w.since) })
+    }
+
+    /// The broker did not answer for a suspect: it is asked again a period later, not at once.
+    pub fn unanswered(&mut self, topic: &str, partition: i32, now: Instant) {
+        if let Some(w) = self.partitions.get_mut(&(topic.to_string(), partition)) {
+            w.asked = Some(now);
+        }
     }
 
     /// How many partitions are stalled now.
@@ -159,9 +166,11 @@ impl Stalls {
         self.gauge.set(watch.stalled() as i64);
     }
 
-    /// From the consumer's poll loop: at most once a second, asks the broker for the end of each
-    /// suspect and warns of those with records beyond the position. Nothing is being consumed
-    /// from a suspect, so the requests' round trips cost the loop nothing it would have done.
+    /// From the consumer's poll loop: at most once a second, asks the broker for the end of one
+    /// suspect and warns if records wait beyond its position. The request holds the loop for a
+    /// round trip (at most half a second when the broker does not answer, after which that
+    /// partition waits a period before it is asked again), so a broker that is down cannot hold
+    /// a loop that has other partitions to serve, or a shutdown, for long.
     pub fn check<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) {
         {
             let mut last = self.last_check.lock().unwrap_or_else(|p| p.into_inner());
@@ -170,34 +179,34 @@ impl Stalls {
             }
             *last = Some(Instant::now());
         }
-        let suspects = self.watch().suspects(Instant::now());
-        for s in suspects {
-            // On brokers whose ListOffsets answers with the last batch's first offset rather than
-            // the partition's end (Tansu), this is a lower bound: enough to tell records wait.
-            let end = match consumer.fetch_watermarks(&s.topic, s.partition, Duration::from_secs(2)) {
-                Ok((_, high)) => high,
-                Err(e) => {
-                    tracing::debug!(target: "kafka", topic = s.topic.as_str(), partition = s.partition, error = %e, "cannot read the partition's end");
-                    continue;
-                }
-            };
-            let mut watch = self.watch();
-            if let Some(Change::Stalled { waiting, stalled_for }) = watch.confirm(&s.topic, s.partition, end, Instant::now()) {
-                self.gauge.set(watch.stalled() as i64);
-                tracing::warn!(
-                    target: "kafka",
-                    topic = s.topic.as_str(),
-                    partition = s.partition,
-                    position = s.position,
-                    waiting,
-                    stalled_s = stalled_for.as_secs(),
-                    fetch_wait_ms = self.fetch_wait_ms.as_str(),
-                    remedy = self.remedy,
-                    "partition stalled: records wait but none has been fetched for a while; fetches may be coming \
-                     back empty (a broker that cannot read the partition within fetch.wait.max.ms answers with \
-                     nothing): see remedy"
-                );
+        let Some(s) = self.watch().suspects(Instant::now()).into_iter().next() else { return };
+        // On brokers whose ListOffsets answers with the last batch's first offset rather than the
+        // partition's end (Tansu), this is a lower bound: enough to tell records wait.
+        let answer = consumer.fetch_watermarks(&s.topic, s.partition, Duration::from_millis(500));
+        let mut watch = self.watch();
+        let end = match answer {
+            Ok((_, high)) => high,
+            Err(e) => {
+                tracing::debug!(target: "kafka", topic = s.topic.as_str(), partition = s.partition, error = %e, "cannot read the partition's end");
+                watch.unanswered(&s.topic, s.partition, Instant::now());
+                return;
             }
+        };
+        if let Some(Change::Stalled { waiting, stalled_for }) = watch.confirm(&s.topic, s.partition, end, Instant::now()) {
+            self.gauge.set(watch.stalled() as i64);
+            tracing::warn!(
+                target: "kafka",
+                topic = s.topic.as_str(),
+                partition = s.partition,
+                position = s.position,
+                waiting,
+                stalled_s = stalled_for.as_secs(),
+                fetch_wait_ms = self.fetch_wait_ms.as_str(),
+                remedy = self.remedy,
+                "partition stalled: records wait but none has been fetched for a while; fetches may be coming \
+                 back empty (a broker that cannot read the partition within fetch.wait.max.ms answers with \
+                 nothing): see remedy"
+            );
         }
     }
 }
@@ -257,6 +266,19 @@ mod tests {
         assert_eq!(w.stalled(), 0);
         // A partition the watch has forgotten is not confirmed.
         assert_eq!(w.confirm("v", 0, 100, s(91)), None);
+    }
+
+    #[test]
+    fn a_suspect_the_broker_does_not_answer_for_is_asked_about_again_a_period_later() {
+        let s = clock();
+        let mut w = StallWatch::new(Duration::from_secs(30));
+        w.record("t", 0, 4, 4, s(0));
+        assert_eq!(w.suspects(s(30)), [suspect("t", 0, 4)]);
+        w.unanswered("t", 0, s(30));
+        assert_eq!(w.suspects(s(31)), []);
+        assert_eq!(w.suspects(s(59)), []);
+        assert_eq!(w.suspects(s(60)), [suspect("t", 0, 4)]);
+        assert_eq!(w.confirm("t", 0, 9, s(60)), Some(Change::Stalled { waiting: 5, stalled_for: Duration::from_secs(60) }));
     }
 
     #[test]
