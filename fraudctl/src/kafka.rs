@@ -14,9 +14,14 @@ pub fn set_overrides(overrides: Vec<(String, String)>) {
     let _ = OVERRIDES.set(overrides);
 }
 
+/// The overrides set for this process (none unless `main` set them).
+pub fn overrides() -> &'static [(String, String)] {
+    OVERRIDES.get().map_or(&[], Vec::as_slice)
+}
+
 /// A client of `brokers` with `settings`, then the process's overrides.
 pub fn client(brokers: &str, settings: &[(&str, &str)]) -> ClientConfig {
-    with_overrides(brokers, settings, OVERRIDES.get().map_or(&[], Vec::as_slice))
+    with_overrides(brokers, settings, overrides())
 }
 
 fn with_overrides(brokers: &str, settings: &[(&str, &str)], overrides: &[(String, String)]) -> ClientConfig {

@@ -418,20 +418,25 @@ fn run_stack(args: RunArgs) -> Result<()> {
     // A setting `fraudctl run` picks for the embedded broker, unless the variable that sets it
     // is in the environment (then it is left to the service).
     let embedded_default = |var: &str| embedded_broker && std::env::var_os(var).is_none();
+    // What the cluster needs (fraudctl --kafka-config) goes to every service, and their own
+    // variables on top.
+    let kafka_flags = |var: &str, defaults: &[&str]| {
+        let defaults = if embedded_broker { defaults } else { &[] };
+        stack::service_kafka_flags(std::env::var(var).ok().as_deref(), fraudctl::kafka::overrides(), defaults)
+    };
     let mut gateway_args = vec!["--listen".to_string(), format!("127.0.0.1:{gateway_port}")];
+    gateway_args.extend(kafka_flags("GATEWAY_KAFKA_CONFIG", &[]));
     if embedded_default("DECISIONS_FETCH_WAIT_MS") {
         // The embedded broker's fetch cost grows with the data it holds: fewer empty fetches from
         // the gateway's decisions reader keep it answering several times longer (BENCHMARKS.md).
         gateway_args.extend(["--decisions-fetch-wait-ms".to_string(), "50".to_string()]);
     }
     let mut scorer_args = vec!["--listen".to_string(), format!("127.0.0.1:{scorer_port}")];
-    if embedded_default("SCORER_KAFKA_CONFIG") {
-        // The embedded broker answers a fetch with no records at all when reading through what
-        // the partition holds takes longer than the fetch's wait: past some ten thousand
-        // records, the scorer's 10 ms would starve it for good while its lag grows. 50 ms costs
-        // nothing measurable at the default rate (BENCHMARKS.md).
-        scorer_args.extend(["--kafka-config".to_string(), "fetch.wait.max.ms=50".to_string()]);
-    }
+    // The embedded broker answers a fetch with no records at all when reading through what the
+    // partition holds takes longer than the fetch's wait: past some ten thousand records, the
+    // scorer's 10 ms would starve it for good while its lag grows. 50 ms costs nothing
+    // measurable at the default rate (BENCHMARKS.md).
+    scorer_args.extend(kafka_flags("SCORER_KAFKA_CONFIG", &["fetch.wait.max.ms=50"]));
     let env = [("KAFKA_BROKERS", brokers.clone()), ("REDIS_URL", redis_url.clone())];
     let mut services = vec![
         Process::spawn("scorer", &stack::sibling("scorer")?, &scorer_args, &log_dir, &env)?,
@@ -439,7 +444,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
         Process::spawn(
             "drift-job",
             &stack::sibling("drift-job")?,
-            &["--listen".into(), format!("127.0.0.1:{drift_port}"), "--window-seconds".into(), args.drift_window.to_string()],
+            &[["--listen".into(), format!("127.0.0.1:{drift_port}"), "--window-seconds".into(), args.drift_window.to_string()].to_vec(), kafka_flags("DRIFT_KAFKA_CONFIG", &[])].concat(),
             &log_dir,
             &env,
         )?,

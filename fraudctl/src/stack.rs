@@ -231,6 +231,21 @@ pub fn watch_cpu(
     })
 }
 
+/// The `--kafka-config` flags `fraudctl run` gives a service: `defaults` (fraudctl run's own
+/// choices, only while the service's variable is unset), then fraudctl's overrides (what the
+/// cluster needs), then the pairs of the service's own variable (`own`), so that the most
+/// specific wins. A flag on the command line hides the variable from the service, hence its pairs
+/// are passed on as flags too; with no flags at all the variable reaches the service by itself.
+pub fn service_kafka_flags(own: Option<&str>, overrides: &[(String, String)], defaults: &[&str]) -> Vec<String> {
+    if overrides.is_empty() && own.is_some() {
+        return Vec::new();
+    }
+    let defaults = defaults.iter().filter(|_| own.is_none()).map(|d| d.to_string());
+    let overrides = overrides.iter().map(|(k, v)| format!("{k}={v}"));
+    let own = own.into_iter().flat_map(|v| v.split(',')).map(str::trim).filter(|p| !p.is_empty()).map(str::to_string);
+    defaults.chain(overrides).chain(own).flat_map(|pair| ["--kafka-config".to_string(), pair]).collect()
+}
+
 /// The value of an unlabelled sample `name` in a Prometheus text exposition.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
@@ -300,6 +315,25 @@ mod tests {
             }
         }
         assert!(resident_bytes("no-such-process").is_err());
+    }
+
+    #[test]
+    fn services_get_run_defaults_then_fraudctl_overrides_then_their_own_settings() {
+        let flags = |own, overrides: &[(&str, &str)], defaults| {
+            let overrides: Vec<(String, String)> = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            service_kafka_flags(own, &overrides, defaults).chunks(2).map(|c| c[1].clone()).collect::<Vec<_>>()
+        };
+        let wait = &["fetch.wait.max.ms=50"][..];
+        assert_eq!(flags(None, &[], wait), ["fetch.wait.max.ms=50"]);
+        assert_eq!(flags(Some("linger.ms=2"), &[], wait), Vec::<String>::new(), "the variable reaches the service by itself");
+        assert_eq!(flags(None, &[("security.protocol", "ssl")], wait), ["fetch.wait.max.ms=50", "security.protocol=ssl"]);
+        assert_eq!(
+            flags(Some("fetch.wait.max.ms=0, linger.ms=2"), &[("security.protocol", "ssl")], wait),
+            ["security.protocol=ssl", "fetch.wait.max.ms=0", "linger.ms=2"],
+            "the service's own variable replaces run's default and comes last"
+        );
+        assert!(service_kafka_flags(None, &[], &[]).is_empty());
+        assert_eq!(service_kafka_flags(None, &[], wait)[0], "--kafka-config");
     }
 
     #[test]

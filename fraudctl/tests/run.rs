@@ -60,7 +60,7 @@ fn start_run(env: &[(&str, &str)]) -> Run {
         // Without a terminal the live summary is a line every 5 s.
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    for var in ["KAFKA_BROKERS", "REDIS_URL", "SCORER_KAFKA_CONFIG", "KAFKA_STALL_AFTER_S"] {
+    for var in ["KAFKA_BROKERS", "REDIS_URL", "SCORER_KAFKA_CONFIG", "GATEWAY_KAFKA_CONFIG", "DRIFT_KAFKA_CONFIG", "FRAUDCTL_KAFKA_CONFIG", "KAFKA_STALL_AFTER_S"] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
@@ -149,12 +149,25 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
 }
 
 /// A scorer this broker starves (here: no fetch wait at all, which it never meets) leaves every
-/// payment pending; `fraudctl run` says why, where to look and what to do.
+/// payment pending; `fraudctl run` says why, where to look and what to do. Also: fraudctl's own
+/// Kafka settings reach every service it starts, a service's own variable on top.
 #[test]
 fn a_run_whose_scorer_starves_says_so() {
-    let run = start_run(&[("SCORER_KAFKA_CONFIG", "fetch.wait.max.ms=0,statistics.interval.ms=500"), ("KAFKA_STALL_AFTER_S", "2")]);
+    let run = start_run(&[
+        ("FRAUDCTL_KAFKA_CONFIG", "client.id=fraudstream-run"),
+        ("SCORER_KAFKA_CONFIG", "fetch.wait.max.ms=0,statistics.interval.ms=500"),
+        ("KAFKA_STALL_AFTER_S", "2"),
+    ]);
     let lines = run.lines.clone();
     let logs = wait_for_line(&lines, Duration::from_secs(120), "logs line", |l| l.strip_prefix("logs     ").and_then(|rest| rest.strip_suffix("/*.log")).map(str::to_string));
+    for (service, settings) in [
+        ("scorer", "client.id=fraudstream-run,fetch.wait.max.ms=0,statistics.interval.ms=500"),
+        ("gateway", "client.id=fraudstream-run"),
+        ("drift-job", "client.id=fraudstream-run"),
+    ] {
+        let log = std::fs::read_to_string(format!("{logs}/{service}.log")).unwrap();
+        assert!(log.contains(&format!(r#""kafka_config":"{settings}""#)), "{service}: {log}");
+    }
     let note = wait_for_line(&lines, Duration::from_secs(60), "note of the stalled scorer", |l| {
         l.starts_with("note     the scorer fetches nothing from").then(|| l.to_string())
     });
