@@ -147,9 +147,7 @@ fn main() -> Result<()> {
         // proportion to the batches stored in the partition (BENCHMARKS.md, "The embedded
         // broker"), and the scorer and the gateway's reader need that broker quick.
         .set("fetch.wait.max.ms", "500")
-        .set("fetch.min.bytes", "1048576")
-        // Positions for stall detection.
-        .set("statistics.interval.ms", "5000");
+        .set("fetch.min.bytes", "1048576");
     let mut producer_cfg = ClientConfig::new();
     producer_cfg.set("bootstrap.servers", &args.brokers).set("enable.idempotence", "true").set("linger.ms", "20");
     for (k, v) in &args.kafka_config {
@@ -159,7 +157,7 @@ fn main() -> Result<()> {
     let stalls = telemetry::stall::Stalls::new(
         Duration::from_secs(args.stall_after_s),
         metrics.stalled_partitions.clone(),
-        consumer_cfg.get("fetch.wait.max.ms").unwrap_or("500"),
+        &mut consumer_cfg,
         "give the drift job a longer wait, e.g. DRIFT_KAFKA_CONFIG=fetch.wait.max.ms=2000",
     );
     let consumer: BaseConsumer<LoggingContext> =

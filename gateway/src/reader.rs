@@ -50,16 +50,14 @@ pub fn spawn(
         .set("isolation.level", "read_committed")
         // Decisions are waited on by requests: fetch as soon as anything is there.
         .set("fetch.wait.max.ms", cfg.fetch_wait_ms.to_string())
-        .set("fetch.min.bytes", "1")
-        // Positions for stall detection.
-        .set("statistics.interval.ms", "5000");
+        .set("fetch.min.bytes", "1");
     for (k, v) in &cfg.overrides {
         client.set(k, v);
     }
     let stalls = telemetry::stall::Stalls::new(
         cfg.stall_after,
         metrics.stalled_partitions.clone(),
-        client.get("fetch.wait.max.ms").unwrap_or("500"),
+        &mut client,
         "give the decisions reader a longer wait, e.g. DECISIONS_FETCH_WAIT_MS=50",
     );
     // Tells when the recall window has been read (readiness waits for it): not overridable.

@@ -310,17 +310,18 @@ impl Pipeline {
             producer_cfg.set(k, v);
         }
         let gate = Arc::new(CommitGate::default());
+        let stalls = telemetry::stall::Stalls::new(
+            cfg.stall_after,
+            metrics.stalled_partitions.clone(),
+            &mut consumer_cfg,
+            "raise the scorer's fetch wait, e.g. SCORER_KAFKA_CONFIG=fetch.wait.max.ms=50",
+        );
         let consumer: BaseConsumer<PipelineContext> = consumer_cfg
             .create_with_context(PipelineContext {
                 revoked: Mutex::new(Vec::new()),
                 assigned: AtomicBool::new(false),
                 lag: metrics.consumer_lag.clone(),
-                stalls: telemetry::stall::Stalls::new(
-                    cfg.stall_after,
-                    metrics.stalled_partitions.clone(),
-                    consumer_cfg.get("fetch.wait.max.ms").unwrap_or("500"),
-                    "raise the scorer's fetch wait, e.g. SCORER_KAFKA_CONFIG=fetch.wait.max.ms=50",
-                ),
+                stalls,
                 gate: Arc::clone(&gate),
                 logs: telemetry::kafka::KafkaLogs::default(),
             })

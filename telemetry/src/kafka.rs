@@ -56,12 +56,13 @@ impl KafkaLogs {
     /// An error event: something the client will retry or recover from on its own, or a fatal
     /// error (which the calls the service makes then return as well).
     pub fn error(&self, error: &KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
         // A consumer asked to be told when it reaches the end of a partition: news, not trouble.
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+        if code == Some(RDKafkaErrorCode::PartitionEOF) {
             return;
         }
-        let code = error.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
-        if let Some(suppressed) = self.errors.allow(&code) {
+        let kind = code.map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+        if let Some(suppressed) = self.errors.allow(&kind) {
             tracing::warn!(target: "librdkafka", %error, suppressed, "{reason}");
         }
     }
@@ -77,8 +78,8 @@ pub struct LoggingContext {
 }
 
 impl LoggingContext {
-    /// A consumer's context that also watches its partitions for stalls: the consumer needs
-    /// `statistics.interval.ms`, and its poll loop calls [`LoggingContext::check_stalls`].
+    /// A consumer's context that also watches its partitions for stalls: its poll loop calls
+    /// [`LoggingContext::check_stalls`].
     pub fn watching(stalls: Stalls) -> Self {
         Self { logs: KafkaLogs::default(), stalls: Some(stalls) }
     }

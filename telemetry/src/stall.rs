@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 
 /// What changed for a partition.
@@ -125,8 +126,8 @@ impl StallWatch {
     }
 }
 
-/// Stall detection for one consumer: fed by its statistics reports (`statistics.interval.ms`
-/// must be set), checked from its poll loop, logged with target `kafka` and counted in a gauge.
+/// Stall detection for one consumer: fed by its statistics reports, checked from its poll loop,
+/// logged with target `kafka` and counted in a gauge.
 #[derive(Debug)]
 pub struct Stalls {
     watch: Mutex<StallWatch>,
@@ -139,9 +140,17 @@ pub struct Stalls {
 }
 
 impl Stalls {
-    /// Partitions unmoved for `after` while records wait are reported; `gauge` counts them.
-    pub fn new(after: Duration, gauge: prometheus::IntGauge, fetch_wait_ms: impl Into<String>, remedy: &'static str) -> Self {
-        Self { watch: Mutex::new(StallWatch::new(after)), gauge, fetch_wait_ms: fetch_wait_ms.into(), remedy, last_check: Mutex::new(None) }
+    /// Stall detection for the consumer `config` (its settings and overrides all given) will
+    /// make: partitions unmoved for `after` while records wait are reported with `remedy`, and
+    /// `gauge` counts them. Turns on the statistics reports it needs (every 5 s) unless `config`
+    /// has its own interval.
+    pub fn new(after: Duration, gauge: prometheus::IntGauge, config: &mut ClientConfig, remedy: &'static str) -> Self {
+        if config.get("statistics.interval.ms").is_none() {
+            config.set("statistics.interval.ms", "5000");
+        }
+        // librdkafka's default when the consumer sets none.
+        let fetch_wait_ms = config.get("fetch.wait.max.ms").unwrap_or("500").to_string();
+        Self { watch: Mutex::new(StallWatch::new(after)), gauge, fetch_wait_ms, remedy, last_check: Mutex::new(None) }
     }
 
     fn watch(&self) -> std::sync::MutexGuard<'_, StallWatch> {
@@ -295,6 +304,20 @@ mod tests {
         w.sweep();
         assert_eq!(w.suspects(s(69)), []);
         assert_eq!(w.suspects(s(70)), [suspect("t", 0, 5)]);
+    }
+
+    #[test]
+    fn stall_detection_turns_on_statistics_unless_the_consumer_has_its_own_interval() {
+        let gauge = || prometheus::IntGauge::new("stalled", "test").unwrap();
+        let mut plain = ClientConfig::new();
+        let stalls = Stalls::new(Duration::from_secs(30), gauge(), &mut plain, "remedy");
+        assert_eq!(plain.get("statistics.interval.ms"), Some("5000"));
+        assert_eq!(stalls.fetch_wait_ms, "500", "librdkafka's default");
+        let mut own = ClientConfig::new();
+        own.set("statistics.interval.ms", "500").set("fetch.wait.max.ms", "0");
+        let stalls = Stalls::new(Duration::from_secs(30), gauge(), &mut own, "remedy");
+        assert_eq!(own.get("statistics.interval.ms"), Some("500"));
+        assert_eq!(stalls.fetch_wait_ms, "0");
     }
 
     #[test]
