@@ -415,20 +415,18 @@ fn run_stack(args: RunArgs) -> Result<()> {
     let scorer_port = stack::port(9101)?;
     let drift_port = stack::port(9102)?;
     let gateway_port = stack::port(args.gateway_port)?;
-    // A setting `fraudctl run` picks for the embedded broker, unless the variable that sets it
-    // is in the environment (then it is left to the service).
-    let embedded_default = |var: &str| embedded_broker && std::env::var_os(var).is_none();
-    // What the cluster needs (fraudctl --kafka-config) goes to every service, and their own
-    // variables on top.
+    // What the cluster needs (fraudctl --kafka-config) goes to every service, their own variables
+    // on top; `defaults` are settings run picks for the embedded broker.
     let kafka_flags = |var: &str, defaults: &[&str]| {
         let defaults = if embedded_broker { defaults } else { &[] };
         stack::service_kafka_flags(std::env::var(var).ok().as_deref(), fraudctl::kafka::overrides(), defaults)
     };
     let mut gateway_args = vec!["--listen".to_string(), format!("127.0.0.1:{gateway_port}")];
     gateway_args.extend(kafka_flags("GATEWAY_KAFKA_CONFIG", &[]));
-    if embedded_default("DECISIONS_FETCH_WAIT_MS") {
+    if embedded_broker && std::env::var_os("DECISIONS_FETCH_WAIT_MS").is_none() {
         // The embedded broker's fetch cost grows with the data it holds: fewer empty fetches from
         // the gateway's decisions reader keep it answering several times longer (BENCHMARKS.md).
+        // DECISIONS_FETCH_WAIT_MS, when set, is left to the gateway.
         gateway_args.extend(["--decisions-fetch-wait-ms".to_string(), "50".to_string()]);
     }
     let mut scorer_args = vec!["--listen".to_string(), format!("127.0.0.1:{scorer_port}")];

@@ -191,12 +191,15 @@ pub fn start_redis(port: u16, log_dir: &Path) -> Result<Process> {
 /// answers slow down and turn `202 pending`.
 pub const BUSY_BROKER: f64 = 0.9;
 
+/// What the notes about the embedded broker advise.
+const BROKER_REMEDY: &str = "restart fraudctl run for a fresh broker, lower --rate, or set KAFKA_BROKERS to use a real Kafka";
+
 /// The line `fraudctl run` prints once its embedded broker has used `share` of a core over the
 /// last interval, or `None` while it is below [`BUSY_BROKER`].
 pub fn busy_broker_notice(share: f64) -> Option<String> {
     (share > BUSY_BROKER).then(|| {
         format!(
-            "note     the embedded broker used {:.0} % of a core lately: it slows down as it fills (its fetches read through what it holds), so answers will get slower and then pending; restart fraudctl run for a fresh broker, lower --rate, or set KAFKA_BROKERS to use a real Kafka",
+            "note     the embedded broker used {:.0} % of a core lately: it slows down as it fills (its fetches read through what it holds), so answers will get slower and then pending; {BROKER_REMEDY}",
             share * 100.0
         )
     })
@@ -255,7 +258,7 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 /// `partitions` stalled partitions.
 pub fn stalled_notice(service: &str, partitions: f64, log: &Path) -> String {
     format!(
-        "note     the {service} fetches nothing from {partitions} partition(s) where records wait (`partition stalled` in {}): this broker answers a fetch with no records when reading through the partition takes longer than the fetch's wait; restart fraudctl run for a fresh broker, lower --rate, or set KAFKA_BROKERS to use a real Kafka",
+        "note     the {service} fetches nothing from {partitions} partition(s) where records wait (`partition stalled` in {}): this broker answers a fetch with no records when reading through the partition takes longer than the fetch's wait; {BROKER_REMEDY}",
         log.display()
     )
 }
