@@ -9,6 +9,7 @@ pub mod fx;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod quality;
 pub mod rules;
 pub mod runtime;
 pub mod scoring;
