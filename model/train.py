@@ -8,7 +8,8 @@ Outputs (all committed, all reproducible from the seed):
   golden/*.json      sklearn outputs and numpy PSI / sklearn metrics on fixed inputs, for the
                      Rust parity tests
 
-Usage: python model/train.py [--out model/]
+Usage: python model/train.py [--out model/] [--model-version V --C C --review R --block B]
+       (a candidate for `scorer replay`: its own directory, version, regularization, thresholds)
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def to_onnx(pipe: Pipeline, k: int) -> onnx.ModelProto:
+def to_onnx(pipe: Pipeline, k: int, version: str) -> onnx.ModelProto:
     model = convert_sklearn(
         pipe,
         initial_types=[("features", FloatTensorType([None, k]))],
@@ -181,7 +182,7 @@ def to_onnx(pipe: Pipeline, k: int) -> onnx.ModelProto:
     graph.output.append(helper.make_tensor_value_info("contributions", onnx.TensorProto.FLOAT, [None, k]))
     graph.name = "fraudstream_fraud_model"  # skl2onnx names it with a random uuid
     model.producer_name = "fraudstream-train"
-    model.doc_string = f"fraudstream fraud model {MODEL_VERSION}"
+    model.doc_string = f"fraudstream fraud model {version}"
     onnx.checker.check_model(model)
     return model
 
@@ -202,8 +203,16 @@ def metrics_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    # A candidate for `scorer replay`: its own version, regularization and thresholds.
+    parser.add_argument("--model-version", default=MODEL_VERSION)
+    parser.add_argument("--C", type=float, default=1.0, help="inverse regularization strength")
+    parser.add_argument("--review", type=float, default=REVIEW_THRESHOLD, help="review threshold")
+    parser.add_argument("--block", type=float, default=BLOCK_THRESHOLD, help="block threshold")
     args = parser.parse_args()
+    if not 0 < args.review <= args.block <= 1:
+        parser.error("thresholds must satisfy 0 < --review <= --block <= 1")
     out: Path = args.out
+    version, review, block = args.model_version, args.review, args.block
     (out / "golden").mkdir(parents=True, exist_ok=True)
 
     rng = np.random.default_rng(SEED)
@@ -212,7 +221,7 @@ def main() -> None:
     y = data["is_fraud"]
     idx_train, idx_test = train_test_split(np.arange(N_ROWS), test_size=0.25, random_state=SEED, stratify=y)
 
-    pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(C=1.0, max_iter=1000))])
+    pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(C=args.C, max_iter=1000))])
     pipe.fit(X[idx_train], y[idx_train])
     clf = pipe.named_steps["clf"]
     scaler = pipe.named_steps["scaler"]
@@ -222,11 +231,11 @@ def main() -> None:
         "rows": int(len(idx_test)),
         "fraud_rate": float(y[idx_test].mean()),
         "auc": float(roc_auc_score(y[idx_test], p_test)),
-        "at_review": metrics_at(y[idx_test], p_test, REVIEW_THRESHOLD),
-        "at_block": metrics_at(y[idx_test], p_test, BLOCK_THRESHOLD),
+        "at_review": metrics_at(y[idx_test], p_test, review),
+        "at_block": metrics_at(y[idx_test], p_test, block),
     }
 
-    model = to_onnx(pipe, X.shape[1])
+    model = to_onnx(pipe, X.shape[1], version)
     onnx.save(model, out / "fraud_model.onnx")
 
     train = {k: v[idx_train] for k, v in data.items()}
@@ -249,14 +258,14 @@ def main() -> None:
 
     card = {
         "model_name": "fraud-logistic-regression",
-        "model_version": MODEL_VERSION,
+        "model_version": version,
         "onnx_file": "fraud_model.onnx",
         "onnx_input": "features",
         "onnx_outputs": {"probabilities": "probabilities", "contributions": "contributions"},
         "features": [{"name": n, "description": d} for n, d in FEATURES],
         "user_features": USER_FEATURES,
         "default_user_features": defaults,
-        "thresholds": {"review": REVIEW_THRESHOLD, "block": BLOCK_THRESHOLD},
+        "thresholds": {"review": review, "block": block},
         "scaler": {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist()},
         "coefficients": clf.coef_[0].tolist(),
         "intercept": float(clf.intercept_[0]),
@@ -266,7 +275,7 @@ def main() -> None:
             "rows": int(len(idx_train)),
             "fraud_rate": float(y[idx_train].mean()),
             "generator": "model/train.py",
-            "sklearn_pipeline": "StandardScaler -> LogisticRegression(C=1.0)",
+            "sklearn_pipeline": f"StandardScaler -> LogisticRegression(C={args.C})",
         },
         "holdout": holdout,
     }
@@ -277,7 +286,7 @@ def main() -> None:
     Xg = X[g_idx]
     scaled = scaler.transform(Xg)
     golden = {
-        "model_version": MODEL_VERSION,
+        "model_version": version,
         "features": FEATURE_NAMES,
         "rows": [
             {
@@ -308,7 +317,7 @@ def main() -> None:
 
     write_drift_golden(out, rng, reference, card)
     check_onnx_runtime(out, Xg, golden)
-    print(json.dumps({"model_version": MODEL_VERSION, "holdout": holdout}, indent=2))
+    print(json.dumps({"model_version": version, "holdout": holdout}, indent=2))
 
 
 def write_drift_golden(out: Path, rng: np.random.Generator, reference: dict, card: dict) -> None:

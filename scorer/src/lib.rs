@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod quality;
+pub mod replay;
 pub mod rules;
 pub mod runtime;
 pub mod scoring;

@@ -34,6 +34,15 @@ impl Scorer {
         Self { card, model, rules, rows: Vec::new(), last_stages: StageTimes { inference: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH), rules: (SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH) } }
     }
 
+    /// Loads the card at `path`, its model, and rules with its thresholds (and, if given, the
+    /// amount above which nothing is approved without review).
+    pub fn load(path: &std::path::Path, intra_threads: usize, review_above_amount: Option<f64>) -> Result<Self> {
+        let card = ModelCard::load(path)?;
+        let model = FraudModel::load(&card, intra_threads)?;
+        let rules = Rules::new(card.thresholds, review_above_amount)?;
+        Ok(Self::new(card, model, rules))
+    }
+
     /// Loads the card's model and uses the card's thresholds.
     pub fn from_card(card: ModelCard, intra_threads: usize) -> Result<Self> {
         let model = FraudModel::load(&card, intra_threads)?;
@@ -51,6 +60,11 @@ impl Scorer {
 
     pub fn model_version(&self) -> &str {
         &self.card.model_version
+    }
+
+    /// Scores feature rows (row-major, `N_FEATURES` per row) in one model call, without rules.
+    pub fn score_rows(&mut self, rows: &[f32]) -> Result<crate::model::BatchScores> {
+        self.model.score(rows)
     }
 
     /// The stage times of the last `decide_batch`.

@@ -20,11 +20,24 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// personal data scrubbed, filtered by `RUST_LOG` (default `info`). Later calls are no-ops, so
 /// tests and binaries can both call it.
 pub fn init_logging(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install_logging(service, "info", std::io::stdout);
+}
+
+/// The same for a command whose own output is on stdout (a report): logs on stderr, warnings and
+/// errors only unless `RUST_LOG` asks for more.
+pub fn init_command_logging(service: &'static str) {
+    install_logging(service, "warn", std::io::stderr);
+}
+
+fn install_logging<W>(service: &'static str, default_filter: &str, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(logs::SpanFieldsLayer)
-        .with(tracing_subscriber::fmt::layer().event_format(logs::JsonLines).with_writer(std::io::stdout))
+        .with(tracing_subscriber::fmt::layer().event_format(logs::JsonLines).with_writer(writer))
         .try_init();
     tracing::debug!(service, "logging started");
 }

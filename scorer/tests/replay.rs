@@ -1,0 +1,267 @@
+//! `scorer replay` against a real Tansu broker and a real Redis: transactions decided by the
+//! scorer service are replayed through a candidate model on the features they were decided with,
+//! and the report's every count is checked against the decisions, the labels and the scoring
+//! core.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use schemas::{Decision, Label, Transaction, Verdict, topics};
+use scorer::card::Thresholds;
+use scorer::quality::{Confusion, Threshold};
+use scorer::{ModelCard, Rules, Scorer, UserLookup};
+use testkit::kafka::{TestProducer, read};
+use testkit::process::{Service, bin};
+use testkit::{free_port, unique};
+
+use fraudctl::synth::{Drift, Generator};
+
+const SEED: u64 = 11;
+const USERS: u64 = 100;
+const PAID_MS: i64 = 1_795_262_400_000; // 2026-11-21T12:00:00Z
+const REVIEW_ABOVE: f64 = 10_000.0;
+const CANDIDATE: Thresholds = Thresholds { review: 0.2, block: 0.5 };
+
+/// What the report must say of one transaction.
+struct Expected {
+    baseline: Verdict,
+    candidate: Verdict,
+    is_fraud: Option<bool>,
+}
+
+fn payments(run: &str, n: usize, first_user: u64, at_ms: i64) -> Vec<(Transaction, bool)> {
+    let mut g = Generator::new(SEED, Drift::None, run);
+    (0..n)
+        .map(|i| {
+            let user = Generator::user(SEED, first_user + i as u64 % USERS);
+            let mut p = g.payment(&user, at_ms);
+            p.transaction.timestamp = at_ms + i as i64 * 1_000;
+            (p.transaction, p.is_fraud)
+        })
+        .collect()
+}
+
+/// The bundled card as a candidate with its own version and thresholds, in a directory of its
+/// own (its ONNX file named by absolute path).
+fn candidate_card(dir: &Path) -> PathBuf {
+    let mut card: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ModelCard::bundled_path()).unwrap()).unwrap();
+    let bundled = ModelCard::load(&ModelCard::bundled_path()).unwrap();
+    card["model_version"] = "1.1.0-candidate".into();
+    card["thresholds"] = serde_json::json!({ "review": CANDIDATE.review, "block": CANDIDATE.block });
+    card["onnx_file"] = bundled.onnx_path().canonicalize().unwrap().display().to_string().into();
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("model_card.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&card).unwrap()).unwrap();
+    path
+}
+
+fn replay(brokers: &str, redis_url: &str, args: &[&str]) -> Output {
+    Command::new(bin("scorer"))
+        .args(["replay", "--brokers", brokers, "--redis-url", redis_url, "--idle-timeout-s", "20"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn report_of(out: &Output, path: &Path) -> (serde_json::Value, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "replay failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap(), stdout)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn rates(v: &serde_json::Value) -> Confusion {
+    Confusion { tp: u(&v["tp"]), fp: u(&v["fp"]), fn_: u(&v["fn"]), tn: u(&v["tn"]) }
+}
+
+#[test]
+fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
+    let (broker, redis) = testkit::servers(2, USERS, SEED);
+    let brokers = broker.bootstrap();
+    let run = unique("replay");
+    let producer = TestProducer::new(&brokers);
+
+    // Decided by the scorer: 30 payments written before the range, 120 in it (one sent twice),
+    // one record that is not a transaction.
+    let old = payments(&format!("{run}-old"), 30, 0, PAID_MS);
+    let recent = payments(&format!("{run}-recent"), 120, 0, PAID_MS);
+    producer.send_transactions(topics::TRANSACTIONS, old.iter().map(|(t, _)| t));
+    producer.flush();
+    std::thread::sleep(Duration::from_millis(50));
+    let from = now_rfc3339();
+    std::thread::sleep(Duration::from_millis(50));
+    producer.send_transactions(topics::TRANSACTIONS, recent.iter().map(|(t, _)| t));
+    producer.send_transactions(topics::TRANSACTIONS, [&recent[0].0]);
+    producer.send(topics::TRANSACTIONS, Some(b"k"), b"not avro", &[]);
+    producer.flush();
+    let mut scorer = Service::start(
+        "scorer",
+        &[
+            "--brokers".into(),
+            brokers.clone(),
+            "--redis-url".into(),
+            redis.url(),
+            "--group-id".into(),
+            format!("{run}-scorers"),
+            "--transactional-id".into(),
+            format!("{run}-scorer"),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    let decided = read(&brokers, topics::DECISIONS, 150, Duration::from_secs(90), Duration::from_millis(1500));
+    scorer.signal("TERM");
+    scorer.wait(Duration::from_secs(30));
+    let mut recorded: HashMap<String, Decision> = HashMap::new();
+    for r in &decided {
+        let d: Decision = r.decode();
+        recorded.entry(d.transaction_id.clone()).or_insert(d);
+    }
+    assert_eq!(recorded.len(), 150);
+
+    // Not decided: 8 payments of known users (features from the store now), 2 of users the store
+    // does not know (the card's defaults).
+    let mut unscored = payments(&format!("{run}-late"), 8, 0, PAID_MS);
+    unscored.extend(payments(&format!("{run}-unknown"), 2, USERS + 5, PAID_MS));
+    let before_unscored = now_rfc3339();
+    std::thread::sleep(Duration::from_millis(50));
+    producer.send_transactions(topics::TRANSACTIONS, unscored.iter().map(|(t, _)| t));
+    // Labels for the first 80 recent payments; the second one's first label is corrected later.
+    let label = |t: &Transaction, is_fraud: bool, at: i64| {
+        let l = Label { transaction_id: t.transaction_id.clone(), is_fraud, labelled_at: at };
+        producer.send(topics::LABELS, Some(t.transaction_id.as_bytes()), &schemas::encode(&l).unwrap(), &[]);
+    };
+    label(&recent[1].0, !recent[1].1, PAID_MS + 1_000_000);
+    for (t, is_fraud) in &recent[..80] {
+        label(t, *is_fraud, PAID_MS + 2_000_000);
+    }
+    producer.flush();
+
+    // What the report must say, from the recorded decisions and the scoring core.
+    let bundled = ModelCard::load(&ModelCard::bundled_path()).unwrap();
+    let mut core = Scorer::load(&ModelCard::bundled_path(), 1, Some(REVIEW_ABOVE)).unwrap();
+    let candidate_rules = Rules::new(CANDIDATE, Some(REVIEW_ABOVE)).unwrap();
+    let mut expected: Vec<Expected> = Vec::new();
+    let mut expect = |t: &Transaction, p: f64, baseline: Verdict, is_fraud: Option<bool>| {
+        expected.push(Expected { baseline, candidate: candidate_rules.verdict(p, t), is_fraud });
+    };
+    for (i, (t, is_fraud)) in recent.iter().enumerate() {
+        let d = &recorded[&t.transaction_id];
+        expect(t, d.fraud_probability, d.decision, (i < 80).then_some(*is_fraud));
+    }
+    for (i, (t, _)) in unscored.iter().enumerate() {
+        let lookup = if i < 8 { UserLookup::Found(Generator::user(SEED, i as u64).features) } else { UserLookup::Missing };
+        let d = core.decide(t.clone(), lookup).unwrap();
+        expect(t, d.fraud_probability, d.decision, None);
+    }
+    let count = |f: &dyn Fn(&Expected) -> bool| expected.iter().filter(|e| f(e)).count() as u64;
+    let changed = count(&|e| e.baseline != e.candidate);
+    assert!(changed > 0, "the candidate's lower thresholds change some decisions");
+
+    let dir = std::env::temp_dir().join(unique("replay-test"));
+    let card = candidate_card(&dir);
+    let report_path = dir.join("report.json");
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--from", &from, "--report", report_path.to_str().unwrap(), "--examples", "4"]);
+    let (r, text) = report_of(&out, &report_path);
+
+    assert_eq!(u(&r["transactions"]), 130, "{text}");
+    let read = &r["read"];
+    assert_eq!((u(&read["repeated"]), u(&read["undecodable"]), u(&read["invalid"])), (1, 1, 0), "{read}");
+    // This broker finds the range's first offsets by time; one that cannot has the range's
+    // records read from the first record and counted outside the range.
+    assert_eq!(u(&read["transaction_records"]) - u(&read["outside_range"]), 120 + 1 + 1 + 10, "{read}");
+    let parts = r["range"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.iter().map(|p| u(&p["records"])).sum::<u64>(), u(&read["transaction_records"]));
+    let f = &r["features"];
+    assert_eq!((u(&f["recorded"]), u(&f["store"]), u(&f["defaults_user_unknown"]), u(&f["defaults_store_unavailable"])), (120, 8, 2, 0), "{f}");
+    let rep = &r["reproduced"];
+    assert_eq!((u(&rep["recorded_by_baseline"]), u(&rep["matching"]), u(&rep["recorded_by_others"])), (120, 120, 0), "{rep}");
+    assert!(text.contains("Reproduced: 120 of 120 decisions recorded by 1.0.0"), "{text}");
+
+    for v in Verdict::ALL {
+        let name = v.as_str();
+        assert_eq!(u(&r["baseline"][name]), count(&|e| e.baseline == v), "baseline {name}");
+        assert_eq!(u(&r["candidate"][name]), count(&|e| e.candidate == v), "candidate {name}");
+    }
+    assert_eq!(r["candidate"]["model_version"], "1.1.0-candidate");
+    assert_eq!(u(&r["changed"]), changed);
+    assert_eq!(r["changes"].as_array().unwrap().iter().map(|c| u(&c["count"])).sum::<u64>(), changed);
+    let examples = r["examples"].as_array().unwrap();
+    assert_eq!(examples.len() as u64, changed.min(4));
+    for e in examples {
+        assert_ne!(e["baseline"]["decision"], e["candidate"]["decision"], "{e}");
+    }
+
+    let labelled = &r["labelled"];
+    assert_eq!(u(&labelled["transactions"]), 80);
+    assert_eq!(u(&labelled["fraud"]), recent[..80].iter().filter(|(_, f)| *f).count() as u64);
+    for (side, verdict_of) in [("baseline", (|e: &Expected| e.baseline) as fn(&Expected) -> Verdict), ("candidate", |e| e.candidate)] {
+        for (threshold, key) in [(Threshold::Block, "at_block"), (Threshold::Review, "at_review")] {
+            let mut want = Confusion::default();
+            for e in &expected {
+                if let Some(is_fraud) = e.is_fraud {
+                    want.add(threshold.positive(verdict_of(e)), is_fraud);
+                }
+            }
+            assert_eq!(rates(&labelled[side][key]), want, "{side} {key}");
+        }
+    }
+    assert_eq!(bundled.model_version, r["baseline"]["model_version"]);
+
+    // Up to the moment before the undecided ones were written: those are read and left out.
+    let until_path = dir.join("until.json");
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--from", &from, "--to", &before_unscored, "--report", until_path.to_str().unwrap()]);
+    let (until, text) = report_of(&out, &until_path);
+    assert_eq!((u(&until["transactions"]), u(&until["features"]["recorded"])), (120, 120), "{text}");
+    assert_eq!(u(&until["read"]["transaction_records"]) - u(&until["read"]["outside_range"]), 122, "{text}");
+    assert!(u(&until["read"]["outside_range"]) >= 10, "{text}");
+
+    // The baseline against itself, over everything kept: nothing changes.
+    let same_path = dir.join("same.json");
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", ModelCard::bundled_path().to_str().unwrap(), "--report", same_path.to_str().unwrap()]);
+    let (same, text) = report_of(&out, &same_path);
+    assert_eq!((u(&same["transactions"]), u(&same["changed"]), u(&same["read"]["outside_range"])), (160, 0, 0), "{text}");
+    assert_eq!(u(&same["reproduced"]["matching"]), 150);
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn what_cannot_be_replayed_is_said_plainly() {
+    let (broker, redis) = testkit::servers(1, 1, SEED);
+    let brokers = broker.bootstrap();
+
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", "/nonexistent/card.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("candidate") && stderr.contains("/nonexistent/card.json"), "{stderr}");
+
+    let card = ModelCard::bundled_path();
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--transactions-topic", "no-such-topic"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`no-such-topic` does not exist"), "{stderr}");
+
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--from", "1h", "--to", "2h"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the range is empty"), "{stderr}");
+
+    // An empty topic is an empty backtest, not an error.
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(": 0 transactions scored"), "{stdout}");
+}
