@@ -74,7 +74,7 @@ impl ModelCard {
     pub fn load(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::CardRead { path: shown.clone(), source })?;
+            .map_err(|error| Error::CardRead { path: shown.clone(), error })?;
         let mut card: ModelCard = serde_json::from_str(&text)
             .map_err(|e| Error::CardInvalid { path: shown.clone(), reason: e.to_string() })?;
         card.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -26,8 +26,8 @@ pub use scoring::Scorer;
 /// What can go wrong in the scoring core.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the model card {path}: {source}")]
-    CardRead { path: String, source: std::io::Error },
+    #[error("cannot read the model card {path}: {error}")]
+    CardRead { path: String, error: std::io::Error },
     #[error("model card {path} is not valid: {reason}")]
     CardInvalid { path: String, reason: String },
     #[error(
