@@ -186,6 +186,13 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
         n += 1;
         let user = Generator::user(cfg.seed, n % cfg.users.max(1));
         let payment = generator.lock().await.payment(&user, schemas::now_millis());
+        let direct = (n as f64 * cfg.direct_share).floor() != ((n - 1) as f64 * cfg.direct_share).floor();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        // Only a payment that goes out has a truth to tell (a label for a skipped one would wait
+        // in the drift job's join for a decision that never comes).
         let truth = crate::labels::Truth { transaction_id: payment.transaction.transaction_id.clone(), is_fraud: payment.is_fraud, sent_at: schemas::now_millis() };
         if let Some(f) = truth_file.as_mut() {
             f.write(&truth)?;
@@ -193,11 +200,6 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
         if let Some(l) = &labeler {
             l.lock().unwrap_or_else(|p| p.into_inner()).push(truth);
         }
-        let direct = (n as f64 * cfg.direct_share).floor() != ((n - 1) as f64 * cfg.direct_share).floor();
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            stats.skipped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
         let task_stats = stats.clone();
         match (direct, &producer, &cfg.gateway) {
             (true, Some(p), _) | (false, Some(p), None) => {
@@ -345,5 +347,41 @@ mod tests {
         assert!(line.contains("approve 9 review 0 block 0") && !line.contains("duplicate"), "{line}");
         stats.duplicates.store(2, Ordering::Relaxed);
         assert!(stats.summary(Duration::from_secs(1)).ends_with("| duplicate decisions 2"));
+    }
+
+    #[tokio::test]
+    async fn payments_skipped_for_want_of_room_get_no_truth() {
+        // A gateway that takes connections and never answers: two requests fill the room.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(4).collect();
+            std::thread::sleep(Duration::from_secs(30));
+            drop(held);
+        });
+        let dir = std::env::temp_dir().join(format!("traffic-truth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let truth = dir.join("truth.jsonl");
+        let cfg = TrafficConfig {
+            gateway: Some(format!("http://{addr}")),
+            brokers: None,
+            rate: 100.0,
+            duration: Some(Duration::from_millis(300)),
+            direct_share: 0.0,
+            users: 10,
+            seed: 1,
+            drift: Drift::None,
+            max_in_flight: 2,
+            run_id: "skip".into(),
+            label_delay: None,
+            truth_file: Some(truth.clone()),
+            notices: None,
+        };
+        let stats = run(cfg, Arc::new(AtomicBool::new(false)), false).await.unwrap();
+        let lines = std::fs::read_to_string(&truth).unwrap().lines().count() as u64;
+        assert!(stats.skipped.load(Ordering::Relaxed) > 10);
+        assert_eq!(lines, stats.sent_http.load(Ordering::Relaxed));
+        assert_eq!(lines, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
