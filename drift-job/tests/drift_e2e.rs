@@ -187,9 +187,8 @@ fn a_drift_job_whose_fetches_come_back_empty_says_its_partitions_are_stalled() {
         sent += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
-    let logs = drift.logs();
-    let line = logs.lines().find(|l| l.contains("partition stalled")).unwrap();
-    let fields: serde_json::Value = serde_json::from_str(line).unwrap();
+    let fields = drift.log_fields("partition stalled", Duration::from_secs(1));
+    let (logs, line) = (drift.logs(), serde_json::Value::Object(fields.clone()));
     assert_eq!(fields["level"], "WARN", "{line}");
     assert_eq!(fields["topic"], topics::LABELS, "{line}");
     assert_eq!(fields["fetch_wait_ms"], "0", "{line}");

@@ -24,11 +24,7 @@ fn printed(service: &str, message: &str) -> BTreeSet<String> {
     // Nothing listens on port 1: the services print their settings before they connect.
     let args = ["--brokers", "127.0.0.1:1", "--listen", &format!("127.0.0.1:{}", testkit::free_port())].map(String::from);
     let mut s = Service::start(service, &args, &[]);
-    s.wait_for_log(message, Duration::from_secs(30));
-    let logs = s.logs();
-    let line = logs.lines().find(|l| l.contains(message)).unwrap();
-    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
-    fields.keys().cloned().collect()
+    s.log_fields(message, Duration::from_secs(30)).keys().cloned().collect()
 }
 
 #[test]

@@ -496,10 +496,8 @@ async fn a_decisions_reader_whose_fetches_come_back_empty_says_its_partitions_ar
     let decided = read(&stack.broker.bootstrap(), topics::DECISIONS, pending, Duration::from_secs(30), Duration::from_secs(1));
     assert_eq!(decided.len(), pending, "the scorer decides; the gateway does not see it");
 
-    gw.service.wait_for_log("partition stalled", Duration::from_secs(60));
-    let logs = gw.service.logs();
-    let line = logs.lines().find(|l| l.contains("partition stalled")).unwrap();
-    let fields: Value = serde_json::from_str(line).unwrap();
+    let fields = gw.service.log_fields("partition stalled", Duration::from_secs(60));
+    let line = Value::Object(fields.clone());
     assert_eq!(fields["level"], "WARN", "{line}");
     assert_eq!(fields["topic"], topics::DECISIONS, "{line}");
     assert_eq!(fields["fetch_wait_ms"], "0", "{line}");

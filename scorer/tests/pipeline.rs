@@ -365,10 +365,8 @@ fn a_scorer_whose_fetches_come_back_empty_says_its_partitions_are_stalled() {
 
     let port = free_port();
     let mut starved = stack.scorer_on(port, "a", &[&quick_stats[..], &["--kafka-config", "fetch.wait.max.ms=0"]].concat());
-    starved.wait_for_log("partition stalled", Duration::from_secs(60));
-    let logs = starved.logs();
-    let line = logs.lines().find(|l| l.contains("partition stalled")).unwrap();
-    let fields: serde_json::Value = serde_json::from_str(line).unwrap();
+    let fields = starved.log_fields("partition stalled", Duration::from_secs(60));
+    let (logs, line) = (starved.logs(), serde_json::Value::Object(fields.clone()));
     assert_eq!(fields["level"], "WARN", "{line}");
     assert_eq!(fields["topic"], topics::TRANSACTIONS, "{line}");
     assert_eq!(fields["partition"], 0, "{line}");

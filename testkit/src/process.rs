@@ -90,6 +90,15 @@ impl Service {
         }
         panic!("{} did not log {needle:?} within {timeout:?}:\n{}", self.name, self.logs());
     }
+
+    /// The fields of the first log line containing `needle` (the logs are JSON lines), once it
+    /// is logged: waits as [`Service::wait_for_log`] does.
+    pub fn log_fields(&mut self, needle: &str, timeout: Duration) -> serde_json::Map<String, serde_json::Value> {
+        self.wait_for_log(needle, timeout);
+        let logs = self.logs();
+        let line = logs.lines().find(|l| l.contains(needle)).expect("the line was just logged");
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{} logged a line that is not a JSON object ({e}): {line}", self.name))
+    }
 }
 
 impl Drop for Service {
