@@ -68,8 +68,9 @@ pub struct ScorerArgs {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Backtest: replays a time range of `transactions` through a candidate model beside the
-    /// baseline (the model card in production), on the features each transaction was decided
-    /// with, and reports how the decisions change and how each model does against the labels.
+    /// baseline (`--model-card`, the model in production), on the features each transaction was
+    /// decided with, and reports how the decisions change and how each model does against the
+    /// labels. Writes nothing to Kafka.
     Replay(ReplayArgs),
 }
 
@@ -140,6 +141,10 @@ pub struct ReplayArgs {
     /// Write the whole report as JSON to this file.
     #[arg(long, env = "REPLAY_REPORT")]
     pub report: Option<PathBuf>,
+    /// Write one JSON line per replayed transaction to this file: its recorded decision, both
+    /// models' probability and verdict, where its features came from, its label.
+    #[arg(long, env = "REPLAY_OUTPUT")]
+    pub output: Option<PathBuf>,
     /// How many changed decisions the report lists (largest change in probability first).
     #[arg(long, env = "REPLAY_EXAMPLES", default_value_t = 10)]
     pub examples: usize,

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -145,6 +145,12 @@ fn replay(args: ReplayArgs) -> Result<()> {
         limits: TransactionLimits { max_amount: args.model.max_amount },
         store: Some(store),
         examples: args.examples,
+        output: match &args.output {
+            Some(path) => Some(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("creating {} (--output)", path.display()))?,
+            ))),
+            None => None,
+        },
     };
     let source = Source {
         brokers: args.kafka.brokers.clone(),
@@ -156,6 +162,9 @@ fn replay(args: ReplayArgs) -> Result<()> {
         progress: std::io::stderr().is_terminal(),
     };
     let report = backtest.run(&source).context("replaying")?;
+    if let Some(out) = backtest.output.as_mut() {
+        out.flush().context("writing the per-transaction output (--output)")?;
+    }
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report).context("writing the report as JSON")?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing the report to {} (--report)", path.display()))?;

@@ -17,6 +17,7 @@
 //! same start.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,8 @@ pub enum ReplayError {
     Model(#[from] crate::Error),
     #[error("feature store: {0}")]
     Store(#[from] redis::RedisError),
+    #[error("writing the per-transaction output (--output): {0}")]
+    Output(#[from] std::io::Error),
 }
 
 /// Where the topics are and how to read them.
@@ -84,6 +87,8 @@ pub struct Backtest {
     /// defaults for all of them.
     pub store: Option<FeatureStore>,
     pub examples: usize,
+    /// One JSON line per replayed transaction ([`Line`]) is written here.
+    pub output: Option<Box<dyn Write>>,
 }
 
 /// The decision a transaction got in production, as its first `Decision` record says.
@@ -128,6 +133,54 @@ pub struct Outcome<'a> {
     pub candidate: Scored,
     /// The candidate's largest contributions, for the examples.
     pub candidate_top: Vec<FeatureContribution>,
+}
+
+/// A replayed transaction as `--output` writes it: one JSON object per line, for a notebook.
+#[derive(Debug, Serialize)]
+pub struct Line<'a> {
+    pub transaction_id: &'a str,
+    pub user_id: &'a str,
+    pub amount: f64,
+    pub currency: &'a str,
+    pub payment_method: &'static str,
+    pub timestamp: i64,
+    pub features_from: &'static str,
+    /// The decision production recorded: its model version and probability.
+    pub recorded_model_version: Option<&'a str>,
+    pub recorded_probability: Option<f64>,
+    pub baseline: Scored,
+    pub candidate: Scored,
+    pub is_fraud: Option<bool>,
+}
+
+impl<'a> Line<'a> {
+    pub fn of(o: &Outcome<'a>) -> Self {
+        Line {
+            transaction_id: &o.tx.transaction_id,
+            user_id: &o.tx.user_id,
+            amount: o.tx.amount,
+            currency: &o.tx.currency,
+            payment_method: o.tx.payment_method.as_str(),
+            timestamp: o.tx.timestamp,
+            features_from: o.source.as_str(),
+            recorded_model_version: o.recorded.map(|(v, _)| v),
+            recorded_probability: o.recorded.map(|(_, p)| p),
+            baseline: o.baseline,
+            candidate: o.candidate,
+            is_fraud: o.is_fraud,
+        }
+    }
+}
+
+impl FeatureSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureSource::Recorded => "recorded",
+            FeatureSource::Store => "store",
+            FeatureSource::DefaultsUserUnknown => "defaults_user_unknown",
+            FeatureSource::DefaultsStoreUnavailable => "defaults_store_unavailable",
+        }
+    }
 }
 
 /// The backtest's findings; printed by [`Report::render`], written whole as JSON.
@@ -670,6 +723,10 @@ impl Backtest {
                 candidate_top: top_contributions(&rows[i * N_FEATURES..(i + 1) * N_FEATURES], cand.contributions(i)),
             };
             report.add(&outcome, self.examples);
+            if let Some(out) = self.output.as_mut() {
+                serde_json::to_writer(&mut *out, &Line::of(&outcome)).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+            }
         }
         Ok(())
     }

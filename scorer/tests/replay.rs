@@ -28,6 +28,8 @@ const CANDIDATE: Thresholds = Thresholds { review: 0.2, block: 0.5 };
 
 /// What the report must say of one transaction.
 struct Expected {
+    transaction_id: String,
+    features_from: &'static str,
     baseline: Verdict,
     candidate: Verdict,
     is_fraud: Option<bool>,
@@ -154,17 +156,17 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     let mut core = Scorer::load(&ModelCard::bundled_path(), 1, Some(REVIEW_ABOVE)).unwrap();
     let candidate_rules = Rules::new(CANDIDATE, Some(REVIEW_ABOVE)).unwrap();
     let mut expected: Vec<Expected> = Vec::new();
-    let mut expect = |t: &Transaction, p: f64, baseline: Verdict, is_fraud: Option<bool>| {
-        expected.push(Expected { baseline, candidate: candidate_rules.verdict(p, t), is_fraud });
+    let mut expect = |t: &Transaction, p: f64, baseline: Verdict, is_fraud: Option<bool>, features_from| {
+        expected.push(Expected { transaction_id: t.transaction_id.clone(), features_from, baseline, candidate: candidate_rules.verdict(p, t), is_fraud });
     };
     for (i, (t, is_fraud)) in recent.iter().enumerate() {
         let d = &recorded[&t.transaction_id];
-        expect(t, d.fraud_probability, d.decision, (i < 80).then_some(*is_fraud));
+        expect(t, d.fraud_probability, d.decision, (i < 80).then_some(*is_fraud), "recorded");
     }
     for (i, (t, _)) in unscored.iter().enumerate() {
-        let lookup = if i < 8 { UserLookup::Found(Generator::user(SEED, i as u64).features) } else { UserLookup::Missing };
+        let (lookup, from) = if i < 8 { (UserLookup::Found(Generator::user(SEED, i as u64).features), "store") } else { (UserLookup::Missing, "defaults_user_unknown") };
         let d = core.decide(t.clone(), lookup).unwrap();
-        expect(t, d.fraud_probability, d.decision, None);
+        expect(t, d.fraud_probability, d.decision, None, from);
     }
     let count = |f: &dyn Fn(&Expected) -> bool| expected.iter().filter(|e| f(e)).count() as u64;
     let changed = count(&|e| e.baseline != e.candidate);
@@ -172,9 +174,28 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
 
     let dir = std::env::temp_dir().join(unique("replay-test"));
     let card = candidate_card(&dir);
-    let report_path = dir.join("report.json");
-    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--from", &from, "--report", report_path.to_str().unwrap(), "--examples", "4"]);
+    let (report_path, lines_path) = (dir.join("report.json"), dir.join("lines.jsonl"));
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--from", &from, "--report", report_path.to_str().unwrap(), "--examples", "4", "--output", lines_path.to_str().unwrap()]);
     let (r, text) = report_of(&out, &report_path);
+
+    // One line per transaction, each as the scoring core and the labels say.
+    let lines: HashMap<String, serde_json::Value> = std::fs::read_to_string(&lines_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["transaction_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    assert_eq!(lines.len(), 130);
+    for e in &expected {
+        let line = &lines[&e.transaction_id];
+        assert_eq!(line["features_from"], e.features_from, "{line}");
+        assert_eq!((&line["baseline"]["decision"], &line["candidate"]["decision"]), (&e.baseline.as_str().into(), &e.candidate.as_str().into()), "{line}");
+        assert_eq!(line["is_fraud"], serde_json::json!(e.is_fraud), "{line}");
+        if e.features_from == "recorded" {
+            let (recorded, replayed) = (line["recorded_probability"].as_f64().unwrap(), line["baseline"]["fraud_probability"].as_f64().unwrap());
+            assert!((recorded - replayed).abs() <= 1e-6, "{line}");
+        }
+    }
 
     assert_eq!(u(&r["transactions"]), 130, "{text}");
     let read = &r["read"];
