@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ pub const REPRODUCED_WITHIN: f64 = 1e-6;
 pub enum ReplayError {
     #[error("the range is empty: --from {from} is not before --to {to}")]
     EmptyRange { from: String, to: String },
+    #[error("more than {max} transactions in the range (each is held in memory, about 1 KiB): narrow --from/--to or raise --max-transactions")]
+    TooMany { max: usize },
     #[error("topic `{topic}` does not exist on {brokers}")]
     NoTopic { topic: String, brokers: String },
     #[error("Kafka, reading `{topic}`: {source}")]
@@ -87,6 +90,8 @@ pub struct Backtest {
     /// defaults for all of them.
     pub store: Option<FeatureStore>,
     pub examples: usize,
+    /// Refuse a range with more transactions than this (they are all held in memory).
+    pub max_transactions: usize,
     /// One JSON line per replayed transaction ([`Line`]) is written here.
     pub output: Option<Box<dyn Write>>,
 }
@@ -604,18 +609,18 @@ impl Backtest {
         );
         let start = self.from_ms;
         let (mut cases, mut index) = (Vec::<Case>::new(), HashMap::<String, usize>::new());
-        let (from, to, limits) = (self.from_ms.unwrap_or(i64::MIN), self.to_ms, self.limits);
+        let (from, to, limits, max) = (self.from_ms.unwrap_or(i64::MIN), self.to_ms, self.limits, self.max_transactions);
         let read = &mut report.read;
         report.range.partitions = source.read(&source.transactions_topic, start, |msg| {
             read.transaction_records += 1;
             let written = msg.timestamp().to_millis();
             if written.is_some_and(|ms| ms < from || ms >= to) {
                 read.outside_range += 1;
-                return;
+                return ControlFlow::Continue(());
             }
             let Ok(tx) = schemas::decode::<Transaction>(msg.payload().unwrap_or_default()) else {
                 read.undecodable += 1;
-                return;
+                return ControlFlow::Continue(());
             };
             // A record without a time (an old producer's) is placed by the transaction's own.
             if written.is_none() && (tx.timestamp < from || tx.timestamp >= to) {
@@ -624,11 +629,15 @@ impl Backtest {
                 read.invalid += 1;
             } else if index.contains_key(&tx.transaction_id) {
                 read.repeated += 1;
+            } else if cases.len() == max {
+                return ControlFlow::Break(());
             } else {
                 index.insert(tx.transaction_id.clone(), cases.len());
                 cases.push(Case { tx, recorded: None, is_fraud: None });
             }
-        })?;
+            ControlFlow::Continue(())
+        })?
+        .ok_or(ReplayError::TooMany { max })?;
         tracing::info!(transactions = cases.len(), "transactions of the range read");
         if cases.is_empty() {
             report.finish(self.examples);
@@ -639,7 +648,7 @@ impl Backtest {
             read.decision_records += 1;
             let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default()) else {
                 read.undecodable_decisions += 1;
-                return;
+                return ControlFlow::Continue(());
             };
             if let Some(&i) = index.get(&d.transaction_id)
                 && cases[i].recorded.is_none()
@@ -651,12 +660,13 @@ impl Backtest {
                     degraded: d.degraded,
                 });
             }
+            ControlFlow::Continue(())
         })?;
         match source.read(&source.labels_topic, start, |msg| {
             read.label_records += 1;
             let Ok(l) = schemas::decode::<Label>(msg.payload().unwrap_or_default()) else {
                 read.undecodable_labels += 1;
-                return;
+                return ControlFlow::Continue(());
             };
             if let Some(&i) = index.get(&l.transaction_id) {
                 // A later label corrects an earlier one.
@@ -665,6 +675,7 @@ impl Backtest {
                     *slot = Some((l.is_fraud, l.labelled_at));
                 }
             }
+            ControlFlow::Continue(())
         }) {
             Ok(_) => {}
             Err(ReplayError::NoTopic { topic, .. }) => tracing::warn!(%topic, "no labels topic: the report has no precision, recall or F1"),
@@ -757,8 +768,14 @@ impl Source {
     }
 
     /// Reads every partition of `topic` from the offsets of `start_ms` (record time; the first
-    /// record when `None`) to its end, calling `each` for every record.
-    pub fn read(&self, topic: &str, start_ms: Option<i64>, mut each: impl FnMut(&BorrowedMessage<'_>)) -> Result<Vec<PartitionRead>, ReplayError> {
+    /// record when `None`) to its end, calling `each` for every record; `None` when `each` breaks
+    /// off.
+    pub fn read(
+        &self,
+        topic: &str,
+        start_ms: Option<i64>,
+        mut each: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+    ) -> Result<Option<Vec<PartitionRead>>, ReplayError> {
         let started = Instant::now();
         let kafka = |source| ReplayError::Kafka { topic: topic.to_string(), source };
         let consumer = self.consumer().map_err(kafka)?;
@@ -831,7 +848,9 @@ impl Source {
                         r.end_offset = msg.offset() + 1;
                         r.records += 1;
                     }
-                    each(&msg);
+                    if each(&msg).is_break() {
+                        return Ok(None);
+                    }
                     if let Some(bar) = &bar {
                         bar.inc(1);
                     }
@@ -861,7 +880,7 @@ impl Source {
         let mut out: Vec<PartitionRead> = reads.into_values().collect();
         out.sort_by_key(|r| r.partition);
         tracing::info!(%topic, records = out.iter().map(|r| r.records).sum::<u64>(), elapsed_ms = started.elapsed().as_millis() as u64, "topic read");
-        Ok(out)
+        Ok(Some(out))
     }
 }
 

@@ -285,4 +285,15 @@ fn what_cannot_be_replayed_is_said_plainly() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(": 0 transactions scored"), "{stdout}");
+
+    // More transactions than the replay may hold: refused, with what to do.
+    let producer = TestProducer::new(&brokers);
+    producer.send_transactions(topics::TRANSACTIONS, payments(&unique("many"), 5, 0, PAID_MS).iter().map(|(t, _)| t));
+    producer.flush();
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--max-transactions", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("more than 4 transactions in the range") && stderr.contains("--max-transactions"), "{stderr}");
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--max-transactions", "5"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": 5 transactions scored"), "{}", String::from_utf8_lossy(&out.stderr));
 }
