@@ -469,6 +469,10 @@ fn run_stack(args: RunArgs) -> Result<()> {
     println!(
         "try      curl -s -X POST {gateway}/v1/predict -H 'Content-Type: application/json' -d '{{\"transaction_id\": \"txn_demo_001\", \"user_id\": 12345, \"amount\": 149.99, \"payment_method\": \"card\", \"merchant_id\": \"merchant_42\"}}'"
     );
+    println!(
+        "backtest {} replay --brokers {brokers} --redis-url {redis_url} --from 10m --candidate-card CANDIDATE/model_card.json",
+        stack::sibling("scorer")?.display()
+    );
     if args.no_traffic {
         println!("running; Ctrl-C stops everything");
         while !stop.load(Ordering::Relaxed) {

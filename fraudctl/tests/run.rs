@@ -140,6 +140,19 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
     });
     assert_eq!((count(&summary, "pending"), count(&summary, "errors")), (0, 0), "{summary}");
 
+    // The backtest it suggests, with the model in production as the candidate: every decision
+    // so far reproduced, none changed.
+    let backtest = wait_for_line(&lines, Duration::from_secs(5), "backtest line", |l| l.strip_prefix("backtest ").map(str::to_string));
+    let bundled = scorer::ModelCard::bundled_path();
+    let backtest = backtest.replace("CANDIDATE/model_card.json", bundled.to_str().unwrap());
+    let out = std::process::Command::new("sh").arg("-c").arg(&backtest).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{backtest}: {report}{}", String::from_utf8_lossy(&out.stderr));
+    let reproduced = report.lines().find_map(|l| l.strip_prefix("Reproduced: ")).unwrap_or_else(|| panic!("{report}"));
+    let numbers: Vec<u64> = reproduced.split_whitespace().take(3).filter_map(|w| w.parse().ok()).collect();
+    assert!(numbers.len() == 2 && numbers[0] == numbers[1] && numbers[0] > 0, "{report}");
+    assert!(report.contains("\nChanged: 0 of "), "{report}");
+
     // Ctrl-C: everything it started stops, and so does it.
     let printed = ctrl_c(run);
     assert!(!printed.contains("fetches nothing"), "{printed}");

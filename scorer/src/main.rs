@@ -1,8 +1,7 @@
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use clap::Parser;
