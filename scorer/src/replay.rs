@@ -12,9 +12,10 @@
 //!
 //! The range is one of record time: the transactions written to the topic from `--from` to
 //! `--to`. Each topic is read from the offsets of the range's start (a broker that cannot look
-//! offsets up by time is read from its first record) to the end each partition has when it is
-//! reached; decisions and labels are written after their transactions, so they are read from the
-//! same start.
+//! offsets up by time is read from its first record) to each partition's end, or to its first
+//! record written `END_GRACE_MS` past the range's end, whichever comes first. Decisions and labels
+//! are written after their transactions: they are read from the same start up to the replay's
+//! start (and decisions only until every transaction has one).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -37,6 +38,12 @@ use crate::quality::{Confusion, Threshold};
 use crate::scoring::{Scorer, top_contributions};
 use crate::store::FeatureStore;
 
+/// A partition is read until its end, or until a record written this long after the time it is
+/// read up to: one partition's records can carry times a few seconds out of order (producers'
+/// clocks, batching, retries), and on a topic that is being written to, the end of a partition
+/// only shows in a fetch that finds nothing new for `fetch.wait.max.ms`, which steady traffic
+/// never leaves.
+pub const END_GRACE_MS: i64 = 5_000;
 /// Rows per model call.
 const CHUNK: usize = 1_000;
 /// Two probabilities this close are the same score (one model, one input, other batch sizes).
@@ -610,8 +617,11 @@ impl Backtest {
         let start = self.from_ms;
         let (mut cases, mut index) = (Vec::<Case>::new(), HashMap::<String, usize>::new());
         let (from, to, limits, max) = (self.from_ms.unwrap_or(i64::MIN), self.to_ms, self.limits, self.max_transactions);
+        // Decisions and labels of the range's transactions come after them: read up to now.
+        let now = schemas::now_millis().max(to);
         let read = &mut report.read;
-        report.range.partitions = source.read(&source.transactions_topic, start, |msg| {
+        let mut too_many = false;
+        report.range.partitions = source.read(&source.transactions_topic, start, to, |msg| {
             read.transaction_records += 1;
             let written = msg.timestamp().to_millis();
             if written.is_some_and(|ms| ms < from || ms >= to) {
@@ -630,21 +640,25 @@ impl Backtest {
             } else if index.contains_key(&tx.transaction_id) {
                 read.repeated += 1;
             } else if cases.len() == max {
+                too_many = true;
                 return ControlFlow::Break(());
             } else {
                 index.insert(tx.transaction_id.clone(), cases.len());
                 cases.push(Case { tx, recorded: None, is_fraud: None });
             }
             ControlFlow::Continue(())
-        })?
-        .ok_or(ReplayError::TooMany { max })?;
+        })?;
+        if too_many {
+            return Err(ReplayError::TooMany { max });
+        }
         tracing::info!(transactions = cases.len(), "transactions of the range read");
         if cases.is_empty() {
             report.finish(self.examples);
             return Ok(report);
         }
 
-        source.read(&source.decisions_topic, start, |msg| {
+        let mut undecided = cases.len();
+        source.read(&source.decisions_topic, start, now, |msg| {
             read.decision_records += 1;
             let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default()) else {
                 read.undecodable_decisions += 1;
@@ -659,10 +673,11 @@ impl Backtest {
                     probability: d.fraud_probability,
                     degraded: d.degraded,
                 });
+                undecided -= 1;
             }
-            ControlFlow::Continue(())
+            if undecided == 0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })?;
-        match source.read(&source.labels_topic, start, |msg| {
+        match source.read(&source.labels_topic, start, now, |msg| {
             read.label_records += 1;
             let Ok(l) = schemas::decode::<Label>(msg.payload().unwrap_or_default()) else {
                 read.undecodable_labels += 1;
@@ -768,14 +783,15 @@ impl Source {
     }
 
     /// Reads every partition of `topic` from the offsets of `start_ms` (record time; the first
-    /// record when `None`) to its end, calling `each` for every record; `None` when `each` breaks
-    /// off.
+    /// record when `None`) to its end or to the first record written `END_GRACE_MS` after
+    /// `end_ms`, calling `each` for every record before that; `each` breaks off the whole read.
     pub fn read(
         &self,
         topic: &str,
         start_ms: Option<i64>,
+        end_ms: i64,
         mut each: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
-    ) -> Result<Option<Vec<PartitionRead>>, ReplayError> {
+    ) -> Result<Vec<PartitionRead>, ReplayError> {
         let started = Instant::now();
         let kafka = |source| ReplayError::Kafka { topic: topic.to_string(), source };
         let consumer = self.consumer().map_err(kafka)?;
@@ -841,6 +857,15 @@ impl Source {
                     if !pending.contains(&msg.partition()) {
                         continue; // written after its partition's end was reached
                     }
+                    if msg.timestamp().to_millis().is_some_and(|ms| ms >= end_ms.saturating_add(END_GRACE_MS)) {
+                        pending.remove(&msg.partition());
+                        if let Some(r) = reads.get_mut(&msg.partition())
+                            && r.start_offset < 0
+                        {
+                            (r.start_offset, r.end_offset) = (msg.offset(), msg.offset());
+                        }
+                        continue;
+                    }
                     if let Some(r) = reads.get_mut(&msg.partition()) {
                         if r.start_offset < 0 {
                             r.start_offset = msg.offset();
@@ -849,7 +874,7 @@ impl Source {
                         r.records += 1;
                     }
                     if each(&msg).is_break() {
-                        return Ok(None);
+                        break;
                     }
                     if let Some(bar) = &bar {
                         bar.inc(1);
@@ -880,7 +905,7 @@ impl Source {
         let mut out: Vec<PartitionRead> = reads.into_values().collect();
         out.sort_by_key(|r| r.partition);
         tracing::info!(%topic, records = out.iter().map(|r| r.records).sum::<u64>(), elapsed_ms = started.elapsed().as_millis() as u64, "topic read");
-        Ok(Some(out))
+        Ok(out)
     }
 }
 

@@ -259,6 +259,53 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// On a topic that is being written to, a partition's end never shows (each fetch finds something
+/// new): the replay ends each partition past the range's end by its records' times instead, while
+/// the traffic goes on.
+#[test]
+fn a_topic_being_written_to_is_replayed_up_to_the_range_end() {
+    let (broker, redis) = testkit::servers(1, USERS, SEED);
+    let brokers = broker.bootstrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let traffic = {
+        let (brokers, stop, sent_so_far, run) = (brokers.clone(), stop.clone(), sent_so_far.clone(), unique("live"));
+        std::thread::spawn(move || {
+            let producer = TestProducer::new(&brokers);
+            let payments = payments(&run, 6_000, 0, PAID_MS);
+            // Every 20 ms for up to two minutes, unless stopped.
+            for (sent, (t, _)) in payments.iter().enumerate() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return sent;
+                }
+                producer.send_transactions(topics::TRANSACTIONS, [t]);
+                producer.flush();
+                sent_so_far.store(sent + 1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            payments.len()
+        })
+    };
+    while sent_so_far.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        assert!(!traffic.is_finished(), "the traffic stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = std::env::temp_dir().join(unique("replay-live"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("report.json");
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", ModelCard::bundled_path().to_str().unwrap(), "--report", path.to_str().unwrap()]);
+    let still_sending = !traffic.is_finished();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = traffic.join().unwrap();
+    let (r, text) = report_of(&out, &path);
+    assert!(still_sending, "the replay ended only when the traffic did ({sent} sent)");
+    let scored = u(&r["transactions"]);
+    assert!(scored >= 20 && scored < sent as u64, "{scored} of {sent}: {text}");
+    assert_eq!(u(&r["features"]["store"]), scored, "no decisions: features from the store");
+    assert!(u(&r["read"]["outside_range"]) > 0, "records after the range's end were read and left out: {text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn what_cannot_be_replayed_is_said_plainly() {
     let (broker, redis) = testkit::servers(1, 1, SEED);
