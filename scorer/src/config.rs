@@ -145,7 +145,8 @@ pub struct ReplayArgs {
     /// models' probability and verdict, where its features came from, its label.
     #[arg(long, env = "REPLAY_OUTPUT")]
     pub output: Option<PathBuf>,
-    /// How many changed decisions the report lists (largest change in probability first).
+    /// How many changed decisions the report lists (largest change in probability first, then
+    /// largest amount).
     #[arg(long, env = "REPLAY_EXAMPLES", default_value_t = 10)]
     pub examples: usize,
     /// Refuse a range of more transactions than this: each is held in memory (about 1 KiB).

@@ -210,7 +210,7 @@ pub struct Report {
     pub changes: Vec<Change>,
     pub changed: u64,
     pub labelled: Labelled,
-    /// The changed decisions with the largest change in probability.
+    /// The changed decisions with the largest change in probability (then the largest amount).
     pub examples: Vec<Example>,
 }
 
@@ -474,8 +474,13 @@ impl Report {
     }
 
     fn keep_largest_examples(&mut self, n: usize) {
+        // Largest change in probability first; among equal ones (a candidate that differs only in
+        // its thresholds changes none), the largest payment.
         let change = |e: &Example| (e.candidate.fraud_probability - e.baseline.fraud_probability).abs();
-        self.examples.sort_by(|a, b| change(b).total_cmp(&change(a)).then_with(|| a.transaction_id.cmp(&b.transaction_id)));
+        let usd = |e: &Example| to_usd(e.amount, &e.currency).0;
+        self.examples.sort_by(|a, b| {
+            change(b).total_cmp(&change(a)).then_with(|| usd(b).total_cmp(&usd(a))).then_with(|| a.transaction_id.cmp(&b.transaction_id))
+        });
         self.examples.truncate(n);
     }
 
@@ -998,6 +1003,18 @@ mod tests {
         }
         r.finish(3);
         assert_eq!(r.examples.iter().map(|e| e.transaction_id.as_str()).collect::<Vec<_>>(), ["t499", "t498", "t497"]);
+    }
+
+    #[test]
+    fn among_equal_changes_the_largest_payments_are_the_examples() {
+        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions");
+        let txs = [tx("a-small", 5.0), tx("c-large", 900.0), tx("b-middle", 50.0), tx("d-moved", 1.0)];
+        for t in &txs[..3] {
+            r.add(&outcome(t, scored(Verdict::Approve, 0.25), scored(Verdict::Review, 0.25)), 2);
+        }
+        r.add(&outcome(&txs[3], scored(Verdict::Approve, 0.1), scored(Verdict::Review, 0.3)), 2);
+        r.finish(2);
+        assert_eq!(r.examples.iter().map(|e| e.transaction_id.as_str()).collect::<Vec<_>>(), ["d-moved", "c-large"]);
     }
 
     #[test]
