@@ -23,7 +23,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
     /// Largest amount accepted.
-    #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0)]
+    #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = telemetry::config::parse_positive_amount)]
     pub max_amount: f64,
     /// Most requests waiting for a decision at once; beyond it requests get 503.
     #[arg(long, env = "MAX_WAITERS", default_value_t = 20_000)]
@@ -55,3 +55,17 @@ pub struct GatewayArgs {
     pub decisions_topic: String,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn an_amount_limit_that_is_not_positive_is_refused_naming_the_setting() {
+        assert_eq!(GatewayArgs::try_parse_from(["gateway", "--max-amount", "500"]).unwrap().max_amount, 500.0);
+        for bad in ["0", "NaN"] {
+            let err = GatewayArgs::try_parse_from(["gateway", "--max-amount", bad]).unwrap_err().to_string();
+            assert!(err.contains("--max-amount") && err.contains("not a positive amount"), "{err}");
+        }
+    }
+}

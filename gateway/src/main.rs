@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -39,10 +39,6 @@ async fn main() -> Result<()> {
         decisions_topic = %args.decisions_topic,
         "gateway starting"
     );
-    if !(args.max_amount.is_finite() && args.max_amount > 0.0) {
-        bail!("--max-amount (MAX_AMOUNT) must be a positive number, got {}", args.max_amount);
-    }
-
     let metrics = GatewayMetrics::new(&registry);
     let board = Arc::new(DecisionBoard::new(args.max_waiters, args.recent_decisions));
 

@@ -109,7 +109,7 @@ pub struct ModelArgs {
     #[arg(long, env = "MODEL_INTRA_THREADS", default_value_t = 1)]
     pub model_intra_threads: usize,
     /// Largest amount accepted; larger ones go to the dead-letter topic.
-    #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = positive_amount)]
+    #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = telemetry::config::parse_positive_amount)]
     pub max_amount: f64,
     /// Amounts above this are reviewed rather than approved, whatever the score.
     #[arg(long, env = "REVIEW_ABOVE_AMOUNT", default_value_t = 10_000.0)]
@@ -165,13 +165,6 @@ pub struct ReplayArgs {
     pub topics: InputTopics,
     #[arg(long, env = "LABELS_TOPIC", default_value = schemas::topics::LABELS)]
     pub labels_topic: String,
-}
-
-fn positive_amount(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a positive amount")),
-    }
 }
 
 /// An instant as milliseconds since the Unix epoch: RFC 3339, or an age before now written as a

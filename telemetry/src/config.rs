@@ -6,6 +6,14 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
+/// A positive, finite amount (`--max-amount`), for a setting's value parser.
+pub fn parse_positive_amount(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive amount")),
+    }
+}
+
 /// `redis://user:secret@host` → `redis://user:***@host`, for printing.
 pub fn mask_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -49,6 +57,14 @@ mod tests {
         let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
         let settings = [kv("fetch.wait.max.ms", "50"), kv("sasl.password", "hunter2"), kv("sasl.oauthbearer.client.secret", "s3"), kv("linger.ms", "1")];
         assert_eq!(show_key_values(&settings), "fetch.wait.max.ms=50,sasl.password=***,sasl.oauthbearer.client.secret=***,linger.ms=1");
+    }
+
+    #[test]
+    fn positive_amounts() {
+        assert_eq!(parse_positive_amount(" 1000.5 "), Ok(1000.5));
+        for bad in ["0", "-5", "NaN", "inf", "lots"] {
+            assert!(parse_positive_amount(bad).unwrap_err().contains("not a positive amount"), "{bad}");
+        }
     }
 
     #[test]
