@@ -212,6 +212,9 @@ pub struct Report {
     pub labelled: Labelled,
     /// The changed decisions with the largest change in probability (then the largest amount).
     pub examples: Vec<Example>,
+    /// How many examples to keep.
+    #[serde(skip)]
+    examples_wanted: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -409,13 +412,19 @@ impl Quality {
 }
 
 impl Report {
-    /// An empty report for these two models over this range.
-    pub fn new(baseline: ModelSide, candidate: ModelSide, from_ms: Option<i64>, to_ms: i64, topic: &str) -> Self {
-        Report { baseline, candidate, range: Range { from_ms, to_ms, topic: topic.to_string(), partitions: Vec::new() }, ..Default::default() }
+    /// An empty report for these two models over this range, to list `examples` changes.
+    pub fn new(baseline: ModelSide, candidate: ModelSide, from_ms: Option<i64>, to_ms: i64, topic: &str, examples: usize) -> Self {
+        Report {
+            baseline,
+            candidate,
+            range: Range { from_ms, to_ms, topic: topic.to_string(), partitions: Vec::new() },
+            examples_wanted: examples,
+            ..Default::default()
+        }
     }
 
     /// Counts one replayed transaction.
-    pub fn add(&mut self, o: &Outcome<'_>, examples: usize) {
+    pub fn add(&mut self, o: &Outcome<'_>) {
         self.transactions += 1;
         match o.source {
             FeatureSource::Recorded => self.features.recorded += 1,
@@ -450,7 +459,7 @@ impl Report {
                 Some(c) => c.count += 1,
                 None => self.changes.push(Change { from: o.baseline.decision, to: o.candidate.decision, count: 1 }),
             }
-            if examples > 0 {
+            if self.examples_wanted > 0 {
                 self.examples.push(Example {
                     transaction_id: o.tx.transaction_id.clone(),
                     user_id: o.tx.user_id.clone(),
@@ -460,8 +469,8 @@ impl Report {
                     candidate: o.candidate,
                     candidate_top_features: o.candidate_top.iter().map(|c| (c.name.to_string(), c.contribution)).collect(),
                 });
-                if self.examples.len() >= examples.saturating_mul(4).max(64) {
-                    self.keep_largest_examples(examples);
+                if self.examples.len() >= self.examples_wanted.saturating_mul(4).max(64) {
+                    self.keep_largest_examples();
                 }
             }
         }
@@ -473,7 +482,7 @@ impl Report {
         }
     }
 
-    fn keep_largest_examples(&mut self, n: usize) {
+    fn keep_largest_examples(&mut self) {
         // Largest change in probability first; among equal ones (a candidate that differs only in
         // its thresholds changes none), the largest payment.
         let change = |e: &Example| (e.candidate.fraud_probability - e.baseline.fraud_probability).abs();
@@ -481,11 +490,11 @@ impl Report {
         self.examples.sort_by(|a, b| {
             change(b).total_cmp(&change(a)).then_with(|| usd(b).total_cmp(&usd(a))).then_with(|| a.transaction_id.cmp(&b.transaction_id))
         });
-        self.examples.truncate(n);
+        self.examples.truncate(self.examples_wanted);
     }
 
     /// Derives the means, rates and orderings once everything is counted.
-    pub fn finish(&mut self, examples: usize) {
+    pub fn finish(&mut self) {
         let n = self.transactions.max(1) as f64;
         self.baseline.mean_probability = self.baseline.probability_sum / n;
         self.candidate.mean_probability = self.candidate.probability_sum / n;
@@ -493,7 +502,7 @@ impl Report {
         self.labelled.candidate.finish();
         let order = |v: Verdict| Verdict::ALL.iter().position(|&x| x == v);
         self.changes.sort_by_key(|c| (order(c.from), order(c.to)));
-        self.keep_largest_examples(examples);
+        self.keep_largest_examples();
     }
 
     /// The report for a terminal.
@@ -618,6 +627,7 @@ impl Backtest {
             self.from_ms,
             self.to_ms,
             &source.transactions_topic,
+            self.examples,
         );
         let start = self.from_ms;
         let (mut cases, mut index) = (Vec::<Case>::new(), HashMap::<String, usize>::new());
@@ -658,7 +668,7 @@ impl Backtest {
         }
         tracing::info!(transactions = cases.len(), "transactions of the range read");
         if cases.is_empty() {
-            report.finish(self.examples);
+            report.finish();
             return Ok(report);
         }
 
@@ -706,7 +716,7 @@ impl Backtest {
         for chunk in cases.chunks(CHUNK) {
             self.score_chunk(chunk, &mut report)?;
         }
-        report.finish(self.examples);
+        report.finish();
         Ok(report)
     }
 
@@ -724,12 +734,12 @@ impl Backtest {
             }
             _ => vec![UserLookup::Unavailable; unrecorded.len()],
         };
-        let defaults = self.baseline.default_user_features().clone();
+        let defaults = self.baseline.default_user_features();
         for (&i, lookup) in unrecorded.iter().zip(&lookups) {
             let (user, source) = match lookup {
                 UserLookup::Found(u) => (u, FeatureSource::Store),
-                UserLookup::Missing => (&defaults, FeatureSource::DefaultsUserUnknown),
-                UserLookup::Unavailable => (&defaults, FeatureSource::DefaultsStoreUnavailable),
+                UserLookup::Missing => (defaults, FeatureSource::DefaultsUserUnknown),
+                UserLookup::Unavailable => (defaults, FeatureSource::DefaultsStoreUnavailable),
             };
             sources[i] = source;
             rows[i * N_FEATURES..(i + 1) * N_FEATURES].copy_from_slice(&feature_vector(&chunk[i].tx, user));
@@ -753,7 +763,7 @@ impl Backtest {
                 candidate: scored(&self.candidate, cand.probabilities[i]),
                 candidate_top: top_contributions(&rows[i * N_FEATURES..(i + 1) * N_FEATURES], cand.contributions(i)),
             };
-            report.add(&outcome, self.examples);
+            report.add(&outcome);
             if let Some(out) = self.output.as_mut() {
                 serde_json::to_writer(&mut *out, &Line::of(&outcome)).map_err(std::io::Error::from)?;
                 out.write_all(b"\n")?;
@@ -946,15 +956,15 @@ mod tests {
 
     #[test]
     fn counts_changes_amounts_reproduction_and_quality() {
-        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions");
+        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions", 2);
         let (a, b, c, d, e) = (tx("a", 100.0), tx("b", 10.0), tx("c", 50.0), tx("d", 1.0), tx("e", 2.0));
-        r.add(&Outcome { recorded: Some(("1", 0.1)), is_fraud: Some(false), ..outcome(&a, scored(Verdict::Approve, 0.1), scored(Verdict::Review, 0.4)) }, 2);
-        r.add(&Outcome { recorded: Some(("1", 0.8)), is_fraud: Some(true), ..outcome(&b, scored(Verdict::Block, 0.8000001), scored(Verdict::Block, 0.9)) }, 2);
-        r.add(&Outcome { recorded: Some(("0.9", 0.5)), ..outcome(&c, scored(Verdict::Approve, 0.2), scored(Verdict::Block, 0.95)) }, 2);
-        r.add(&Outcome { source: FeatureSource::DefaultsUserUnknown, is_fraud: Some(true), ..outcome(&d, scored(Verdict::Approve, 0.05), scored(Verdict::Approve, 0.06)) }, 2);
+        r.add(&Outcome { recorded: Some(("1", 0.1)), is_fraud: Some(false), ..outcome(&a, scored(Verdict::Approve, 0.1), scored(Verdict::Review, 0.4)) });
+        r.add(&Outcome { recorded: Some(("1", 0.8)), is_fraud: Some(true), ..outcome(&b, scored(Verdict::Block, 0.8000001), scored(Verdict::Block, 0.9)) });
+        r.add(&Outcome { recorded: Some(("0.9", 0.5)), ..outcome(&c, scored(Verdict::Approve, 0.2), scored(Verdict::Block, 0.95)) });
+        r.add(&Outcome { source: FeatureSource::DefaultsUserUnknown, is_fraud: Some(true), ..outcome(&d, scored(Verdict::Approve, 0.05), scored(Verdict::Approve, 0.06)) });
         // Recorded by a build with other features: scored on the store's, so not comparable.
-        r.add(&Outcome { recorded: Some(("1", 0.7)), source: FeatureSource::Store, ..outcome(&e, scored(Verdict::Approve, 0.01), scored(Verdict::Approve, 0.01)) }, 2);
-        r.finish(2);
+        r.add(&Outcome { recorded: Some(("1", 0.7)), source: FeatureSource::Store, ..outcome(&e, scored(Verdict::Approve, 0.01), scored(Verdict::Approve, 0.01)) });
+        r.finish();
 
         assert_eq!(r.transactions, 5);
         assert_eq!((r.baseline.approve, r.baseline.review, r.baseline.block), (4, 0, 1));
@@ -983,10 +993,10 @@ mod tests {
 
     #[test]
     fn a_baseline_that_does_not_reproduce_production_is_called_out() {
-        let mut r = Report::new(side("1"), side("2"), Some(0), 10, "transactions");
+        let mut r = Report::new(side("1"), side("2"), Some(0), 10, "transactions", 0);
         let a = tx("a", 1.0);
-        r.add(&Outcome { recorded: Some(("1", 0.5)), ..outcome(&a, scored(Verdict::Review, 0.4), scored(Verdict::Review, 0.4)) }, 0);
-        r.finish(0);
+        r.add(&Outcome { recorded: Some(("1", 0.5)), ..outcome(&a, scored(Verdict::Review, 0.4), scored(Verdict::Review, 0.4)) });
+        r.finish();
         assert_eq!((r.reproduced.matching, r.reproduced.recorded_by_baseline), (0, 1));
         assert!((r.reproduced.largest_difference - 0.1).abs() < 1e-12);
         assert!(r.render().contains("WARNING"));
@@ -995,25 +1005,25 @@ mod tests {
 
     #[test]
     fn examples_stay_bounded_and_ordered() {
-        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions");
+        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions", 3);
         let txs: Vec<Transaction> = (0..500).map(|i| tx(&format!("t{i:03}"), 1.0)).collect();
         for (i, t) in txs.iter().enumerate() {
-            r.add(&outcome(t, scored(Verdict::Approve, 0.0), scored(Verdict::Block, i as f64 / 1000.0)), 3);
+            r.add(&outcome(t, scored(Verdict::Approve, 0.0), scored(Verdict::Block, i as f64 / 1000.0)));
             assert!(r.examples.len() <= 64);
         }
-        r.finish(3);
+        r.finish();
         assert_eq!(r.examples.iter().map(|e| e.transaction_id.as_str()).collect::<Vec<_>>(), ["t499", "t498", "t497"]);
     }
 
     #[test]
     fn among_equal_changes_the_largest_payments_are_the_examples() {
-        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions");
+        let mut r = Report::new(side("1"), side("2"), None, 10, "transactions", 2);
         let txs = [tx("a-small", 5.0), tx("c-large", 900.0), tx("b-middle", 50.0), tx("d-moved", 1.0)];
         for t in &txs[..3] {
-            r.add(&outcome(t, scored(Verdict::Approve, 0.25), scored(Verdict::Review, 0.25)), 2);
+            r.add(&outcome(t, scored(Verdict::Approve, 0.25), scored(Verdict::Review, 0.25)));
         }
-        r.add(&outcome(&txs[3], scored(Verdict::Approve, 0.1), scored(Verdict::Review, 0.3)), 2);
-        r.finish(2);
+        r.add(&outcome(&txs[3], scored(Verdict::Approve, 0.1), scored(Verdict::Review, 0.3)));
+        r.finish();
         assert_eq!(r.examples.iter().map(|e| e.transaction_id.as_str()).collect::<Vec<_>>(), ["d-moved", "c-large"]);
     }
 
