@@ -249,7 +249,8 @@ pub fn service_kafka_flags(own: Option<&str>, overrides: &[(String, String)], de
     defaults.chain(overrides).chain(own).flat_map(|pair| ["--kafka-config".to_string(), pair]).collect()
 }
 
-/// The value of an unlabelled sample `name` in a Prometheus text exposition.
+/// The value of the sample written `name` (with its labels, if any: `errors_total{kind="decode"}`)
+/// in a Prometheus text exposition.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
@@ -345,6 +346,9 @@ mod tests {
         assert_eq!(metric(text, "scorer_records_total"), Some(1500.0));
         assert_eq!(metric(text, "process_cpu_seconds_total"), Some(2.5));
         assert_eq!(metric(text, "missing"), None);
+        let labelled = "errors_total{kind=\"decode\"} 3\nerrors_total{kind=\"decode_more\"} 4\n";
+        assert_eq!(metric(labelled, r#"errors_total{kind="decode"}"#), Some(3.0));
+        assert_eq!(metric(labelled, "errors_total"), None, "a labelled sample is named with its labels");
     }
 
     #[test]

@@ -206,11 +206,7 @@ pub fn scrape(port: u16) -> String {
 /// The value of the sample written `name_and_labels` (e.g. `errors_total{kind="decode"}`) in a
 /// `/metrics` text; 0 when it is absent.
 pub fn sample(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    fraudctl::stack::metric(text, name_and_labels).unwrap_or(0.0)
 }
 
 #[cfg(test)]
