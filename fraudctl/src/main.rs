@@ -172,12 +172,22 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum TopicsCommand {
-    /// Create every fraudstream topic (existing ones are left alone).
+    /// Create every fraudstream topic (existing ones are left alone) and say what became of each.
     Create {
         #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
         brokers: String,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
         partitions: i32,
+        /// Copies of each partition: a number, or `auto` for three (one per broker on a cluster of
+        /// fewer). With three or more, topics get `min.insync.replicas=2` unless --config says
+        /// otherwise.
+        #[arg(long, default_value = "auto")]
+        replication_factor: fraudctl::topics::Replication,
+        /// A topic setting, `KEY=VALUE` for every topic or `TOPIC:KEY=VALUE` for one (e.g.
+        /// `decisions:retention.ms=2592000000` to backtest over 30 days); repeatable. Only topics
+        /// created now get them.
+        #[arg(long = "config", value_name = "[TOPIC:]KEY=VALUE")]
+        settings: Vec<fraudctl::topics::TopicSetting>,
     },
 }
 
@@ -234,11 +244,10 @@ fn main() -> Result<()> {
     fraudctl::kafka::set_overrides(cli.kafka_config);
     match cli.command {
         Command::Score(args) => score(args),
-        Command::Topics(TopicsCommand::Create { brokers, partitions }) => {
-            let topics = fraudctl::topics::standard(partitions);
-            runtime()?.block_on(fraudctl::topics::create(&brokers, &topics))?;
-            for (t, p) in &topics {
-                println!("topic {t} ({p} partitions)");
+        Command::Topics(TopicsCommand::Create { brokers, partitions, replication_factor, settings }) => {
+            let plan = fraudctl::topics::Plan { topics: fraudctl::topics::standard(partitions), replication: replication_factor, settings };
+            for outcome in runtime()?.block_on(fraudctl::topics::apply(&brokers, &plan))? {
+                println!("{outcome}");
             }
             Ok(())
         }
