@@ -1,7 +1,8 @@
 //! The dashboards' and rules' PromQL against a real Prometheus that scrapes the running pipeline
 //! (gateway, scorer, drift job on a real broker and Redis, with traffic and labels): every
 //! expression parses and evaluates, and every dashboard query and recording rule has data. Also
-//! lints each service's /metrics with `promtool check metrics`.
+//! lints each service's /metrics with `promtool check metrics`, and follows the latency
+//! histograms' exemplars (Prometheus scrapes OpenMetrics) to traces the services exported.
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -27,9 +28,13 @@ fn get(url: &str) -> String {
 }
 
 fn query(prom: u16, expr: &str) -> serde_json::Value {
+    api(prom, "query", &[("query", expr)])
+}
+
+fn api(prom: u16, endpoint: &str, params: &[(&str, &str)]) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let url = reqwest::Url::parse_with_params(&format!("http://127.0.0.1:{prom}/api/v1/query"), &[("query", expr)]).unwrap();
+        let url = reqwest::Url::parse_with_params(&format!("http://127.0.0.1:{prom}/api/v1/{endpoint}"), params).unwrap();
         reqwest::Client::new()
             .get(url)
             .send()
@@ -86,12 +91,15 @@ fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
     let (broker, redis) = testkit::servers(2, 500, 1);
     let (gw_port, sc_port, dj_port, prom_port) = (free_port(), free_port(), free_port(), free_port());
     let group = unique("scorer");
+    // Traces go to a collector (10 % of new traces, the default sampling); exemplars must name them.
+    let collector = testkit::otlp::Receiver::start();
+    let tracing = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()), ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string())];
     let mut scorer = Service::start(
         "scorer",
         &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{sc_port}")].map(String::from),
-        &[],
+        &tracing,
     );
-    let _gateway = Service::start("gateway", &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{gw_port}")].map(String::from), &[]);
+    let _gateway = Service::start("gateway", &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{gw_port}")].map(String::from), &tracing);
     let mut drift = Service::start(
         "drift-job",
         &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{dj_port}"), "--window-seconds", "2", "--min-samples", "20", "--group-id", &unique("drift")].map(String::from),
@@ -112,6 +120,7 @@ fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
         .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .arg("--enable-feature=exemplar-storage")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -176,6 +185,25 @@ fn dashboards_and_rules_query_a_prometheus_scraping_the_running_pipeline() {
             missing.push(format!("{what}: {expr}"));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(missing.is_empty(), "queries without data:\n{}", missing.join("\n"));
+
+    // From a latency spike to a trace: the latency histograms' exemplars name traces the
+    // collector received, and only those.
+    let exported: std::collections::HashSet<String> = collector.spans().into_iter().map(|s| s.trace_id).collect();
+    assert!(!exported.is_empty(), "no spans exported");
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let start = (end.parse::<u64>().unwrap() - 600).to_string();
+    for selector in [r#"http_request_duration_seconds_bucket{job="gateway",route="/v1/predict"}"#, r#"decision_latency_seconds_bucket{job="scorer"}"#, r#"prediction_latency_seconds_bucket{job="scorer"}"#] {
+        let r = api(prom_port, "query_exemplars", &[("query", selector), ("start", &start), ("end", &end)]);
+        assert_eq!(r["status"], "success", "{selector}: {r}");
+        let exemplars: Vec<&serde_json::Value> =
+            r["data"].as_array().unwrap().iter().flat_map(|series| series["exemplars"].as_array().unwrap()).collect();
+        assert!(!exemplars.is_empty(), "no exemplars for {selector}: {r}");
+        for e in &exemplars {
+            let trace_id = e["labels"]["trace_id"].as_str().unwrap_or_default();
+            assert!(exported.contains(trace_id), "{selector}: exemplar {e} names a trace the collector never received");
+        }
+        println!("{selector}: {} exemplars, each naming an exported trace", exemplars.len());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,7 +26,7 @@ use schemas::{FieldError, Payment, Transaction, TransactionLimits};
 use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
 use crate::decisions::{Claim, Decided, DecisionBoard, Publishing, WaitError};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{GatewayMetrics, HTTP_DURATION};
 use crate::request::parse_transaction;
 
 /// The bundled OpenAPI document, with the default limits.
@@ -146,6 +146,8 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
+    // The trace an exemplar of this request's duration may name (sampled and exported only).
+    let mut exemplar_trace: Option<String> = None;
     let response = if route.starts_with("/v1/") {
         // Continue the caller's trace (W3C headers) or start one; a bad header starts one.
         let parent = telemetry::trace::extract_from_http(req.headers());
@@ -167,6 +169,7 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
         // W3C `traceresponse`: every API answer, errors included, names its trace, so a caller
         // can hand it to on-call (or look it up itself) without parsing the body.
         let span = cx.span();
+        exemplar_trace = telemetry::trace::exported_trace_id(span.span_context());
         if span.span_context().is_valid()
             && let Ok(value) = HeaderValue::from_bytes(&telemetry::trace::traceparent(span.span_context()))
         {
@@ -186,7 +189,11 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
         .http_requests
         .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
         .inc();
-    metrics.http_duration.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    metrics.http_duration.with_label_values(&[route.as_str()]).observe(seconds);
+    if let Some(trace_id) = exemplar_trace {
+        telemetry::metrics::exemplars().record(HTTP_DURATION, &[("route", route.as_str())], telemetry::metrics::LATENCY_BUCKETS, seconds, &trace_id);
+    }
     response
 }
 

@@ -5,6 +5,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 
 use telemetry::metrics::{LATENCY_BUCKETS, register};
 
+/// The request duration histogram (label `route`), whose buckets keep exemplars.
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+
 #[derive(Clone)]
 pub struct GatewayMetrics {
     pub http_requests: IntCounterVec,
@@ -59,7 +62,7 @@ impl GatewayMetrics {
             http_duration: register(
                 r,
                 HistogramVec::new(
-                    HistogramOpts::new("http_request_duration_seconds", "HTTP request duration by route.").buckets(LATENCY_BUCKETS.to_vec()),
+                    HistogramOpts::new(HTTP_DURATION, "HTTP request duration by route.").buckets(LATENCY_BUCKETS.to_vec()),
                     &["route"],
                 )
                 .expect("valid metric"),

@@ -6,6 +6,10 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use schemas::Verdict;
 use telemetry::metrics::{BATCH_BUCKETS, LATENCY_BUCKETS, PROBABILITY_BUCKETS, register};
 
+/// Per-record latency histograms, whose buckets keep exemplars (records traced and exported).
+pub const PREDICTION_LATENCY: &str = "prediction_latency_seconds";
+pub const DECISION_LATENCY: &str = "decision_latency_seconds";
+
 #[derive(Clone)]
 pub struct ScorerMetrics {
     pub predictions: IntCounterVec,
@@ -102,9 +106,9 @@ impl ScorerMetrics {
         build_info.set(1);
         Self {
             predictions,
-            prediction_latency: register(r, histogram("prediction_latency_seconds", "Time from a record's poll to its decision being produced.", LATENCY_BUCKETS)),
+            prediction_latency: register(r, histogram(PREDICTION_LATENCY, "Time from a record's poll to its decision being produced.", LATENCY_BUCKETS)),
             prediction_score: register(r, histogram("prediction_score", "Fraud probabilities the model gave.", PROBABILITY_BUCKETS)),
-            decision_latency: register(r, histogram("decision_latency_seconds", "Time from a transaction record's Kafka timestamp to its decision being produced.", LATENCY_BUCKETS)),
+            decision_latency: register(r, histogram(DECISION_LATENCY, "Time from a transaction record's Kafka timestamp to its decision being produced.", LATENCY_BUCKETS)),
             model_inference: register(r, histogram("model_inference_duration_seconds", "Duration of one model call (one per poll batch).", LATENCY_BUCKETS)),
             cache_hits: register(r, IntCounter::new("feature_cache_hits_total", "Users found in the feature store.").expect("valid metric")),
             cache_misses: register(r, IntCounter::new("feature_cache_misses_total", "Users the feature store had no features for.").expect("valid metric")),

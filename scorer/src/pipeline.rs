@@ -24,13 +24,14 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use telemetry::metrics::LATENCY_BUCKETS;
 use telemetry::trace::SpanIds;
 
 use schemas::{BusinessEvent, BusinessEventKind, Decision, Transaction, TransactionLimits, headers, topics};
 
 use crate::commit::{CommitFailure, CommitGate, CommitJob, Committed, Committer, DeliveryContext};
 use crate::features::UserLookup;
-use crate::metrics::ScorerMetrics;
+use crate::metrics::{DECISION_LATENCY, PREDICTION_LATENCY, ScorerMetrics};
 use crate::scoring::Scorer;
 use crate::spans::{BatchSpans, RecordSource, SpanNaming};
 use crate::store::FeatureStore;
@@ -692,7 +693,7 @@ impl Pipeline {
         let Scored { started, decisions, record_times, spans, fetch_times, stages, dead, seen } = scored;
         let now_ms = schemas::now_millis();
         let latency = committed.0.saturating_duration_since(started).as_secs_f64();
-        self.observe(&decisions, &seen, &record_times, latency, now_ms);
+        self.observe(&decisions, &seen, &record_times, latency, now_ms, &spans);
         for (d, s) in decisions.iter().zip(&seen) {
             let payment = match s {
                 Seen::First => continue,
@@ -815,11 +816,12 @@ impl Pipeline {
     /// A committed batch's decisions in the metrics. Counters are added up per batch: one label
     /// lookup per (decision, risk level, model) seen rather than one per record. The amounts, like
     /// business events, count each transaction once.
-    fn observe(&self, decisions: &[Decision], seen: &[Seen], record_times: &[Option<i64>], latency_seconds: f64, now_ms: i64) {
+    /// Records traced and exported also leave their latencies as exemplars.
+    fn observe(&self, decisions: &[Decision], seen: &[Seen], record_times: &[Option<i64>], latency_seconds: f64, now_ms: i64, spans: &BatchSpans) {
         let m = &self.metrics;
         let mut predictions: Vec<((schemas::Verdict, schemas::RiskLevel, &str), u64)> = Vec::new();
         let (mut degraded, mut revenue, mut blocked, mut review) = (0, 0.0, 0.0, 0.0);
-        for ((d, record_ms), s) in decisions.iter().zip(record_times).zip(seen) {
+        for (i, ((d, record_ms), s)) in decisions.iter().zip(record_times).zip(seen).enumerate() {
             let key = (d.decision, d.risk_level, d.model_version.as_str());
             match predictions.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, n)) => *n += 1,
@@ -827,8 +829,16 @@ impl Pipeline {
             }
             m.prediction_score.observe(d.fraud_probability);
             m.prediction_latency.observe(latency_seconds);
-            if let Some(ts) = record_ms {
-                m.decision_latency.observe(((now_ms - ts).max(0) as f64) / 1e3);
+            let decision_latency = record_ms.map(|ts| ((now_ms - ts).max(0) as f64) / 1e3);
+            if let Some(seconds) = decision_latency {
+                m.decision_latency.observe(seconds);
+            }
+            if let Some(trace_id) = spans.exported_trace(i) {
+                let exemplars = telemetry::metrics::exemplars();
+                exemplars.record(PREDICTION_LATENCY, &[], LATENCY_BUCKETS, latency_seconds, &trace_id);
+                if let Some(seconds) = decision_latency {
+                    exemplars.record(DECISION_LATENCY, &[], LATENCY_BUCKETS, seconds, &trace_id);
+                }
             }
             degraded += u64::from(d.degraded);
             if *s != Seen::First {

@@ -160,6 +160,14 @@ impl BatchSpans {
         headers
     }
 
+    /// Record i's trace id when its span is recorded and exported, for exemplars.
+    pub fn exported_trace(&self, i: usize) -> Option<String> {
+        match &self.process[i] {
+            RecordSpan::Recording(s) => telemetry::trace::exported_trace_id(s.0.span_context()),
+            RecordSpan::Unsampled(_) => None,
+        }
+    }
+
     /// Record i's span ids, for its log lines.
     pub fn ids(&self, i: usize) -> SpanIds {
         SpanIds::of(self.process[i].context())

@@ -1,6 +1,15 @@
-//! The Prometheus registry every service exports on `/metrics`, with process metrics, and the
-//! bucket layouts chosen for this workload.
+//! The Prometheus registry every service exports on `/metrics`, with process metrics, the
+//! bucket layouts chosen for this workload, and exemplars: the latency histograms keep, per
+//! bucket, the latest observation made in a trace that is exported, and `/metrics` shows them in
+//! the OpenMetrics format to a scraper that asks for it (Prometheus does), so that a latency
+//! spike on a dashboard leads to the trace of a request in it.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::proto::{LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// Sub-millisecond to seconds: scoring runs in microseconds per record, a degraded or congested
@@ -43,4 +52,252 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Reg
         panic!("metric registered twice or with a bad name: {e}");
     }
     metric
+}
+
+/// One observation's value, its trace and when it was made.
+#[derive(Debug, Clone, PartialEq)]
+struct Exemplar {
+    trace_id: String,
+    value: f64,
+    at_seconds: f64,
+}
+
+/// The latest exemplar per bucket of each histogram series (name and labels) of the process.
+#[derive(Debug, Default)]
+pub struct Exemplars(Mutex<HashMap<String, Vec<Option<Exemplar>>>>);
+
+/// The process's exemplars: one registry per service process, rendered by [`render_openmetrics`].
+pub fn exemplars() -> &'static Exemplars {
+    static EXEMPLARS: OnceLock<Exemplars> = OnceLock::new();
+    EXEMPLARS.get_or_init(Exemplars::default)
+}
+
+/// `name` and the label pairs sorted by label name, as one key.
+fn series_key<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut labels: Vec<(&str, &str)> = labels.collect();
+    labels.sort_unstable();
+    let mut key = name.to_string();
+    for (k, v) in labels {
+        let _ = write!(key, "\u{0}{k}\u{0}{v}");
+    }
+    key
+}
+
+impl Exemplars {
+    /// Keeps `value`, observed in the trace `trace_id` (32 hex digits), as the exemplar of the
+    /// bucket it falls in (`bounds`: the histogram's upper bounds, `+Inf` implied) of the series
+    /// `name{labels}`. Callers give only observations made in a trace that is exported: an
+    /// exemplar must lead somewhere.
+    pub fn record(&self, name: &str, labels: &[(&str, &str)], bounds: &[f64], value: f64, trace_id: &str) {
+        let bucket = bounds.iter().position(|&b| value <= b).unwrap_or(bounds.len());
+        let at_seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let exemplar = Exemplar { trace_id: trace_id.to_string(), value, at_seconds };
+        let key = series_key(name, labels.iter().copied());
+        let mut all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let buckets = all.entry(key).or_insert_with(|| vec![None; bounds.len() + 1]);
+        if let Some(slot) = buckets.get_mut(bucket) {
+            *slot = Some(exemplar);
+        }
+    }
+
+    fn of_series(&self, name: &str, labels: &[LabelPair]) -> Option<Vec<Option<Exemplar>>> {
+        let key = series_key(name, labels.iter().map(|l| (l.name(), l.value())));
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned()
+    }
+}
+
+/// Whether an HTTP `Accept` header asks for the OpenMetrics text format.
+pub fn wants_openmetrics(accept: &str) -> bool {
+    accept.contains("application/openmetrics-text")
+}
+
+/// The content type of [`render_openmetrics`]' output.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry in the OpenMetrics text format, with `exemplars` on histogram buckets. Series
+/// names, labels and values are those of [`render`] (counters keep their `_total` samples; a
+/// counter named otherwise is given as `unknown` so that its name does not change).
+pub fn render_openmetrics(registry: &Registry, exemplars: &Exemplars) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    for family in registry.gather() {
+        write_family(&mut out, &family, exemplars);
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+fn write_family(out: &mut String, family: &MetricFamily, exemplars: &Exemplars) {
+    let name = family.name();
+    let (om_name, om_type) = match family.get_field_type() {
+        MetricType::COUNTER => match name.strip_suffix("_total") {
+            Some(base) => (base, "counter"),
+            None => (name, "unknown"),
+        },
+        MetricType::GAUGE => (name, "gauge"),
+        MetricType::HISTOGRAM => (name, "histogram"),
+        MetricType::SUMMARY => (name, "summary"),
+        // Not made by this crate's metric types.
+        MetricType::UNTYPED => return,
+    };
+    let _ = writeln!(out, "# TYPE {om_name} {om_type}");
+    if !family.help().is_empty() {
+        let _ = writeln!(out, "# HELP {om_name} {}", escape(family.help()));
+    }
+    for m in family.get_metric() {
+        let labels = m.get_label();
+        match family.get_field_type() {
+            MetricType::UNTYPED => {}
+            MetricType::COUNTER => sample(out, name, labels, None, m.get_counter().get_value()),
+            MetricType::GAUGE => sample(out, name, labels, None, m.get_gauge().get_value()),
+            MetricType::HISTOGRAM => {
+                let h = m.get_histogram();
+                let series = exemplars.of_series(name, labels);
+                let exemplar = |i: usize| series.as_ref().and_then(|s| s.get(i).cloned().flatten());
+                let bucket_name = format!("{name}_bucket");
+                let mut inf_seen = false;
+                for (i, b) in h.get_bucket().iter().enumerate() {
+                    let le = b.upper_bound();
+                    inf_seen |= le.is_infinite() && le.is_sign_positive();
+                    sample(out, &bucket_name, labels, Some(&format_value(le)), b.cumulative_count() as f64);
+                    if let Some(e) = exemplar(i) {
+                        with_exemplar(out, &e);
+                    }
+                }
+                if !inf_seen {
+                    sample(out, &bucket_name, labels, Some("+Inf"), h.get_sample_count() as f64);
+                    if let Some(e) = exemplar(h.get_bucket().len()) {
+                        with_exemplar(out, &e);
+                    }
+                }
+                sample(out, &format!("{name}_sum"), labels, None, h.get_sample_sum());
+                sample(out, &format!("{name}_count"), labels, None, h.get_sample_count() as f64);
+            }
+            MetricType::SUMMARY => {
+                let s = m.get_summary();
+                for q in s.get_quantile() {
+                    let mut with_quantile = labels.to_vec();
+                    let mut pair = LabelPair::default();
+                    pair.set_name("quantile".to_string());
+                    pair.set_value(format_value(q.quantile()));
+                    with_quantile.push(pair);
+                    sample(out, name, &with_quantile, None, q.value());
+                }
+                sample(out, &format!("{name}_sum"), labels, None, s.sample_sum());
+                sample(out, &format!("{name}_count"), labels, None, s.sample_count() as f64);
+            }
+        }
+    }
+}
+
+/// One sample line, without its newline when an exemplar is to follow: the caller ends it.
+fn sample(out: &mut String, name: &str, labels: &[LabelPair], le: Option<&str>, value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        let mut first = true;
+        for (k, v) in labels.iter().map(|l| (l.name(), l.value())).chain(le.map(|le| ("le", le))) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let _ = write!(out, "{k}=\"{}\"", escape(v));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {}", format_value(value));
+}
+
+/// Appends ` # {trace_id="..."} value timestamp` to the sample line just written.
+fn with_exemplar(out: &mut String, e: &Exemplar) {
+    if out.ends_with('\n') {
+        out.pop();
+    }
+    let _ = writeln!(out, " # {{trace_id=\"{}\"}} {} {:.3}", escape(&e.trace_id), format_value(e.value), e.at_seconds);
+}
+
+/// Numbers as the Prometheus text format writes them (so series match across the two formats),
+/// with OpenMetrics' names for infinities and NaN.
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf".to_string() } else { "-Inf".to_string() }
+    } else {
+        v.to_string()
+    }
+}
+
+/// Escapes `\`, `"` and newlines in label values and help text.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+
+    fn sample_lines(text: &str) -> Vec<String> {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(" # ").next().unwrap_or(l).to_string())
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn openmetrics_has_the_text_formats_series_and_the_exemplars_of_each_bucket() {
+        let registry = Registry::new();
+        let requests = register(&registry, IntCounterVec::new(Opts::new("requests_total", "Requests \"served\".\nAll."), &["route"]).unwrap());
+        let odd = register(&registry, prometheus::Counter::new("odd_seconds", "A counter without _total.").unwrap());
+        let queue = register(&registry, Gauge::new("queue_depth", "Waiting.").unwrap());
+        let latency =
+            register(&registry, HistogramVec::new(HistogramOpts::new("latency_seconds", "Latency.").buckets(vec![0.01, 0.1, 1.0]), &["route"]).unwrap());
+        requests.with_label_values(&["/a\"b"]).inc_by(3);
+        odd.inc_by(1.5);
+        queue.set(f64::INFINITY);
+        for v in [0.005, 0.05, 0.07, 5.0] {
+            latency.with_label_values(&["/v1/predict"]).observe(v);
+        }
+        let exemplars = Exemplars::default();
+        exemplars.record("latency_seconds", &[("route", "/v1/predict")], &[0.01, 0.1, 1.0], 0.05, "aaaa");
+        exemplars.record("latency_seconds", &[("route", "/v1/predict")], &[0.01, 0.1, 1.0], 0.07, "bbbb");
+        exemplars.record("latency_seconds", &[("route", "/v1/predict")], &[0.01, 0.1, 1.0], 5.0, "cccc");
+        exemplars.record("latency_seconds", &[("route", "/other")], &[0.01, 0.1, 1.0], 0.005, "dddd");
+
+        let om = render_openmetrics(&registry, &exemplars);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        for line in [
+            "# TYPE requests counter",
+            "# HELP requests Requests \\\"served\\\".\\nAll.",
+            "requests_total{route=\"/a\\\"b\"} 3",
+            "# TYPE odd_seconds unknown",
+            "odd_seconds 1.5",
+            "# TYPE queue_depth gauge",
+            "queue_depth +Inf",
+            "# TYPE latency_seconds histogram",
+            "latency_seconds_bucket{route=\"/v1/predict\",le=\"0.01\"} 1",
+            "latency_seconds_count{route=\"/v1/predict\"} 4",
+        ] {
+            assert!(om.lines().any(|l| l == line), "no line `{line}` in\n{om}");
+        }
+        // The latest observation of each bucket, in that bucket's line; none for the other route.
+        let with = |prefix: &str| om.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}\n{om}")).to_string();
+        with("latency_seconds_bucket{route=\"/v1/predict\",le=\"0.1\"} 3 # {trace_id=\"bbbb\"} 0.07 ");
+        with("latency_seconds_bucket{route=\"/v1/predict\",le=\"+Inf\"} 4 # {trace_id=\"cccc\"} 5 ");
+        assert!(!with("latency_seconds_bucket{route=\"/v1/predict\",le=\"0.01\"}").contains('#'), "{om}");
+        assert_eq!(om.matches("trace_id").count(), 2, "{om}");
+        // Same series and values as the Prometheus text format (infinity spelled as each format does).
+        assert_eq!(sample_lines(&om), sample_lines(&render(&registry).replace(" inf", " +Inf")));
+    }
+
+    #[test]
+    fn openmetrics_is_served_only_to_who_asks_for_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(prometheus));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics("text/plain; version=0.0.4"));
+    }
 }

@@ -1,4 +1,6 @@
-//! The operational HTTP routes every service serves: `/metrics`, `/health/live`, `/health/ready`.
+//! The operational HTTP routes every service serves: `/metrics` (the Prometheus text format, or
+//! OpenMetrics with exemplars when the scraper's `Accept` asks for it), `/health/live`,
+//! `/health/ready`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::Registry;
@@ -39,12 +41,14 @@ pub fn router(registry: Registry, readiness: Readiness) -> Router {
         .with_state(OpsState { registry, readiness })
 }
 
-async fn metrics(State(s): State<OpsState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        crate::metrics::render(&s.registry),
-    )
-        .into_response()
+/// The Prometheus text format, or OpenMetrics with exemplars for a scraper that asks for it.
+async fn metrics(State(s): State<OpsState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if crate::metrics::wants_openmetrics(accept) {
+        let body = crate::metrics::render_openmetrics(&s.registry, crate::metrics::exemplars());
+        return ([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS_CONTENT_TYPE)], body).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render(&s.registry)).into_response()
 }
 
 async fn live() -> Response {

@@ -98,6 +98,18 @@ pub fn export_saturated() -> bool {
     EXPORT.get().is_some_and(|e| e.breaker.is_open() || e.queued.load(Ordering::Relaxed) >= e.capacity)
 }
 
+/// Whether spans are exported (an exporter is configured): only then does a sampled trace lead
+/// somewhere, e.g. from a metric's exemplar.
+pub fn exporting() -> bool {
+    EXPORT.get().is_some()
+}
+
+/// The trace id (lowercase hex) of `sc` when that span is recorded and exported: what an
+/// exemplar may name.
+pub fn exported_trace_id(sc: &SpanContext) -> Option<String> {
+    (sc.is_sampled() && sc.is_valid() && exporting()).then(|| sc.trace_id().to_string())
+}
+
 /// Counts `n` spans a hot path did not build because of [`export_saturated`], under the reason
 /// that applies (`telemetry_spans_dropped_total{reason="export_failed"|"queue_full"}`).
 pub fn count_unbuilt_spans(n: u64) {
