@@ -104,10 +104,10 @@ pub fn exporting() -> bool {
     EXPORT.get().is_some()
 }
 
-/// The trace id (lowercase hex) of `sc` when that span is recorded and exported: what an
-/// exemplar may name.
+/// The trace id (lowercase hex) of `sc` when that span is recorded and goes to the collector
+/// (not while the export path drops spans): what an exemplar may name.
 pub fn exported_trace_id(sc: &SpanContext) -> Option<String> {
-    (sc.is_sampled() && sc.is_valid() && exporting()).then(|| sc.trace_id().to_string())
+    (sc.is_sampled() && sc.is_valid() && exporting() && !export_saturated()).then(|| sc.trace_id().to_string())
 }
 
 /// Counts `n` spans a hot path did not build because of [`export_saturated`], under the reason
