@@ -217,7 +217,9 @@ fn preload(brokers: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()>
         }
         let tx = g.payment(&population[i % population.len()], now).transaction;
         let payload = schemas::encode(&tx)?;
-        let traceparent = format!("00-{:032x}-{:016x}-00", i + 1, i + 1);
+        // As the gateway's: one context in ten sampled (its default ratio).
+        let flags = if i % 10 == 0 { "01" } else { "00" };
+        let traceparent = format!("00-{:032x}-{:016x}-{flags}", i + 1, i + 1);
         let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent.as_bytes()) });
         let record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload).headers(headers);
         scorer::pipeline::send_record(&p, record)?;

@@ -118,6 +118,10 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
     }
     let out = one(&spans, &trace_id, "send decisions");
     assert_eq!((out.kind, out.attr("messaging.destination.name")), (PRODUCER, Some("decisions")));
+    // The decision record carries that span's context on.
+    let decided = tokio::task::block_in_place(|| testkit::kafka::read(&stack.broker.bootstrap(), "decisions", 2, Duration::from_secs(30), Duration::from_millis(500)));
+    let record = decided.iter().find(|r| r.decode::<schemas::Decision>().transaction_id == tx_id).expect("the decision record");
+    assert_eq!(record.headers["traceparent"], format!("00-{trace_id}-{}-01", out.span_id));
     // The batch the record was scored in: linked from the record's span, and back.
     assert_eq!(process.links.len(), 1, "{process:?}");
     let batch = spans.iter().find(|s| (s.trace_id.clone(), s.span_id.clone()) == process.links[0]).expect("the linked batch span was exported");

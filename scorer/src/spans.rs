@@ -6,8 +6,9 @@
 //! stage times, and each sampled record's span links to one `score batch` span for the batch
 //! (which links back to them).
 //!
-//! A record whose producer's trace is not sampled gets no span: its outputs carry the producer's
-//! context on (a span that is not recorded has nothing to show). Unsampled new traces (records
+//! A record whose producer's trace is not sampled, or that arrives while this scorer exports no
+//! spans, gets no span: its outputs carry the producer's context on (a span that is not recorded
+//! or not exported has nothing to show). Unsampled new traces (records
 //! without a context) get a non-recording span for their ids.
 
 use std::borrow::Cow;
@@ -69,12 +70,14 @@ impl BatchSpans {
         let name = operation_name("process", naming.input_topic, topics::TRANSACTIONS, "process transactions");
         // With the export queue full, sampled records are not traced here (their spans would
         // only be dropped); their context passes on so later services can still trace them.
+        // Without an exporter no span would go anywhere: the caller's context passes on as it came.
         let saturated = telemetry::trace::export_saturated();
+        let exporting = telemetry::trace::exporting();
         let mut unbuilt = 0u64;
         let mut process: Vec<RecordSpan> = Vec::with_capacity(sources.len());
         for (src, parent) in sources.iter().zip(parents) {
             let parent_sc = parent.span().span_context().clone();
-            if parent_sc.is_valid() && (!parent_sc.is_sampled() || saturated) {
+            if parent_sc.is_valid() && (!parent_sc.is_sampled() || saturated || !exporting) {
                 unbuilt += u64::from(parent_sc.is_sampled()) * SPANS_PER_RECORD;
                 process.push(RecordSpan::Unsampled(parent_sc));
                 continue;

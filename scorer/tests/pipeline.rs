@@ -126,10 +126,10 @@ fn every_transaction_is_decided_like_the_scoring_core_and_events_add_up() {
     for r in &records {
         let d: Decision = r.decode();
         assert_eq!(r.key.as_deref(), Some(d.user_id.as_bytes()), "decisions are keyed by user_id");
-        // The trace goes on (same trace, still sampled) from the scorer's own span.
-        let tp: Vec<&str> = r.headers["traceparent"].split('-').collect();
-        assert_eq!((tp[0], tp[1], tp[3]), ("00", "0af7651916cd43dd8448eb211c80319c", "01"), "{tp:?}");
-        assert_ne!(tp[2], "b7ad6b7169203331");
+        // The trace goes on (same trace, still sampled); this scorer exports no spans, so its
+        // outputs carry the producer's context as it came (gateway/tests/traces.rs: from the
+        // scorer's `send decisions` span when it exports).
+        assert_eq!(r.headers["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     }
 
     // The same transactions through the scoring core in-process, with the same features.
