@@ -815,8 +815,8 @@ impl Pipeline {
 
     /// A committed batch's decisions in the metrics. Counters are added up per batch: one label
     /// lookup per (decision, risk level, model) seen rather than one per record. The amounts, like
-    /// business events, count each transaction once.
-    /// Records traced and exported also leave their latencies as exemplars.
+    /// business events, count each transaction once. Records traced and exported also leave their
+    /// latencies as exemplars.
     fn observe(&self, decisions: &[Decision], seen: &[Seen], record_times: &[Option<i64>], latency_seconds: f64, now_ms: i64, spans: &BatchSpans) {
         let m = &self.metrics;
         let mut predictions: Vec<((schemas::Verdict, schemas::RiskLevel, &str), u64)> = Vec::new();

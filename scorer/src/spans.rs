@@ -8,8 +8,8 @@
 //!
 //! A record whose producer's trace is not sampled, or that arrives while this scorer exports no
 //! spans, gets no span: its outputs carry the producer's context on (a span that is not recorded
-//! or not exported has nothing to show). Unsampled new traces (records
-//! without a context) get a non-recording span for their ids.
+//! or not exported has nothing to show). Unsampled new traces (records without a context) get a
+//! non-recording span for their ids.
 
 use std::borrow::Cow;
 use std::time::SystemTime;

@@ -189,7 +189,7 @@ fn write_family(out: &mut String, family: &MetricFamily, exemplars: &Exemplars) 
     }
 }
 
-/// One sample line, without its newline when an exemplar is to follow: the caller ends it.
+/// One sample line.
 fn sample(out: &mut String, name: &str, labels: &[LabelPair], le: Option<&str>, value: f64) {
     out.push_str(name);
     if !labels.is_empty() || le.is_some() {
@@ -207,7 +207,8 @@ fn sample(out: &mut String, name: &str, labels: &[LabelPair], le: Option<&str>, 
     let _ = writeln!(out, " {}", format_value(value));
 }
 
-/// Appends ` # {trace_id="..."} value timestamp` to the sample line just written.
+/// Appends ` # {trace_id="..."} value timestamp` to the sample line just written (before its
+/// newline).
 fn with_exemplar(out: &mut String, e: &Exemplar) {
     if out.ends_with('\n') {
         out.pop();
