@@ -3,11 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
-use std::process::Command;
-
-fn fraudctl(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fraudctl")).args(args).env_remove("FRAUDCTL_KAFKA_CONFIG").env("RUST_BACKTRACE", "0").output().unwrap()
-}
+mod common;
+use common::fraudctl;
 
 #[test]
 fn overrides_reach_the_clients_and_win_over_their_own_settings() {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -13,9 +13,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-fn fraudctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fraudctl")).args(args).env_remove("FRAUDCTL_KAFKA_CONFIG").env("RUST_BACKTRACE", "0").output().unwrap()
-}
+mod common;
+use common::fraudctl;
+
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
