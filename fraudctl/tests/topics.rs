@@ -16,7 +16,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 mod common;
 use common::fraudctl;
 
-
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
