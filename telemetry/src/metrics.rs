@@ -152,20 +152,24 @@ fn write_family(out: &mut String, family: &MetricFamily, exemplars: &Exemplars) 
             MetricType::HISTOGRAM => {
                 let h = m.get_histogram();
                 let series = exemplars.of_series(name, labels);
-                let exemplar = |i: usize| series.as_ref().and_then(|s| s.get(i).cloned().flatten());
+                // Bucket i's exemplar, if its value lies in (lower, upper] — it does unless the
+                // histogram's bounds differ from those it was recorded with.
+                let exemplar = |i: usize, lower: f64, upper: f64| {
+                    series.as_ref().and_then(|s| s.get(i).cloned().flatten()).filter(|e| e.value > lower && e.value <= upper)
+                };
                 let bucket_name = format!("{name}_bucket");
-                let mut inf_seen = false;
+                let mut lower = f64::NEG_INFINITY;
                 for (i, b) in h.get_bucket().iter().enumerate() {
                     let le = b.upper_bound();
-                    inf_seen |= le.is_infinite() && le.is_sign_positive();
                     sample(out, &bucket_name, labels, Some(&format_value(le)), b.cumulative_count() as f64);
-                    if let Some(e) = exemplar(i) {
+                    if let Some(e) = exemplar(i, lower, le) {
                         with_exemplar(out, &e);
                     }
+                    lower = le;
                 }
-                if !inf_seen {
+                if lower != f64::INFINITY {
                     sample(out, &bucket_name, labels, Some("+Inf"), h.get_sample_count() as f64);
-                    if let Some(e) = exemplar(h.get_bucket().len()) {
+                    if let Some(e) = exemplar(h.get_bucket().len(), lower, f64::INFINITY) {
                         with_exemplar(out, &e);
                     }
                 }
@@ -267,6 +271,10 @@ mod tests {
         exemplars.record("latency_seconds", &[("route", "/v1/predict")], &[0.01, 0.1, 1.0], 0.07, "bbbb");
         exemplars.record("latency_seconds", &[("route", "/v1/predict")], &[0.01, 0.1, 1.0], 5.0, "cccc");
         exemplars.record("latency_seconds", &[("route", "/other")], &[0.01, 0.1, 1.0], 0.005, "dddd");
+        // Recorded with other bounds than the histogram's: its value is not in the bucket its
+        // slot stands for, so it is left out rather than shown on the wrong bucket.
+        exemplars.record("latency_seconds", &[("route", "/mismatched")], &[0.5], 0.3, "eeee");
+        latency.with_label_values(&["/mismatched"]).observe(0.3);
 
         let om = render_openmetrics(&registry, &exemplars);
         assert!(om.ends_with("# EOF\n"), "{om}");
