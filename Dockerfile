@@ -14,7 +14,8 @@ RUN pip download --no-deps --only-binary=:all: "onnxruntime==${ORT_VERSION}" -d 
  && echo "${ORT_SO_SHA256}  /ort/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" | sha256sum -c -
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*
+# libssl3: TLS and SASL/SCRAM to Kafka, rediss:// to Redis.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/gateway /src/target/release/scorer /src/target/release/drift-job /src/target/release/fraudctl /usr/local/bin/
 # The scorer finds the library next to its executable.
 COPY --from=onnxruntime /ort/onnxruntime/capi/libonnxruntime.so.1.32.0 /usr/local/bin/libonnxruntime.so

@@ -68,10 +68,15 @@ ensure_tansu() {
 }
 
 # Debian packages, installed in one apt run; `apt-get update` only when something is missing.
-ensure_apt() { # command:package ...
-  local missing=()
+# Each argument is command:package, or pc=module:package for a library pkg-config must find.
+ensure_apt() { # command:package | pc=module:package ...
+  local missing=() check
   for pair in "$@"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    check=${pair%%:*}
+    case $check in
+      pc=*) pkg-config --exists "${check#pc=}" 2>/dev/null || missing+=("${pair#*:}") ;;
+      *) command -v "$check" >/dev/null 2>&1 || missing+=("${pair#*:}") ;;
+    esac
   done
   ((${#missing[@]})) || return 0
   [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
@@ -89,12 +94,14 @@ ensure_apt() { # command:package ...
 mode=${1:-run}
 case $mode in
   run)
-    ensure_apt unzip:unzip redis-server:redis-server
+    # OpenSSL's headers: the Kafka client (TLS, SASL/SCRAM) and the Redis client (rediss://) link it.
+    ensure_apt unzip:unzip redis-server:redis-server pkg-config:pkg-config pc=openssl:libssl-dev
     ensure_onnxruntime
     ensure_tansu
     ;;
   test)
-    ensure_apt unzip:unzip redis-server:redis-server promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
+    ensure_apt unzip:unzip redis-server:redis-server pkg-config:pkg-config pc=openssl:libssl-dev openssl:openssl \
+      promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
     ensure_onnxruntime
     ensure_tansu
     ;;

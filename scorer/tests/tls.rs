@@ -1,0 +1,139 @@
+//! Encrypted connections, as managed Redis and Kafka services require: the feature store over
+//! TLS (`rediss://`, the server's certificate verified against the CA in `SSL_CERT_FILE`) with a
+//! real Redis serving TLS, and Kafka clients that accept TLS and SCRAM settings.
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use schemas::{Decision, topics};
+use testkit::kafka::{Received, TestProducer, read};
+use testkit::process::Service;
+use testkit::{Broker, free_port, unique};
+
+use fraudctl::synth::{Drift, Generator};
+
+const SEED: u64 = 5;
+const USERS: u64 = 40;
+
+/// `openssl args` in `dir`; a failure fails the test.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl not runnable; run scripts/setup.sh test");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`ca.pem`) and a certificate it signed for localhost and 127.0.0.1 (`server.pem`,
+/// `server.key`), in `dir`.
+fn certificates(dir: &Path) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fraudstream test CA"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
+}
+
+/// redis-server serving TLS only, on `port`; killed when dropped.
+struct TlsRedis(Child);
+
+impl TlsRedis {
+    fn start(dir: &Path, port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not runnable; run scripts/setup.sh test");
+        let mut redis = Self(child);
+        let running = || match redis.0.try_wait()? {
+            Some(status) => anyhow::bail!("redis-server exited with {status}"),
+            None => Ok(()),
+        };
+        fraudctl::stack::wait_for_port(port, "redis-server (TLS)", running).unwrap();
+        redis
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The decisions of a scorer (with the feature store at `redis_url`, environment `env`) for `n`
+/// payments of the synthetic users, on a broker of its own; and the scorer's logs.
+fn decide(redis_url: &str, env: &[(&str, String)], n: usize) -> (Vec<Decision>, String) {
+    let broker = Broker::start();
+    testkit::kafka::create_standard_topics(&broker.bootstrap(), 1);
+    let group = unique("tls");
+    let args: Vec<String> = vec![
+        "--brokers".into(), broker.bootstrap(),
+        "--redis-url".into(), redis_url.into(),
+        "--group-id".into(), group.clone(),
+        "--transactional-id".into(), group,
+        "--listen".into(), format!("127.0.0.1:{}", free_port()),
+        "--session-timeout-ms".into(), "6000".into(),
+        "--redis-timeout-ms".into(), "2000".into(),
+    ];
+    let mut scorer = Service::start("scorer", &args, env);
+    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    let mut g = Generator::new(SEED, Drift::None, unique("tls"));
+    let txs: Vec<_> = (0..n).map(|i| g.payment(&Generator::user(SEED, i as u64 % USERS), 1_764_000_000_000).transaction).collect();
+    let p = TestProducer::new(&broker.bootstrap());
+    p.send_transactions(topics::TRANSACTIONS, &txs);
+    p.flush();
+    let decided = read(&broker.bootstrap(), topics::DECISIONS, n, Duration::from_secs(60), Duration::from_millis(500));
+    (decided.iter().map(Received::decode::<Decision>).collect(), scorer.logs())
+}
+
+#[test]
+fn the_feature_store_is_read_over_verified_tls() {
+    let dir = std::env::temp_dir().join(unique("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let port = free_port();
+    let _redis = TlsRedis::start(&dir, port);
+    let url = format!("rediss://localhost:{port}/");
+    let trust = [("SSL_CERT_FILE", dir.join("ca.pem").display().to_string())];
+
+    // Features written over TLS by the operator CLI.
+    let out = Command::new(testkit::process::bin("fraudctl"))
+        .args(["features", "load", "--redis-url", &url, "--users", &USERS.to_string(), "--seed", &SEED.to_string()])
+        .env(trust[0].0, &trust[0].1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // Read over TLS by the scorer: every decision made on the stored features.
+    let (decided, logs) = decide(&url, &trust, 30);
+    assert_eq!(decided.len(), 30, "{logs}");
+    assert!(decided.iter().all(|d| d.user_features_found && !d.degraded), "{decided:?}\n{logs}");
+
+    // Without the CA trusted the certificate is refused: the store counts as unavailable, and
+    // scoring goes on degraded.
+    let (decided, logs) = decide(&url, &[], 10);
+    assert_eq!(decided.len(), 10, "{logs}");
+    assert!(decided.iter().all(|d| d.degraded), "{decided:?}");
+    assert!(logs.contains("feature store unavailable") && logs.to_lowercase().contains("certificate"), "{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kafka_clients_take_tls_and_scram_settings() {
+    // A cluster that needs TLS and SCRAM: the client is made and goes on to connect (nobody
+    // listens here) instead of refusing the settings as a build without OpenSSL does.
+    let out = Command::new(testkit::process::bin("fraudctl"))
+        .args(["--kafka-config", "security.protocol=sasl_ssl", "--kafka-config", "sasl.mechanism=SCRAM-SHA-512"])
+        .args(["--kafka-config", "sasl.username=u", "--kafka-config", "sasl.password=p"])
+        .args(["topics", "create", "--brokers", "127.0.0.1:1"])
+        .env_remove("FRAUDCTL_KAFKA_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("creating topics on the Kafka brokers 127.0.0.1:1"), "{said}");
+    assert!(!said.contains("creating a Kafka client") && !said.contains("OpenSSL not available") && !said.contains("No provider for SASL"), "{said}");
+}
