@@ -5,13 +5,13 @@
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use schemas::{Decision, topics};
 use testkit::kafka::{Received, TestProducer, read};
 use testkit::process::Service;
-use testkit::{Broker, free_port, unique};
+use testkit::{Broker, RedisServer, free_port, unique};
 
 use fraudctl::synth::{Drift, Generator};
 
@@ -31,36 +31,6 @@ fn certificates(dir: &Path) {
     openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
     std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
-}
-
-/// redis-server serving TLS only, on `port`; killed when dropped.
-struct TlsRedis(Child);
-
-impl TlsRedis {
-    fn start(dir: &Path, port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not runnable; run scripts/setup.sh test");
-        let mut redis = Self(child);
-        let running = || match redis.0.try_wait()? {
-            Some(status) => anyhow::bail!("redis-server exited with {status}"),
-            None => Ok(()),
-        };
-        fraudctl::stack::wait_for_port(port, "redis-server (TLS)", running).unwrap();
-        redis
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The decisions of a scorer (with the feature store at `redis_url`, environment `env`) for `n`
@@ -94,9 +64,8 @@ fn the_feature_store_is_read_over_verified_tls() {
     let dir = std::env::temp_dir().join(unique("tls"));
     std::fs::create_dir_all(&dir).unwrap();
     certificates(&dir);
-    let port = free_port();
-    let _redis = TlsRedis::start(&dir, port);
-    let url = format!("rediss://localhost:{port}/");
+    let redis = RedisServer::start_tls(&dir);
+    let url = redis.url();
     let trust = [("SSL_CERT_FILE", dir.join("ca.pem").display().to_string())];
 
     // Features written over TLS by the operator CLI.

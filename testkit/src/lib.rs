@@ -8,7 +8,7 @@ pub mod kafka;
 pub mod otlp;
 pub mod process;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,17 +56,32 @@ fn stop_child(child: &mut Option<Child>) {
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Serving TLS only, with `server.pem`, `server.key` and `ca.pem` from this directory.
+    tls: Option<PathBuf>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut s = Self { port: free_port(), child: None };
+        let mut s = Self { port: free_port(), child: None, tls: None };
         s.restart();
         s
     }
 
+    /// A Redis serving TLS only, with the certificate `server.pem` (key `server.key`, signed by
+    /// `ca.pem`) found in `certificates`; clients need not present one.
+    pub fn start_tls(certificates: &Path) -> Self {
+        let mut s = Self { port: free_port(), child: None, tls: Some(certificates.to_path_buf()) };
+        s.restart();
+        s
+    }
+
+    /// `redis://127.0.0.1:PORT/`, or `rediss://localhost:PORT/` (the name its certificate is for)
+    /// when it serves TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -96,8 +111,16 @@ impl RedisServer {
     /// Starts the server again on the same port (empty).
     pub fn restart(&mut self) {
         self.stop();
+        let mut args = fraudctl::stack::redis_args(self.port);
+        if let Some(dir) = &self.tls {
+            // The later --port wins: no plain port, the TLS one instead.
+            let file = |name: &str| dir.join(name).display().to_string();
+            args.extend(["--port".into(), "0".into(), "--tls-port".into(), self.port.to_string()]);
+            args.extend(["--tls-cert-file".into(), file("server.pem"), "--tls-key-file".into(), file("server.key")]);
+            args.extend(["--tls-ca-cert-file".into(), file("ca.pem"), "--tls-auth-clients".into(), "no".into()]);
+        }
         let mut child = Command::new(binary(fraudctl::stack::redis_server()))
-            .args(fraudctl::stack::redis_args(self.port))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
