@@ -279,10 +279,13 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
     };
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
-        Err(e) => {
-            outcome("rejected");
-            return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), vec![]);
-        }
+        Err(e) => match crate::request::with_huge_numbers_clamped(&bytes) {
+            Some(body) => Value::Object(body),
+            None => {
+                outcome("rejected");
+                return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), vec![]);
+            }
+        },
     };
     let Value::Object(body) = value else {
         outcome("rejected");

@@ -7,6 +7,31 @@ use time::format_description::well_known::Rfc3339;
 
 use schemas::{FieldError, PaymentMethod, Transaction, TransactionLimits};
 
+/// A body the JSON parser refused only because top-level fields hold numbers beyond a double's
+/// range (`"amount": 1e400`): the body with each such number replaced by the largest double of
+/// its sign, so that the field checks refuse it by name (a 422 like any other absurd value,
+/// rather than a 400 for the whole body). `None` for any other malformed body, and for such
+/// numbers nested deeper.
+pub fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Map<String, Value>> {
+    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> = serde_json::from_slice(bytes).ok()?;
+    let mut clamped = false;
+    let mut body = Map::new();
+    for (key, raw) in raw {
+        let text = raw.get();
+        let value = match serde_json::from_str::<Value>(text) {
+            Ok(v) => v,
+            // The raw value is valid JSON: one that does not parse is a number out of range.
+            Err(_) if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                clamped = true;
+                Value::from(if text.starts_with('-') { -f64::MAX } else { f64::MAX })
+            }
+            Err(_) => return None,
+        };
+        body.insert(key, value);
+    }
+    clamped.then_some(body)
+}
+
 /// Turns a JSON object into a `Transaction`, or lists what is wrong with it. `now_ms` is the
 /// time of receipt, used when the request carries no timestamp.
 pub fn parse_transaction(
@@ -109,6 +134,26 @@ mod tests {
 
     fn bad_fields(v: Value) -> Vec<String> {
         parse(v).unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_refused_by_field_not_as_malformed_json() {
+        let body = br#"{"transaction_id": "t", "user_id": 1e400, "amount": -1e999, "payment_method": "card", "note": [1, {"a": 2}]}"#;
+        assert!(serde_json::from_slice::<Value>(body).is_err(), "the JSON parser refuses the whole body");
+        let clamped = with_huge_numbers_clamped(body).unwrap();
+        assert_eq!(clamped["user_id"], json!(f64::MAX));
+        assert_eq!(clamped["amount"], json!(-f64::MAX));
+        assert_eq!(clamped["note"], json!([1, {"a": 2}]));
+        let errors = parse_transaction(&clamped, &TransactionLimits::default(), 1_000).unwrap_err();
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())).collect();
+        assert_eq!(got, [("user_id", "must be a string or an integer"), ("amount", "must be > 0")]);
+        let huge = with_huge_numbers_clamped(br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card"}"#).unwrap();
+        let errors = parse_transaction(&huge, &TransactionLimits::default(), 1_000).unwrap_err();
+        assert_eq!((errors[0].field.as_str(), errors[0].reason.as_str()), ("amount", "must be at most 1000000"));
+        // Anything else stays malformed: deeper, truncated, not an object, or nothing out of range.
+        for other in [&br#"{"amount": [1e400]}"#[..], br#"{"amount": 1e400"#, b"[1e400]", br#"{"amount": 5}"#, b"1e400"] {
+            assert!(with_huge_numbers_clamped(other).is_none(), "{}", String::from_utf8_lossy(other));
+        }
     }
 
     #[test]

@@ -162,6 +162,19 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         let want: Vec<(String, String)> = want.iter().map(|(f, r)| (f.to_string(), r.to_string())).collect();
         assert_eq!(got, want, "{body}");
     }
+    // A number beyond a double's range is an absurd amount, named like any other; deeper inside
+    // the body it leaves the JSON malformed.
+    for (body, want, reason) in [
+        (&br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card"}"#[..], StatusCode::UNPROCESSABLE_ENTITY, Some("must be at most 1000000")),
+        (br#"{"transaction_id": "t", "user_id": 1, "amount": -1e400, "payment_method": "card"}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("must be > 0")),
+        (br#"{"transaction_id": "t", "user_id": 1, "amount": 1, "payment_method": "card", "x": [1e400]}"#, StatusCode::BAD_REQUEST, None),
+    ] {
+        let (status, _, json) = gw.raw_with_headers(Method::POST, "/v1/predict", Some("application/json"), body.to_vec()).await;
+        assert_eq!(status, want, "{json}");
+        if let Some(reason) = reason {
+            assert_eq!(json["details"], json!([{"field": "amount", "reason": reason}]), "{json}");
+        }
+    }
     // Every API answer names its trace (W3C `traceresponse`), errors included, with no collector
     // configured; scrapes and health checks are not traced.
     let r = gw.http.post(format!("{}/v1/predict", gw.base)).json(&json!({"amount": 1})).send().await.unwrap();
@@ -178,7 +191,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
 
     // Nothing invalid reached Kafka.
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 12"#), "{metrics}");
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 15"#), "{metrics}");
 
     // A gateway with another amount limit documents the limit it enforces.
     let strict = stack.gateway(&["--max-amount", "500"]);
