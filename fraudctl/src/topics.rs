@@ -117,8 +117,8 @@ impl Plan {
             Replication::Auto => Ok(DEFAULT_REPLICAS.min(brokers).max(1)),
             Replication::Fixed(n) if n <= brokers => Ok(n),
             Replication::Fixed(n) => anyhow::bail!(
-                "--replication-factor {n}: the cluster has {brokers} broker{}, and each copy of a partition needs its own",
-                if brokers == 1 { "" } else { "s" }
+                "--replication-factor {n}: the cluster has {}, and each copy of a partition needs its own",
+                count(brokers, "broker")
             ),
         }
     }
