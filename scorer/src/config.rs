@@ -149,8 +149,9 @@ pub struct ReplayArgs {
     /// largest amount).
     #[arg(long, env = "REPLAY_EXAMPLES", default_value_t = 10)]
     pub examples: usize,
-    /// Refuse a range of more transactions than this: each is held in memory (about 1 KiB).
-    #[arg(long, env = "REPLAY_MAX_TRANSACTIONS", default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Refuse a range of more transactions than this: what is joined to each (its recorded
+    /// decision and label) is held in memory, about 0.4 KiB.
+    #[arg(long, env = "REPLAY_MAX_TRANSACTIONS", default_value_t = 5_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_transactions: u64,
     /// Give up on a topic whose partitions send nothing for this long, in seconds.
     #[arg(long, env = "REPLAY_IDLE_TIMEOUT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
