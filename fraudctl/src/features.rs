@@ -94,10 +94,10 @@ fn parse_user(line: &str, defaults: &UserFeatures) -> std::result::Result<(Strin
             ("user_id", Value::Number(n)) if n.is_i64() || n.is_u64() => user_id = Some(n.to_string()),
             ("user_id", other) => return Err(format!("user_id must be a non-empty string or an integer, got {other}")),
             ("home_country", Value::Null) => {}
-            ("home_country", Value::String(c)) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            ("home_country", Value::String(c)) if schemas::codes::is_country(&c.to_ascii_uppercase()) => {
                 fields.push(("home_country", c.to_ascii_uppercase()));
             }
-            ("home_country", other) => return Err(format!("home_country must be a two-letter country code such as US, got {other}")),
+            ("home_country", other) => return Err(format!("home_country must be an ISO 3166-1 alpha-2 country code such as US, got {other}")),
             (known, value) if UserFeatures::FIELDS.contains(&known) => {
                 let number = match value {
                     Value::Number(n) => n.as_f64(),
@@ -147,7 +147,8 @@ mod tests {
             (r#"{"user_id": 1, "account_age_days": -1}"#, "account_age_days must be a number >= 0 and at most"),
             (r#"{"user_id": 1, "txn_count_24h": 1e300}"#, "txn_count_24h must be a number >= 0 and at most"),
             (r#"{"user_id": 1, "txn_count_1h": "many"}"#, "txn_count_1h must be a number >= 0"),
-            (r#"{"user_id": 1, "home_country": "USA"}"#, "home_country must be a two-letter country code"),
+            (r#"{"user_id": 1, "home_country": "USA"}"#, "home_country must be an ISO 3166-1 alpha-2 country code"),
+            (r#"{"user_id": 1, "home_country": "XX"}"#, "home_country must be an ISO 3166-1 alpha-2 country code"),
             (r#"{"user_id": 1, "acount_age_days": 3}"#, "unknown field \"acount_age_days\""),
         ] {
             let err = parse_user(line, &defaults()).unwrap_err();

@@ -291,10 +291,13 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
         outcome("rejected");
         return error(StatusCode::BAD_REQUEST, "body must be a JSON object", vec![]);
     };
+    let repeated = crate::request::repeated_keys(&bytes);
     let tx = match parse_transaction(&body, &app.limits, schemas::now_millis()) {
-        Ok(tx) => tx,
-        Err(details) => {
+        Ok(tx) if repeated.is_empty() => tx,
+        parsed => {
             outcome("rejected");
+            let mut details: Vec<FieldError> = repeated.into_iter().map(|key| FieldError::new(key, "is given more than once")).collect();
+            details.extend(parsed.err().unwrap_or_default());
             return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid transaction", details);
         }
     };

@@ -32,6 +32,42 @@ pub fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Map<String, Value>> {
     clamped.then_some(body)
 }
 
+/// Top-level keys the body gives more than once, each named once, in the order they repeat. The
+/// JSON parser keeps the last of them, while another reader of the same bytes (a proxy, an audit
+/// log, the client's own logs) may take the first: a payment that says two things is refused, not
+/// guessed at. Empty for a body that is not a JSON object.
+pub fn repeated_keys(bytes: &[u8]) -> Vec<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Repeated(Vec<String>);
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Repeated;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
+            let (mut seen, mut repeated) = (std::collections::HashSet::new(), Vec::new());
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if seen.contains(&key) {
+                    if !repeated.contains(&key) {
+                        repeated.push(key);
+                    }
+                } else {
+                    seen.insert(key);
+                }
+            }
+            Ok(Repeated(repeated))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_map(Keys).map(|r| r.0).unwrap_or_default()
+}
+
+/// How far ahead of the gateway's clock a transaction's timestamp may be.
+pub const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
+
 /// Turns a JSON object into a `Transaction`, or lists what is wrong with it. `now_ms` is the
 /// time of receipt, used when the request carries no timestamp.
 pub fn parse_transaction(
@@ -76,6 +112,16 @@ pub fn parse_transaction(
             _ => wrong(&mut errors, "timestamp", "must be RFC 3339 (2026-01-15T14:30:00Z) or epoch milliseconds"),
         },
         Some(_) => wrong(&mut errors, "timestamp", "must be an RFC 3339 string or epoch milliseconds"),
+    };
+    // Clocks differ by seconds, time zones by hours; a day or more ahead is a mistake, most
+    // often epoch micro- or nanoseconds given for milliseconds.
+    let timestamp = match timestamp {
+        Some(t) if t > now_ms.saturating_add(MAX_AHEAD_MS) => wrong(
+            &mut errors,
+            "timestamp",
+            "must not be more than 24 hours ahead of the gateway's clock (epoch milliseconds, not micro- or nanoseconds)",
+        ),
+        t => t,
     };
 
     // Contract checks (empty ids, amount range, codes) run on every field that did parse, even
@@ -128,12 +174,45 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// When the requests of these tests are received: after the times they carry.
+    const RECEIVED: i64 = 1_800_000_000_000;
+
     fn parse(v: Value) -> Result<Transaction, Vec<FieldError>> {
-        parse_transaction(v.as_object().unwrap(), &TransactionLimits::default(), 1_000)
+        parse_transaction(v.as_object().unwrap(), &TransactionLimits::default(), RECEIVED)
     }
 
     fn bad_fields(v: Value) -> Vec<String> {
         parse(v).unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_timestamp_a_day_ahead_of_the_clock_is_refused() {
+        let now = 1_768_483_800_250;
+        let at = |t: Value| {
+            let mut v = json!({"transaction_id": "t", "user_id": 1, "amount": 1, "payment_method": "card"});
+            v["timestamp"] = t;
+            parse_transaction(v.as_object().unwrap(), &TransactionLimits::default(), now)
+        };
+        assert_eq!(at(json!(now + MAX_AHEAD_MS)).unwrap().timestamp, now + MAX_AHEAD_MS);
+        assert_eq!(at(json!("2026-01-16T13:30:00.250Z")).unwrap().timestamp, now + MAX_AHEAD_MS);
+        for ahead in [json!(now + MAX_AHEAD_MS + 1), json!(now * 1_000), json!("2026-01-16T13:30:00.251Z"), json!("9999-12-31T23:59:59Z")] {
+            let errors = at(ahead.clone()).unwrap_err();
+            assert_eq!(errors.len(), 1, "{ahead}: {errors:?}");
+            assert!(errors[0].field == "timestamp" && errors[0].reason.contains("24 hours ahead"), "{ahead}: {errors:?}");
+        }
+        assert!(at(json!(0)).is_ok(), "the past is the sender's to say");
+    }
+
+    #[test]
+    fn keys_given_twice_are_found_once_each() {
+        assert_eq!(repeated_keys(br#"{"amount": 10, "user_id": 1, "amount": 20, "amount": 30}"#), ["amount"]);
+        assert_eq!(repeated_keys(br#"{"b": 1, "a": 2, "a": 3, "b": 4}"#), ["a", "b"]);
+        assert_eq!(repeated_keys(br#"{"amount": 1e400, "amount": 1, "x": {"y": 1, "y": 2}}"#), ["amount"], "top level only; any number");
+        assert_eq!(repeated_keys(br#"{"a\u0062": 1, "ab": 2}"#), ["ab"], "keys compare unescaped");
+        assert!(repeated_keys(br#"{"amount": 10, "user_id": 1}"#).is_empty());
+        for not_an_object in [&b"[1, 1]"[..], b"{\"a\": ", b"", b"7"] {
+            assert!(repeated_keys(not_an_object).is_empty());
+        }
     }
 
     #[test]
@@ -168,7 +247,7 @@ mod tests {
         .unwrap();
         assert_eq!(tx.user_id, "12345");
         assert_eq!(tx.currency, "USD");
-        assert_eq!(tx.timestamp, 1_000, "time of receipt");
+        assert_eq!(tx.timestamp, RECEIVED, "time of receipt");
         assert_eq!(tx.country, None);
         assert_eq!(tx.payment_method, PaymentMethod::Card);
     }
@@ -216,7 +295,7 @@ mod tests {
                 ("currency", "must be a string"),
                 ("transaction_id", "must not be empty"),
                 ("amount", "must be > 0"),
-                ("country", "must be a two-letter ISO 3166-1 code such as US"),
+                ("country", "must be an ISO 3166-1 alpha-2 country code such as US"),
             ]
         );
     }

@@ -148,6 +148,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         (json!({"transaction_id": "t", "user_id": 1, "amount": "ten", "payment_method": "card"}), vec![("amount", "must be a number")]),
         (json!({"transaction_id": "t", "user_id": [1], "amount": 1, "payment_method": "cheque"}), vec![("user_id", "must be a string or an integer"), ("payment_method", "must be one of card, bank_transfer, wallet, crypto")]),
         (json!({"transaction_id": "t", "user_id": "u", "amount": 1, "payment_method": "card", "timestamp": "noon"}), vec![("timestamp", "must be RFC 3339 (2026-01-15T14:30:00Z) or epoch milliseconds")]),
+        (json!({"transaction_id": "t", "user_id": "u", "amount": 1, "payment_method": "card", "currency": "XYZ", "country": "XX"}), vec![("currency", "must be an ISO 4217 currency code such as USD"), ("country", "must be an ISO 3166-1 alpha-2 country code such as US")]),
     ];
     for (body, want) in invalid {
         let (status, json) = gw.predict(&body).await;
@@ -168,6 +169,8 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         (&br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card"}"#[..], StatusCode::UNPROCESSABLE_ENTITY, Some("must be at most 1000000")),
         (br#"{"transaction_id": "t", "user_id": 1, "amount": -1e400, "payment_method": "card"}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("must be > 0")),
         (br#"{"transaction_id": "t", "user_id": 1, "amount": 1, "payment_method": "card", "x": [1e400]}"#, StatusCode::BAD_REQUEST, None),
+        // A payment that gives its amount twice says two things: neither is taken.
+        (br#"{"transaction_id": "t", "user_id": 1, "amount": 10, "payment_method": "card", "amount": 20}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("is given more than once")),
     ] {
         let (status, _, json) = gw.raw_with_headers(Method::POST, "/v1/predict", Some("application/json"), body.to_vec()).await;
         assert_eq!(status, want, "{json}");
@@ -191,7 +194,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
 
     // Nothing invalid reached Kafka.
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 15"#), "{metrics}");
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 17"#), "{metrics}");
 
     // A gateway with another amount limit documents the limit it enforces.
     let strict = stack.gateway(&["--max-amount", "500"]);

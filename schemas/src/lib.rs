@@ -2,6 +2,7 @@
 //! Schema Registry wire codec, and the names of topics and headers that every service shares.
 
 mod codec;
+pub mod codes;
 mod fast;
 mod first_seen;
 mod payment;

@@ -54,13 +54,13 @@ impl Transaction {
         } else if self.amount > limits.max_amount {
             errors.push(FieldError::new("amount", format!("must be at most {}", limits.max_amount)));
         }
-        if !is_upper_code(&self.currency, 3) {
-            errors.push(FieldError::new("currency", "must be a three-letter ISO 4217 code such as USD"));
+        if !crate::codes::is_currency(&self.currency) {
+            errors.push(FieldError::new("currency", "must be an ISO 4217 currency code such as USD"));
         }
         if let Some(c) = &self.country
-            && !is_upper_code(c, 2)
+            && !crate::codes::is_country(c)
         {
-            errors.push(FieldError::new("country", "must be a two-letter ISO 3166-1 code such as US"));
+            errors.push(FieldError::new("country", "must be an ISO 3166-1 alpha-2 country code such as US"));
         }
         if self.timestamp < 0 {
             errors.push(FieldError::new("timestamp", "must not be before 1970-01-01"));
@@ -77,10 +77,6 @@ fn check_id(errors: &mut Vec<FieldError>, field: &str, value: &str) {
     } else if value.chars().any(char::is_control) {
         errors.push(FieldError::new(field, "must not contain control characters"));
     }
-}
-
-fn is_upper_code(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
