@@ -153,6 +153,11 @@ pub struct ReplayArgs {
     /// decision and label) is held in memory, about 0.4 KiB.
     #[arg(long, env = "REPLAY_MAX_TRANSACTIONS", default_value_t = 5_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_transactions: u64,
+    /// Replay this share of the range's transactions (0 < share ≤ 1), chosen by transaction id:
+    /// the same ones on every replay, so that two candidates backtested with one share meet the
+    /// same transactions. For ranges too large to hold (`--max-transactions`).
+    #[arg(long, env = "REPLAY_SAMPLE", default_value_t = 1.0, value_parser = parse_share)]
+    pub sample: f64,
     /// Give up on a topic whose partitions send nothing for this long, in seconds.
     #[arg(long, env = "REPLAY_IDLE_TIMEOUT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_s: u64,
@@ -166,6 +171,14 @@ pub struct ReplayArgs {
     pub topics: InputTopics,
     #[arg(long, env = "LABELS_TOPIC", default_value = schemas::topics::LABELS)]
     pub labels_topic: String,
+}
+
+/// A share of a whole: a number above 0 and at most 1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a share above 0 and at most 1 (0.1 replays a tenth)")),
+    }
 }
 
 /// An instant as milliseconds since the Unix epoch: RFC 3339, or an age before now written as a
@@ -211,6 +224,15 @@ mod tests {
         assert_eq!(ScorerArgs::try_parse_from(["scorer"]).unwrap().repeat_window, 200_000);
         let err = ScorerArgs::try_parse_from(["scorer", "--kafka-config", "oops"]).unwrap_err().to_string();
         assert!(err.contains("key=value"), "{err}");
+    }
+
+    #[test]
+    fn shares_are_above_zero_and_at_most_one() {
+        assert_eq!(parse_share("0.1"), Ok(0.1));
+        assert_eq!(parse_share(" 1 "), Ok(1.0));
+        for bad in ["0", "-0.5", "1.01", "10%", "NaN", "inf", ""] {
+            assert!(parse_share(bad).unwrap_err().contains("not a share above 0 and at most 1"), "{bad}");
+        }
     }
 
     #[test]

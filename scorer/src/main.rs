@@ -145,6 +145,7 @@ fn replay(args: ReplayArgs) -> Result<()> {
         store: Some(store),
         examples: args.examples,
         max_transactions: usize::try_from(args.max_transactions).unwrap_or(usize::MAX),
+        sample: args.sample,
         output: match &args.output {
             Some(path) => Some(Box::new(std::io::BufWriter::new(
                 std::fs::File::create(path).with_context(|| format!("creating {} (--output)", path.display()))?,

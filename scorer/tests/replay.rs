@@ -249,6 +249,33 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     assert_eq!(u(&until["read"]["transaction_records"]) - u(&until["read"]["outside_range"]), 122, "{text}");
     assert!(u(&until["read"]["outside_range"]) >= 10, "{text}");
 
+    // Half of the range by transaction id: exactly the transactions `sampled` picks, each as the
+    // whole range's replay had it; the rest counted as left out.
+    let (half_path, half_lines) = (dir.join("half.json"), dir.join("half.jsonl"));
+    let out = replay(&brokers, &redis.url(), &["--candidate-card", card.to_str().unwrap(), "--from", &from, "--sample", "0.5", "--report", half_path.to_str().unwrap(), "--output", half_lines.to_str().unwrap()]);
+    let (half, text) = report_of(&out, &half_path);
+    let mut want: Vec<&str> = expected.iter().map(|e| e.transaction_id.as_str()).filter(|id| scorer::replay::sampled(id, 0.5)).collect();
+    want.sort_unstable();
+    let sampled_lines: HashMap<String, serde_json::Value> = std::fs::read_to_string(&half_lines)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["transaction_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    let mut got: Vec<&str> = sampled_lines.keys().map(String::as_str).collect();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    assert!((40..=90).contains(&want.len()), "about half of 130: {}", want.len());
+    for (id, line) in &sampled_lines {
+        assert_eq!(line, &lines[id], "as the whole range's replay had it");
+    }
+    assert_eq!((u(&half["transactions"]), half["sample"].as_f64()), (want.len() as u64, Some(0.5)), "{text}");
+    // The record sent twice is counted by the sample or as a repeat, as its id falls.
+    let twice = u64::from(!scorer::replay::sampled(&recent[0].0.transaction_id, 0.5));
+    assert_eq!(u(&half["read"]["not_sampled"]), 130 - want.len() as u64 + twice, "{text}");
+    assert_eq!(u(&half["read"]["repeated"]), 1 - twice, "{text}");
+    assert!(text.contains("sampled: 50% of the range's transactions"), "{text}");
+
     // The baseline against itself, over everything kept: nothing changes.
     let same_path = dir.join("same.json");
     let out = replay(&brokers, &redis.url(), &["--candidate-card", ModelCard::bundled_path().to_str().unwrap(), "--report", same_path.to_str().unwrap()]);
