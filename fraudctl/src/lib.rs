@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod broker_bench;
+pub mod dlq;
 pub mod features;
 pub mod kafka;
 pub mod labels;

@@ -48,9 +48,74 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         delay: f64,
     },
+    /// The dead-letter topic: what it holds and why, and sending records back once fixed.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered records (where each is, when, why, where it came from) and count them by
+    /// kind.
+    Show {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// List at most this many (the count covers all).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Send dead-lettered records back to the topic each came from, with its key, bytes and
+    /// headers (and `redriven.from`), once what refused them is fixed: a scorer that now knows a
+    /// schema id, a raised --max-amount. One refused again is dead-lettered again. Narrow the
+    /// selection first with `show`: a record sent back twice is scored twice.
+    Redrive {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// Send them here instead of to their source topic.
+        #[arg(long)]
+        to_topic: Option<String>,
+        /// Say what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqSelection {
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = schemas::topics::TRANSACTIONS_DLQ)]
+    topic: String,
+    /// Records written from: RFC 3339 or an age (`90m`, `6h`, `7d`). Default: the first kept.
+    #[arg(long, value_parser = scorer::config::parse_instant)]
+    from: Option<i64>,
+    /// Records written before: as --from. Default: now.
+    #[arg(long, value_parser = scorer::config::parse_instant)]
+    to: Option<i64>,
+    /// Only records dead-lettered for this reason.
+    #[arg(long, value_parser = ["decode", "schema", "validation"])]
+    kind: Option<String>,
+    /// Give up when the topic sends nothing, not even its end, for this many seconds.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_s: u64,
+}
+
+impl DlqSelection {
+    fn reader(&self) -> scorer::replay::Reader {
+        scorer::replay::Reader {
+            brokers: self.brokers.clone(),
+            kafka_overrides: fraudctl::kafka::overrides().to_vec(),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            progress: false,
+        }
+    }
+
+    fn selection(&self) -> fraudctl::dlq::Selection {
+        fraudctl::dlq::Selection { from_ms: self.from, to_ms: self.to.unwrap_or_else(schemas::now_millis), kind: self.kind.clone() }
+    }
 }
 
 #[derive(Subcommand)]
@@ -251,6 +316,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Dlq(command) => dlq(command),
         Command::Traffic(args) => {
             let rt = runtime()?;
             let stop = ctrl_c_flag(&rt);
@@ -573,4 +639,57 @@ fn decision_line(d: &Decision) -> String {
         d.risk_level.as_str(),
         top.join(", ")
     )
+}
+
+/// `fraudctl dlq show` and `fraudctl dlq redrive`.
+fn dlq(command: DlqCommand) -> Result<()> {
+    use fraudctl::dlq::{Redrive, Tally, read};
+    use std::ops::ControlFlow;
+    match command {
+        DlqCommand::Show { selection, limit } => {
+            let mut tally = Tally::default();
+            read(&selection.reader(), &selection.topic, &selection.selection(), |letter| {
+                if tally.total() < limit {
+                    println!("{}", letter.describe());
+                }
+                tally.add(letter.kind());
+                ControlFlow::Continue(())
+            })
+            .with_context(|| format!("reading {}", selection.topic))?;
+            let shown = if tally.total() > limit { format!(" ({limit} listed)") } else { String::new() };
+            println!("{} records in {}{}{shown}", tally.total(), selection.topic, if tally.total() > 0 { format!(": {tally}") } else { String::new() });
+            Ok(())
+        }
+        DlqCommand::Redrive { selection, to_topic, dry_run } => {
+            let mut redrive = Redrive::new(&selection.brokers, to_topic).context("--brokers")?;
+            let mut failed = None;
+            read(&selection.reader(), &selection.topic, &selection.selection(), |letter| {
+                let sent = if dry_run {
+                    redrive.target(&letter).map(|topic| println!("would send {} back to {topic}", letter.place()))
+                } else {
+                    redrive.send(&letter)
+                };
+                match sent {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            })
+            .with_context(|| format!("reading {}", selection.topic))?;
+            let by_topic = redrive.by_topic.to_string();
+            let sent = redrive.finish(Duration::from_secs(30));
+            if let Some(e) = failed {
+                return Err(e).context(format!("sending records back (sent before this: {})", sent.map_or_else(|e| e.to_string(), |n| n.to_string())));
+            }
+            let sent = sent.context("sending records back")?;
+            if dry_run {
+                println!("dry run: nothing sent");
+            } else {
+                println!("sent {sent} records back{}", if sent > 0 { format!(": {by_topic}") } else { String::new() });
+            }
+            Ok(())
+        }
+    }
 }

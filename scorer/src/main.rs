@@ -10,7 +10,7 @@ use schemas::TransactionLimits;
 use scorer::config::{Command, ReplayArgs, ScorerArgs, hostname, mask_url};
 use scorer::metrics::ScorerMetrics;
 use scorer::pipeline::{Pipeline, PipelineConfig};
-use scorer::replay::{Backtest, Source};
+use scorer::replay::{Backtest, Reader, Source};
 use scorer::store::FeatureStore;
 use scorer::Scorer;
 use telemetry::ops::Readiness;
@@ -154,13 +154,15 @@ fn replay(args: ReplayArgs) -> Result<()> {
         },
     };
     let source = Source {
-        brokers: args.kafka.brokers.clone(),
-        kafka_overrides: args.kafka.kafka_config.clone(),
+        reader: Reader {
+            brokers: args.kafka.brokers.clone(),
+            kafka_overrides: args.kafka.kafka_config.clone(),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            progress: std::io::stderr().is_terminal(),
+        },
         transactions_topic: args.topics.transactions_topic.clone(),
         decisions_topic: args.topics.decisions_topic.clone(),
         labels_topic: args.labels_topic.clone(),
-        idle_timeout: Duration::from_secs(args.idle_timeout_s),
-        progress: std::io::stderr().is_terminal(),
     };
     let report = backtest.run(&source).context("replaying")?;
     if let Some(out) = backtest.output.as_mut() {

@@ -74,11 +74,18 @@ pub enum ReplayError {
 /// Where the topics are and how to read them.
 #[derive(Debug, Clone)]
 pub struct Source {
-    pub brokers: String,
-    pub kafka_overrides: Vec<(String, String)>,
+    pub reader: Reader,
     pub transactions_topic: String,
     pub decisions_topic: String,
     pub labels_topic: String,
+}
+
+/// Reads a range of a topic from Kafka, outside any consumer group (it commits nothing).
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub brokers: String,
+    pub kafka_overrides: Vec<(String, String)>,
+    /// Give up when no partition sends a record or its end for this long.
     pub idle_timeout: Duration,
     /// Show a progress line on a terminal.
     pub progress: bool,
@@ -632,7 +639,8 @@ impl Report {
     }
 }
 
-fn show_time(ms: i64) -> String {
+/// A time in ms since the epoch, as RFC 3339.
+pub fn show_time(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
@@ -729,7 +737,7 @@ impl Backtest {
         let read = &mut report.read;
         let mut too_many = false;
         let range = Bounds::Time { start_ms: start, end_ms: to };
-        report.range.partitions = source.read(&source.transactions_topic, &range, |msg| {
+        report.range.partitions = source.reader.read(&source.transactions_topic, &range, |msg| {
             read.transaction_records += 1;
             let written = msg.timestamp().to_millis();
             if written.is_some_and(|ms| ms < from || ms >= to) {
@@ -770,7 +778,7 @@ impl Backtest {
 
         let joined = Bounds::Time { start_ms: start, end_ms: now };
         let mut undecided = index.len();
-                source.read(&source.decisions_topic, &joined, |msg| {
+                source.reader.read(&source.decisions_topic, &joined, |msg| {
             read.decision_records += 1;
             let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default()) else {
                 read.undecodable_decisions += 1;
@@ -791,7 +799,7 @@ impl Backtest {
             }
             if undecided == 0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })?;
-        match source.read(&source.labels_topic, &joined, |msg| {
+        match source.reader.read(&source.labels_topic, &joined, |msg| {
             read.label_records += 1;
             let Ok(l) = schemas::decode::<Label>(msg.payload().unwrap_or_default()) else {
                 read.undecodable_labels += 1;
@@ -814,7 +822,7 @@ impl Backtest {
         let offsets = Bounds::Offsets(report.range.partitions.clone());
         let mut chunk = Vec::<Case>::with_capacity(CHUNK);
         let mut failed = None;
-        source.read(&source.transactions_topic, &offsets, |msg| {
+        source.reader.read(&source.transactions_topic, &offsets, |msg| {
             let Ok(tx) = schemas::decode::<Transaction>(msg.payload().unwrap_or_default()) else {
                 return ControlFlow::Continue(());
             };
@@ -913,7 +921,7 @@ fn recorded_features(d: &Decision) -> Option<[f32; N_FEATURES]> {
     Some(std::array::from_fn(|i| d.features[i].value as f32))
 }
 
-impl Source {
+impl Reader {
     /// Each partition of `topic` and where a read from `start_ms` (record time; the first record
     /// when `None`) begins there; partitions without a record at or after it are left out.
     fn time_offsets(&self, consumer: &BaseConsumer<LoggingContext>, topic: &str, start_ms: Option<i64>) -> Result<Vec<(i32, Offset)>, ReplayError> {
@@ -957,7 +965,7 @@ impl Source {
     fn consumer(&self) -> Result<BaseConsumer<LoggingContext>, KafkaError> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("fraudstream-replay-{}", std::process::id()))
+            .set("group.id", format!("fraudstream-read-{}", std::process::id()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
