@@ -90,6 +90,11 @@ fn ctrl_c(run: Run) -> String {
     let printed = lines.lock().unwrap().join("\n");
     assert!(exit.success(), "{exit}; fraudctl run printed:\n{printed}");
     assert!(printed.contains("stopping"), "{printed}");
+    // The run's logs stay for whoever ran it; a test's go once it has read them (a failed test's
+    // stay, to be read).
+    if let Some(dir) = printed.lines().find_map(|l| l.strip_prefix("logs     ").and_then(|rest| rest.strip_suffix("/*.log"))) {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
     printed
 }
 
