@@ -83,6 +83,36 @@ impl DeadLetter {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)
     }
 
+    /// The record as one JSON object, for tools: the same facts as [`Self::describe`] and the
+    /// record's own headers (values as text); the payload by its size only.
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let source = match (self.header(headers::SOURCE_TOPIC), self.header(headers::SOURCE_PARTITION), self.header(headers::SOURCE_OFFSET)) {
+            (Some(t), Some(p), Some(o)) => serde_json::json!({"topic": t, "partition": p.parse::<i32>().ok(), "offset": o.parse::<i64>().ok()}),
+            _ => serde_json::Value::Null,
+        };
+        let own: serde_json::Map<String, serde_json::Value> =
+            self.original_headers().map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, |v| text(v).into()))).collect();
+        serde_json::json!({
+            "place": self.place(),
+            "partition": self.partition,
+            "offset": self.offset,
+            "written_at": self.written_ms.map(show_time),
+            "kind": self.kind(),
+            "error": self.header(headers::ERROR),
+            "source": source,
+            "key": self.key.as_deref().map(text),
+            "transaction_id": self.transaction_id(),
+            "bytes": self.payload.as_ref().map_or(0, Vec::len),
+            "headers": own,
+        })
+    }
+
+    /// The transaction id, when the payload is a transaction (one refused for its values).
+    pub fn transaction_id(&self) -> Option<String> {
+        self.payload.as_deref().and_then(|p| schemas::decode::<schemas::Transaction>(p).ok()).map(|t| t.transaction_id)
+    }
+
     /// Two lines for a person: where it is, when, why, where it came from, and the reason.
     pub fn describe(&self) -> String {
         let when = self.written_ms.map_or_else(|| "-".to_string(), show_time);
@@ -93,12 +123,7 @@ impl DeadLetter {
         let key = self.key.as_deref().map_or_else(|| "none".to_string(), |k| String::from_utf8_lossy(k).into_owned());
         let size = self.payload.as_ref().map_or(0, Vec::len);
         // A record refused for its values is still a transaction: its id helps find it elsewhere.
-        let transaction = self
-            .payload
-            .as_deref()
-            .and_then(|p| schemas::decode::<schemas::Transaction>(p).ok())
-            .map(|t| format!(" transaction {}", t.transaction_id))
-            .unwrap_or_default();
+        let transaction = self.transaction_id().map(|id| format!(" transaction {id}")).unwrap_or_default();
         let again = self.header(REDRIVEN_FROM).map(|p| format!(" (sent back from {p} before)")).unwrap_or_default();
         format!(
             "{} {when} {} from {from} key {key}{transaction} ({size} bytes){again}\n  {}",
@@ -287,6 +312,16 @@ mod tests {
         assert_eq!(
             l.describe(),
             "transactions.dlq/1@17 2025-11-26T10:00:00Z validation from transactions/0@4521 key u3 (8 bytes)\n  amount: must be > 0"
+        );
+        assert_eq!(
+            l.to_json(),
+            serde_json::json!({
+                "place": "transactions.dlq/1@17", "partition": 1, "offset": 17, "written_at": "2025-11-26T10:00:00Z",
+                "kind": "validation", "error": "amount: must be > 0",
+                "source": {"topic": "transactions", "partition": 0, "offset": 4521},
+                "key": "u3", "transaction_id": null, "bytes": 8,
+                "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            })
         );
         let unknown = letter(&[(REDRIVEN_FROM, "transactions.dlq/0@3")]);
         assert_eq!(unknown.kind(), "unknown");

@@ -66,6 +66,9 @@ enum DlqCommand {
         /// List at most this many (the count covers all).
         #[arg(long, default_value_t = 50)]
         limit: u64,
+        /// One JSON object per record on stdout (the count goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Send dead-lettered records back to the topic each came from, with its key, bytes and
     /// headers (and `redriven.from`), once what refused them is fixed: a scorer that now knows a
@@ -646,18 +649,27 @@ fn dlq(command: DlqCommand) -> Result<()> {
     use fraudctl::dlq::{Redrive, Tally, read};
     use std::ops::ControlFlow;
     match command {
-        DlqCommand::Show { selection, limit } => {
+        DlqCommand::Show { selection, limit, json } => {
             let mut tally = Tally::default();
             read(&selection.reader(), &selection.topic, &selection.selection(), |letter| {
                 if tally.total() < limit {
-                    println!("{}", letter.describe());
+                    if json {
+                        println!("{}", letter.to_json());
+                    } else {
+                        println!("{}", letter.describe());
+                    }
                 }
                 tally.add(letter.kind());
                 ControlFlow::Continue(())
             })
             .with_context(|| format!("reading {}", selection.topic))?;
             let shown = if tally.total() > limit { format!(" ({limit} listed)") } else { String::new() };
-            println!("{} records in {}{}{shown}", tally.total(), selection.topic, if tally.total() > 0 { format!(": {tally}") } else { String::new() });
+            let count = format!("{} records in {}{}{shown}", tally.total(), selection.topic, if tally.total() > 0 { format!(": {tally}") } else { String::new() });
+            if json {
+                eprintln!("{count}");
+            } else {
+                println!("{count}");
+            }
             Ok(())
         }
         DlqCommand::Redrive { selection, to_topic, dry_run } => {

@@ -66,6 +66,10 @@ fn dead_letters_are_listed_with_their_reasons_and_sent_back_once_fixed() {
     assert!(all.contains("2 records in transactions.dlq: ") && all.contains("validation 1") && all.contains("decode 1"), "{all}");
     let decode = stdout(&["dlq", "show", "--brokers", &brokers, "--kind", "decode", "--limit", "0"]);
     assert_eq!(decode, "1 records in transactions.dlq: decode 1 (0 listed)\n");
+    let json = stdout(&["dlq", "show", "--brokers", &brokers, "--kind", "validation", "--json"]);
+    let record: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!((&record["kind"], &record["error"], &record["source"]["topic"]), (&"validation".into(), &"amount: must be at most 100".into(), &"transactions".into()), "{record}");
+    assert_eq!((&record["transaction_id"], &record["headers"]), (&big.transaction_id.as_str().into(), &serde_json::json!({"origin": "test"})), "{record}");
     let later = stdout(&["dlq", "show", "--brokers", &brokers, "--from", "2999-01-01T00:00:00Z"]);
     assert_eq!(later, "0 records in transactions.dlq\n");
 
