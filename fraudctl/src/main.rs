@@ -88,8 +88,10 @@ enum DlqCommand {
 
 #[derive(clap::Args)]
 struct DlqSelection {
+    /// Kafka brokers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
+    /// The dead-letter topic.
     #[arg(long, default_value = schemas::topics::TRANSACTIONS_DLQ)]
     topic: String,
     /// Records written from: RFC 3339 or an age (`90m`, `6h`, `7d`). Default: the first kept.
