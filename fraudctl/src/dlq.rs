@@ -78,6 +78,11 @@ impl DeadLetter {
         self.headers.iter().filter(|(k, _)| !DEAD_LETTER_HEADERS.contains(&k.as_str())).map(|(k, v)| (k.as_str(), v.as_deref()))
     }
 
+    /// Where it came from, as its `source.*` headers say: topic, partition, offset.
+    pub fn source(&self) -> Option<(&str, &str, &str)> {
+        Some((self.header(headers::SOURCE_TOPIC)?, self.header(headers::SOURCE_PARTITION)?, self.header(headers::SOURCE_OFFSET)?))
+    }
+
     /// Where it is in the dead-letter topic: `transactions.dlq/0@17`.
     pub fn place(&self) -> String {
         format!("{}/{}@{}", self.topic, self.partition, self.offset)
@@ -87,10 +92,7 @@ impl DeadLetter {
     /// record's own headers (values as text); the payload by its size only.
     pub fn to_json(&self) -> serde_json::Value {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let source = match (self.header(headers::SOURCE_TOPIC), self.header(headers::SOURCE_PARTITION), self.header(headers::SOURCE_OFFSET)) {
-            (Some(t), Some(p), Some(o)) => serde_json::json!({"topic": t, "partition": p.parse::<i32>().ok(), "offset": o.parse::<i64>().ok()}),
-            _ => serde_json::Value::Null,
-        };
+        let source = self.source().map(|(t, p, o)| serde_json::json!({"topic": t, "partition": p.parse::<i32>().ok(), "offset": o.parse::<i64>().ok()}));
         let own: serde_json::Map<String, serde_json::Value> =
             self.original_headers().map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, |v| text(v).into()))).collect();
         serde_json::json!({
@@ -116,10 +118,7 @@ impl DeadLetter {
     /// Two lines for a person: where it is, when, why, where it came from, and the reason.
     pub fn describe(&self) -> String {
         let when = self.written_ms.map_or_else(|| "-".to_string(), show_time);
-        let from = match (self.header(headers::SOURCE_TOPIC), self.header(headers::SOURCE_PARTITION), self.header(headers::SOURCE_OFFSET)) {
-            (Some(t), Some(p), Some(o)) => format!("{t}/{p}@{o}"),
-            _ => "unknown".to_string(),
-        };
+        let from = self.source().map_or_else(|| "unknown".to_string(), |(t, p, o)| format!("{t}/{p}@{o}"));
         let key = self.key.as_deref().map_or_else(|| "none".to_string(), |k| String::from_utf8_lossy(k).into_owned());
         let size = self.payload.as_ref().map_or(0, Vec::len);
         // A record refused for its values is still a transaction: its id helps find it elsewhere.

@@ -697,11 +697,32 @@ pub fn sampled(transaction_id: &str, share: f64) -> bool {
     ((h >> 11) as f64 / (1u64 << 53) as f64) < share
 }
 
-/// Whether a transaction record belongs to the range `[from, to)`: by the time it was written, or,
-/// for a record without one (an old producer's), by the transaction's own.
-fn in_range(written: Option<i64>, tx_time: impl FnOnce() -> i64, from: i64, to: i64) -> bool {
-    let t = written.unwrap_or_else(tx_time);
-    t >= from && t < to
+/// Why a record of the transactions topic is not one of the range's transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skipped {
+    OutsideRange,
+    /// Not a `Transaction` (dead-lettered in production).
+    Undecodable,
+    /// Fields that break the contract (dead-lettered in production).
+    Invalid,
+}
+
+/// The transaction a record written at `written` holds, if it is a valid one of the range
+/// `[from, to)`: placed by the time it was written, or, for a record without one (an old
+/// producer's), by the transaction's own. Both reads of the range judge each record by this.
+fn range_transaction(written: Option<i64>, payload: &[u8], from: i64, to: i64, limits: &TransactionLimits) -> Result<Transaction, Skipped> {
+    let outside = |t: i64| t < from || t >= to;
+    if written.is_some_and(outside) {
+        return Err(Skipped::OutsideRange);
+    }
+    let tx = schemas::decode::<Transaction>(payload).map_err(|_| Skipped::Undecodable)?;
+    if written.is_none() && outside(tx.timestamp) {
+        Err(Skipped::OutsideRange)
+    } else if !tx.field_errors(limits).is_empty() {
+        Err(Skipped::Invalid)
+    } else {
+        Ok(tx)
+    }
 }
 
 impl Backtest {
@@ -739,20 +760,18 @@ impl Backtest {
         let range = Bounds::Time { start_ms: start, end_ms: to };
         report.range.partitions = source.reader.read(&source.transactions_topic, &range, |msg| {
             read.transaction_records += 1;
-            let written = msg.timestamp().to_millis();
-            if written.is_some_and(|ms| ms < from || ms >= to) {
-                read.outside_range += 1;
-                return ControlFlow::Continue(());
-            }
-            let Ok(tx) = schemas::decode::<Transaction>(msg.payload().unwrap_or_default()) else {
-                read.undecodable += 1;
-                return ControlFlow::Continue(());
+            let tx = match range_transaction(msg.timestamp().to_millis(), msg.payload().unwrap_or_default(), from, to, &limits) {
+                Ok(tx) => tx,
+                Err(skipped) => {
+                    *match skipped {
+                        Skipped::OutsideRange => &mut read.outside_range,
+                        Skipped::Undecodable => &mut read.undecodable,
+                        Skipped::Invalid => &mut read.invalid,
+                    } += 1;
+                    return ControlFlow::Continue(());
+                }
             };
-            if !in_range(written, || tx.timestamp, from, to) {
-                read.outside_range += 1;
-            } else if !tx.field_errors(&limits).is_empty() {
-                read.invalid += 1;
-            } else if !sampled(&tx.transaction_id, share) {
+            if !sampled(&tx.transaction_id, share) {
                 read.not_sampled += 1;
             } else {
                 let key = keys.of(&tx.transaction_id);
@@ -823,12 +842,9 @@ impl Backtest {
         let mut chunk = Vec::<Case>::with_capacity(CHUNK);
         let mut failed = None;
         source.reader.read(&source.transactions_topic, &offsets, |msg| {
-            let Ok(tx) = schemas::decode::<Transaction>(msg.payload().unwrap_or_default()) else {
+            let Ok(tx) = range_transaction(msg.timestamp().to_millis(), msg.payload().unwrap_or_default(), from, to, &limits) else {
                 return ControlFlow::Continue(());
             };
-            if !in_range(msg.timestamp().to_millis(), || tx.timestamp, from, to) || !tx.field_errors(&limits).is_empty() {
-                return ControlFlow::Continue(());
-            }
             let Some(j) = index.get_mut(&keys.of(&tx.transaction_id)).filter(|j| !j.replayed) else {
                 return ControlFlow::Continue(());
             };
@@ -1232,12 +1248,17 @@ mod tests {
 
     #[test]
     fn a_record_is_placed_by_its_write_time_else_by_the_transaction_time() {
-        let never = || panic!("the transaction's time is not needed when the record has one");
-        assert!(in_range(Some(100), never, 100, 200));
-        assert!(!in_range(Some(200), never, 100, 200));
-        assert!(!in_range(Some(99), never, 100, 200));
-        assert!(in_range(None, || 150, 100, 200));
-        assert!(!in_range(None, || 250, 100, 200));
+        let limits = TransactionLimits::default();
+        let at = |ms: i64| schemas::encode(&Transaction { timestamp: ms, ..tx("a", 10.0) }).unwrap();
+        let judge = |written: Option<i64>, payload: &[u8]| range_transaction(written, payload, 100, 200, &limits).map(|t| t.timestamp);
+        assert_eq!(judge(Some(100), &at(5)), Ok(5), "written in the range: its own time does not matter");
+        assert_eq!(judge(Some(200), &at(150)), Err(Skipped::OutsideRange));
+        assert_eq!(judge(Some(99), b"not avro"), Err(Skipped::OutsideRange), "outside, whatever it holds");
+        assert_eq!(judge(None, &at(150)), Ok(150));
+        assert_eq!(judge(None, &at(250)), Err(Skipped::OutsideRange));
+        assert_eq!(judge(Some(150), b"not avro"), Err(Skipped::Undecodable));
+        let negative = schemas::encode(&tx("a", -1.0)).unwrap();
+        assert_eq!(judge(Some(150), &negative), Err(Skipped::Invalid));
     }
 
     /// The first ids of `txn-0`, `txn-1`, ... in a 1 % sample, as an implementation of the same
