@@ -677,7 +677,7 @@ fn dlq(command: DlqCommand) -> Result<()> {
         DlqCommand::Redrive { selection, to_topic, dry_run } => {
             let mut redrive = Redrive::new(&selection.brokers, to_topic).context("--brokers")?;
             let mut failed = None;
-            read(&selection.reader(), &selection.topic, &selection.selection(), |letter| {
+            let reading = read(&selection.reader(), &selection.topic, &selection.selection(), |letter| {
                 let sent = if dry_run {
                     redrive.target(&letter).map(|topic| println!("would send {} back to {topic}", letter.place()))
                 } else {
@@ -690,12 +690,17 @@ fn dlq(command: DlqCommand) -> Result<()> {
                         ControlFlow::Break(())
                     }
                 }
-            })
-            .with_context(|| format!("reading {}", selection.topic))?;
+            });
+            // What was handed to Kafka is acknowledged (or counted as not) before any error is
+            // told, so that the error can say how many records went back.
             let by_topic = redrive.by_topic.to_string();
             let sent = redrive.finish(Duration::from_secs(30));
+            let went_back = || sent.as_ref().map_or_else(|e| e.to_string(), |n| format!("{n} records sent back before it"));
+            if let Err(e) = reading {
+                return Err(e).context(format!("reading {} ({})", selection.topic, went_back()));
+            }
             if let Some(e) = failed {
-                return Err(e).context(format!("sending records back (sent before this: {})", sent.map_or_else(|e| e.to_string(), |n| n.to_string())));
+                return Err(e).context(format!("sending records back ({})", went_back()));
             }
             let sent = sent.context("sending records back")?;
             if dry_run {
