@@ -134,17 +134,10 @@ impl DeadLetter {
 }
 
 /// Calls `each` with every record of `topic` the selection takes, partition by partition in
-/// offset order; returns how many records were read in all.
-pub fn read(
-    reader: &Reader,
-    topic: &str,
-    selection: &Selection,
-    mut each: impl FnMut(DeadLetter) -> ControlFlow<()>,
-) -> Result<u64, ReplayError> {
+/// offset order.
+pub fn read(reader: &Reader, topic: &str, selection: &Selection, mut each: impl FnMut(DeadLetter) -> ControlFlow<()>) -> Result<(), ReplayError> {
     let bounds = Bounds::Time { start_ms: selection.from_ms, end_ms: selection.to_ms };
-    let mut read = 0;
     reader.read(topic, &bounds, |msg| {
-        read += 1;
         let written = msg.timestamp().to_millis();
         if written.is_some_and(|ms| selection.from_ms.is_some_and(|from| ms < from) || ms >= selection.to_ms) {
             return ControlFlow::Continue(());
@@ -155,7 +148,7 @@ pub fn read(
         }
         each(letter)
     })?;
-    Ok(read)
+    Ok(())
 }
 
 /// Counts of records by `error.kind`, in the order first seen.

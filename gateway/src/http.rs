@@ -27,7 +27,7 @@ use telemetry::trace::{Span as _, SpanIds, Status, Tracer as _};
 
 use crate::decisions::{Claim, Decided, DecisionBoard, Publishing, WaitError};
 use crate::metrics::{GatewayMetrics, HTTP_DURATION};
-use crate::request::parse_transaction;
+use crate::request::{BodyError, Object, parse_transaction, read_object};
 
 /// The bundled OpenAPI document, with the default limits.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -277,21 +277,17 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", app.max_body_bytes), vec![]);
         }
     };
-    let value: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => match crate::request::with_huge_numbers_clamped(&bytes) {
-            Some(body) => Value::Object(body),
-            None => {
-                outcome("rejected");
-                return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), vec![]);
-            }
-        },
+    let Object { body, repeated } = match read_object(&bytes) {
+        Ok(object) => object,
+        Err(BodyError::Malformed(e)) => {
+            outcome("rejected");
+            return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"), vec![]);
+        }
+        Err(BodyError::NotAnObject) => {
+            outcome("rejected");
+            return error(StatusCode::BAD_REQUEST, "body must be a JSON object", vec![]);
+        }
     };
-    let Value::Object(body) = value else {
-        outcome("rejected");
-        return error(StatusCode::BAD_REQUEST, "body must be a JSON object", vec![]);
-    };
-    let repeated = crate::request::repeated_keys(&bytes);
     let tx = match parse_transaction(&body, &app.limits, schemas::now_millis()) {
         Ok(tx) if repeated.is_empty() => tx,
         parsed => {

@@ -7,16 +7,79 @@ use time::format_description::well_known::Rfc3339;
 
 use schemas::{FieldError, PaymentMethod, Transaction, TransactionLimits};
 
-/// A body the JSON parser refused only because top-level fields hold numbers beyond a double's
-/// range (`"amount": 1e400`): the body with each such number replaced by the largest double of
-/// its sign, so that the field checks refuse it by name (a 422 like any other absurd value,
-/// rather than a 400 for the whole body). `None` for any other malformed body, and for such
-/// numbers nested deeper.
-pub fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Map<String, Value>> {
-    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> = serde_json::from_slice(bytes).ok()?;
+/// A request body read as a JSON object: its top-level members (the last value of a key given
+/// more than once) and the keys it gives more than once, each named once, in the order they
+/// repeat. The JSON parser keeps the last value, while another reader of the same bytes (a proxy,
+/// an audit log, the client's own logs) may take the first: a payment that says two things is
+/// refused, not guessed at.
+#[derive(Debug)]
+pub struct Object {
+    pub body: Map<String, Value>,
+    pub repeated: Vec<String>,
+}
+
+/// Why a body is no JSON object to read fields from (a 400).
+#[derive(Debug)]
+pub enum BodyError {
+    Malformed(serde_json::Error),
+    NotAnObject,
+}
+
+/// Reads a request body in one pass. A body the parser refuses only because top-level fields
+/// hold numbers beyond a double's range (`"amount": 1e400`) is read with each such number
+/// replaced by the largest double of its sign, so that the field checks refuse it by name (a 422
+/// like any other absurd value, rather than a 400 for the whole body); deeper in the body such a
+/// number leaves it malformed.
+pub fn read_object(bytes: &[u8]) -> Result<Object, BodyError> {
+    match serde_json::from_slice::<Members<Value>>(bytes) {
+        Ok(m) => Ok(Object { body: m.values.into_iter().collect(), repeated: m.repeated }),
+        // Valid JSON of another type, or malformed JSON that does not start as an object.
+        Err(e) if e.classify() == serde_json::error::Category::Data => match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(BodyError::NotAnObject),
+            Err(e) => Err(BodyError::Malformed(e)),
+        },
+        Err(e) => with_huge_numbers_clamped(bytes).ok_or(BodyError::Malformed(e)),
+    }
+}
+
+/// A JSON object's top-level members as `V`s, and its keys given more than once.
+struct Members<V> {
+    values: std::collections::BTreeMap<String, V>,
+    repeated: Vec<String>,
+}
+
+impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for Members<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, Visitor};
+        struct Of<V>(std::marker::PhantomData<V>);
+        impl<'de, V: serde::Deserialize<'de>> Visitor<'de> for Of<V> {
+            type Value = Members<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<V>, A::Error> {
+                let mut m = Members { values: std::collections::BTreeMap::new(), repeated: Vec::new() };
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<V>()?;
+                    if m.values.contains_key(&key) && !m.repeated.contains(&key) {
+                        m.repeated.push(key.clone());
+                    }
+                    m.values.insert(key, value);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Of(std::marker::PhantomData))
+    }
+}
+
+/// The body read with top-level numbers beyond a double's range clamped (see [`read_object`]);
+/// `None` for any other malformed body, and for such numbers nested deeper.
+fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Object> {
+    let raw: Members<Box<serde_json::value::RawValue>> = serde_json::from_slice(bytes).ok()?;
     let mut clamped = false;
     let mut body = Map::new();
-    for (key, raw) in raw {
+    for (key, raw) in raw.values {
         let text = raw.get();
         let value = match serde_json::from_str::<Value>(text) {
             Ok(v) => v,
@@ -29,40 +92,7 @@ pub fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Map<String, Value>> {
         };
         body.insert(key, value);
     }
-    clamped.then_some(body)
-}
-
-/// Top-level keys the body gives more than once, each named once, in the order they repeat. The
-/// JSON parser keeps the last of them, while another reader of the same bytes (a proxy, an audit
-/// log, the client's own logs) may take the first: a payment that says two things is refused, not
-/// guessed at. Empty for a body that is not a JSON object.
-pub fn repeated_keys(bytes: &[u8]) -> Vec<String> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-
-    struct Repeated(Vec<String>);
-    struct Keys;
-    impl<'de> Visitor<'de> for Keys {
-        type Value = Repeated;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
-            let (mut seen, mut repeated) = (std::collections::HashSet::new(), Vec::new());
-            while let Some(key) = map.next_key::<String>()? {
-                map.next_value::<IgnoredAny>()?;
-                if seen.contains(&key) {
-                    if !repeated.contains(&key) {
-                        repeated.push(key);
-                    }
-                } else {
-                    seen.insert(key);
-                }
-            }
-            Ok(Repeated(repeated))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    de.deserialize_map(Keys).map(|r| r.0).unwrap_or_default()
+    clamped.then_some(Object { body, repeated: raw.repeated })
 }
 
 /// How far ahead of the gateway's clock a transaction's timestamp may be.
@@ -205,13 +235,22 @@ mod tests {
 
     #[test]
     fn keys_given_twice_are_found_once_each() {
+        let repeated_keys = |bytes: &[u8]| read_object(bytes).unwrap().repeated;
         assert_eq!(repeated_keys(br#"{"amount": 10, "user_id": 1, "amount": 20, "amount": 30}"#), ["amount"]);
         assert_eq!(repeated_keys(br#"{"b": 1, "a": 2, "a": 3, "b": 4}"#), ["a", "b"]);
-        assert_eq!(repeated_keys(br#"{"amount": 1e400, "amount": 1, "x": {"y": 1, "y": 2}}"#), ["amount"], "top level only; any number");
+        assert_eq!(repeated_keys(br#"{"amount": 1, "amount": 1e400, "x": {"y": 1, "y": 2}}"#), ["amount"], "top level only; a number out of range too");
         assert_eq!(repeated_keys(br#"{"a\u0062": 1, "ab": 2}"#), ["ab"], "keys compare unescaped");
         assert!(repeated_keys(br#"{"amount": 10, "user_id": 1}"#).is_empty());
-        for not_an_object in [&b"[1, 1]"[..], b"{\"a\": ", b"", b"7"] {
-            assert!(repeated_keys(not_an_object).is_empty());
+        assert_eq!(read_object(br#"{"amount": 10, "amount": 20}"#).unwrap().body["amount"], json!(20), "the last value, as the parser keeps it");
+    }
+
+    #[test]
+    fn a_body_that_is_no_object_is_told_apart_from_a_malformed_one() {
+        for not_an_object in [&b"[1, 1]"[..], b"7", b"\"x\"", b"null"] {
+            assert!(matches!(read_object(not_an_object), Err(BodyError::NotAnObject)), "{}", String::from_utf8_lossy(not_an_object));
+        }
+        for malformed in [&b"{\"a\": "[..], b"", b"[1, 2", b"{\"a\": 1} x", b"1e400"] {
+            assert!(matches!(read_object(malformed), Err(BodyError::Malformed(_))), "{}", String::from_utf8_lossy(malformed));
         }
     }
 
@@ -219,14 +258,14 @@ mod tests {
     fn numbers_beyond_a_double_are_refused_by_field_not_as_malformed_json() {
         let body = br#"{"transaction_id": "t", "user_id": 1e400, "amount": -1e999, "payment_method": "card", "note": [1, {"a": 2}]}"#;
         assert!(serde_json::from_slice::<Value>(body).is_err(), "the JSON parser refuses the whole body");
-        let clamped = with_huge_numbers_clamped(body).unwrap();
+        let clamped = with_huge_numbers_clamped(body).unwrap().body;
         assert_eq!(clamped["user_id"], json!(f64::MAX));
         assert_eq!(clamped["amount"], json!(-f64::MAX));
         assert_eq!(clamped["note"], json!([1, {"a": 2}]));
         let errors = parse_transaction(&clamped, &TransactionLimits::default(), 1_000).unwrap_err();
         let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())).collect();
         assert_eq!(got, [("user_id", "must be a string or an integer"), ("amount", "must be > 0")]);
-        let huge = with_huge_numbers_clamped(br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card"}"#).unwrap();
+        let huge = with_huge_numbers_clamped(br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card"}"#).unwrap().body;
         let errors = parse_transaction(&huge, &TransactionLimits::default(), 1_000).unwrap_err();
         assert_eq!((errors[0].field.as_str(), errors[0].reason.as_str()), ("amount", "must be at most 1000000"));
         // Anything else stays malformed: deeper, truncated, not an object, or nothing out of range.
