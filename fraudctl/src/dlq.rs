@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientConfig, ClientContext, Message};
 
 use schemas::headers;
+use telemetry::kafka::KafkaLogs;
 use scorer::replay::{Bounds, Reader, ReplayError, show_time};
 
 /// The header a record sent back carries: where in the dead-letter topic it was
@@ -185,14 +187,23 @@ pub enum RedriveError {
     Undelivered { failed: u64, sent: u64, first: String },
 }
 
-/// Counts the records Kafka did not acknowledge.
+/// Counts the records Kafka did not acknowledge; logs librdkafka's own lines (throttled).
 #[derive(Default)]
 struct Deliveries {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    logs: KafkaLogs,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(&error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -210,16 +221,27 @@ pub struct Redrive {
     producer: BaseProducer<Deliveries>,
     to_topic: Option<String>,
     sent: u64,
+    /// How long librdkafka tries to deliver a record before it reports it failed.
+    delivery_timeout: Duration,
     /// Records sent per target topic.
     pub by_topic: Tally,
 }
 
+/// How long a record sent back may take to be acknowledged (`message.timeout.ms`, unless the
+/// overrides set it): long enough for a broker's leader to move, short enough for an operator
+/// to wait for.
+const DELIVERY_TIMEOUT_MS: &str = "20000";
+
 impl Redrive {
     pub fn new(brokers: &str, to_topic: Option<String>) -> Result<Self, RedriveError> {
         // Idempotent: a retried request writes a record once.
-        let producer = crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "5")])
-            .create_with_context(Deliveries::default())?;
-        Ok(Redrive { producer, to_topic, sent: 0, by_topic: Tally::default() })
+        Self::with_config(crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "5"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]), to_topic)
+    }
+
+    fn with_config(config: ClientConfig, to_topic: Option<String>) -> Result<Self, RedriveError> {
+        let delivery_timeout = config.get("message.timeout.ms").and_then(|ms| ms.parse().ok()).map_or(Duration::from_secs(300), Duration::from_millis);
+        let producer = config.create_with_context(Deliveries::default())?;
+        Ok(Redrive { producer, to_topic, sent: 0, delivery_timeout, by_topic: Tally::default() })
     }
 
     /// Where `letter` goes back to.
@@ -258,9 +280,12 @@ impl Redrive {
         Ok(())
     }
 
-    /// Waits until Kafka acknowledged every record sent; an error says how many it did not.
-    pub fn finish(self, timeout: Duration) -> Result<u64, RedriveError> {
-        self.producer.flush(timeout)?;
+    /// Waits until Kafka acknowledged every record sent, or librdkafka gave up on those it did
+    /// not (past `message.timeout.ms`); an error says how many it did not.
+    pub fn finish(self) -> Result<u64, RedriveError> {
+        // Longer than any record can wait, so that every one is either acknowledged or reported
+        // failed, and counted, by the time the flush returns.
+        self.producer.flush(self.delivery_timeout + Duration::from_secs(5))?;
         let ctx = self.producer.context();
         let failed = ctx.failed.load(Ordering::Relaxed);
         if failed > 0 {
@@ -318,6 +343,23 @@ mod tests {
         let unknown = letter(&[(REDRIVEN_FROM, "transactions.dlq/0@3")]);
         assert_eq!(unknown.kind(), "unknown");
         assert!(unknown.describe().contains("from unknown key u3 (8 bytes) (sent back from transactions.dlq/0@3 before)"), "{}", unknown.describe());
+    }
+
+    #[test]
+    fn records_no_broker_acknowledges_are_counted_not_left_to_a_flush_timeout() {
+        let mut config = crate::kafka::client("127.0.0.1:1", &[("enable.idempotence", "true"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]);
+        let redrive = Redrive::with_config(config.clone(), None).unwrap();
+        assert_eq!(redrive.delivery_timeout, Duration::from_secs(20));
+        // Nothing listens on port 1: librdkafka gives up on the records after their timeout.
+        config.set("message.timeout.ms", "300");
+        let mut redrive = Redrive::with_config(config, Some("transactions".into())).unwrap();
+        let l = letter(&[("error", "unknown schema id 9"), ("error.kind", "schema")]);
+        redrive.send(&l).unwrap();
+        redrive.send(&l).unwrap();
+        match redrive.finish() {
+            Err(RedriveError::Undelivered { failed: 2, sent: 2, first }) => assert!(first.contains("timed out"), "{first}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The Kafka clients fraudctl makes: the settings each one needs, then what the cluster needs
 //! (`fraudctl --kafka-config`, `FRAUDCTL_KAFKA_CONFIG`: e.g. `security.protocol`, `sasl.*`),
-//! applied last so that they win.
+//! applied last so that they win. librdkafka's log lines and errors go to fraudctl's log on
+//! stderr, at most one a second of each kind (see `telemetry::kafka`).
 
 use std::sync::OnceLock;
 
 use rdkafka::ClientConfig;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::KafkaResult;
+use telemetry::kafka::LoggingContext;
 
 static OVERRIDES: OnceLock<Vec<(String, String)>> = OnceLock::new();
 
@@ -22,6 +26,12 @@ pub fn overrides() -> &'static [(String, String)] {
 /// A client of `brokers` with `settings`, then the process's overrides.
 pub fn client(brokers: &str, settings: &[(&str, &str)]) -> ClientConfig {
     with_overrides(brokers, settings, overrides())
+}
+
+/// A client of `brokers` with `settings` and the process's overrides, whose librdkafka logs and
+/// errors are logged (throttled) rather than printed as they come.
+pub fn create<T: FromClientConfigAndContext<LoggingContext>>(brokers: &str, settings: &[(&str, &str)]) -> KafkaResult<T> {
+    client(brokers, settings).create_with_context(LoggingContext::default())
 }
 
 fn with_overrides(brokers: &str, settings: &[(&str, &str)], overrides: &[(String, String)]) -> ClientConfig {

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use telemetry::kafka::LoggingContext;
 use serde::{Deserialize, Serialize};
 
 use schemas::{Label, topics};
@@ -62,13 +63,12 @@ impl Labeler {
 }
 
 /// Publishes labels to `labels`, keyed by transaction id.
-pub struct LabelSink(ThreadedProducer<DefaultProducerContext>);
+pub struct LabelSink(ThreadedProducer<LoggingContext>);
 
 impl LabelSink {
     pub fn new(brokers: &str) -> Result<Self> {
         Ok(Self(
-            crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20")])
-                .create()
+            crate::kafka::create(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20")])
                 .context("creating the labels producer")?,
         ))
     }

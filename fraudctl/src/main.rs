@@ -311,6 +311,8 @@ struct ScoreArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Warnings and errors (librdkafka's among them) on stderr; stdout is the commands' output.
+    telemetry::init_command_logging("fraudctl");
     fraudctl::kafka::set_overrides(cli.kafka_config);
     match cli.command {
         Command::Score(args) => score(args),
@@ -694,7 +696,7 @@ fn dlq(command: DlqCommand) -> Result<()> {
             // What was handed to Kafka is acknowledged (or counted as not) before any error is
             // told, so that the error can say how many records went back.
             let by_topic = redrive.by_topic.to_string();
-            let sent = redrive.finish(Duration::from_secs(30));
+            let sent = redrive.finish();
             let went_back = || sent.as_ref().map_or_else(|e| e.to_string(), |n| format!("{n} records sent back before it"));
             if let Err(e) = reading {
                 return Err(e).context(format!("reading {} ({})", selection.topic, went_back()));

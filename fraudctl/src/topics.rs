@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use schemas::topics;
+use telemetry::kafka::LoggingContext;
 
 /// Copies of each partition when the replication factor is not given: three (so that one broker
 /// can be lost while `min.insync.replicas` 2 still accepts writes), or one per broker on a
@@ -205,7 +205,7 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
     let metadata = {
         let config = crate::kafka::client(brokers, &[]);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Metadata> {
-            let consumer: BaseConsumer = config.create().context("creating a Kafka client")?;
+            let consumer: BaseConsumer<LoggingContext> = config.create_with_context(LoggingContext::default()).context("creating a Kafka client")?;
             Ok(consumer.fetch_metadata(None, ADMIN_TIMEOUT)?)
         })
         .await
@@ -236,8 +236,7 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
     if new.is_empty() {
         return Ok(outcomes);
     }
-    let admin: AdminClient<DefaultClientContext> =
-        crate::kafka::client(brokers, &[]).create().context("creating the Kafka admin client")?;
+    let admin: AdminClient<LoggingContext> = crate::kafka::create(brokers, &[]).context("creating the Kafka admin client")?;
     let requests: Vec<NewTopic<'_>> = new
         .iter()
         .filter_map(|o| match o {
@@ -271,7 +270,7 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
 
 /// Assigns every partition of `topic` to `consumer` (no consumer group), each starting at
 /// `start`; returns how many there are. A topic without partitions is an error.
-pub fn assign_all(consumer: &BaseConsumer, topic: &str, start: Offset, timeout: Duration) -> anyhow::Result<usize> {
+pub fn assign_all<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, start: Offset, timeout: Duration) -> anyhow::Result<usize> {
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut tpl = TopicPartitionList::new();
     for t in md.topics().iter().filter(|t| t.name() == topic) {

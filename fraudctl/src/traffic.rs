@@ -13,6 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Offset;
 use serde_json::json;
+use telemetry::kafka::LoggingContext;
 use tokio::sync::{Mutex, Semaphore};
 
 use schemas::{Decision, Transaction, Verdict, topics};
@@ -126,12 +127,8 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
     anyhow::ensure!(cfg.rate > 0.0 && cfg.rate.is_finite(), "--rate must be > 0");
     anyhow::ensure!((0.0..=1.0).contains(&cfg.direct_share), "--direct-share must be within 0..1");
     let stats = Arc::new(TrafficStats::default());
-    let producer: Option<FutureProducer> = match &cfg.brokers {
-        Some(b) => Some(
-            crate::kafka::client(b, &[("enable.idempotence", "true"), ("linger.ms", "5")])
-                .create()
-                .context("creating the Kafka producer")?,
-        ),
+    let producer: Option<FutureProducer<LoggingContext>> = match &cfg.brokers {
+        Some(b) => Some(crate::kafka::create(b, &[("enable.idempotence", "true"), ("linger.ms", "5")]).context("creating the Kafka producer")?),
         None => None,
     };
     let reader_stop = Arc::new(AtomicBool::new(false));
@@ -287,7 +284,7 @@ async fn post(http: &reqwest::Client, url: &str, tx: &Transaction, stats: &Traff
     }
 }
 
-async fn produce(p: &FutureProducer, tx: &Transaction, stats: &TrafficStats) {
+async fn produce(p: &FutureProducer<LoggingContext>, tx: &Transaction, stats: &TrafficStats) {
     let Ok(payload) = schemas::encode(tx) else { return };
     let record = FutureRecord::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload);
     if p.send(record, Duration::from_secs(1)).await.is_ok() {
@@ -302,7 +299,7 @@ async fn produce(p: &FutureProducer, tx: &Transaction, stats: &TrafficStats) {
 fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
     // Counts for a once-a-second summary: a fetch at most twice a second spares the broker (as in
     // drift-job).
-    let consumer: BaseConsumer = crate::kafka::client(
+    let consumer: BaseConsumer<LoggingContext> = crate::kafka::create(
         brokers,
         &[
             ("group.id", "fraudctl-traffic"),
@@ -311,8 +308,7 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
             ("fetch.wait.max.ms", "500"),
             ("fetch.min.bytes", "1048576"),
         ],
-    )
-    .create()?;
+    )?;
     crate::topics::assign_all(&consumer, topics::DECISIONS, Offset::End, Duration::from_secs(5))?;
     Ok(std::thread::spawn(move || {
         let mut seen = schemas::FirstSeen::new(schemas::FirstSeen::DEFAULT_CAPACITY);

@@ -106,3 +106,16 @@ fn dead_letters_are_listed_with_their_reasons_and_sent_back_once_fixed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("names no source topic (header `source.topic`): give --to-topic"), "{err}");
 }
+
+/// A broker that cannot be reached is named on stderr by librdkafka's own lines (as the services
+/// log them), not only by the error the command ends with.
+#[test]
+fn a_broker_that_cannot_be_reached_is_told_on_stderr() {
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let out = fraudctl(&["dlq", "show", "--brokers", &brokers, "--idle-timeout-s", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let kafka_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{') && l.contains("\"target\":\"librdkafka\"")).collect();
+    assert!(kafka_lines.iter().any(|l| l.contains(&format!("Connect to ipv4#{brokers} failed"))), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing listed: {}", String::from_utf8_lossy(&out.stdout));
+}
