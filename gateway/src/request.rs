@@ -98,6 +98,12 @@ fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Object> {
 /// How far ahead of the gateway's clock a transaction's timestamp may be.
 pub const MAX_AHEAD_MS: i64 = 24 * 3_600_000;
 
+/// The least timestamp taken as a number: 2001-01-01T00:00:00Z in epoch milliseconds. A smaller
+/// number is epoch seconds given for milliseconds (today's seconds read as milliseconds fall in
+/// January 1970), which would put the payment at the wrong hour. An RFC 3339 string says its date
+/// outright, so it is not held to this.
+pub const MIN_EPOCH_MS: i64 = 978_307_200_000;
+
 /// Turns a JSON object into a `Transaction`, or lists what is wrong with it. `now_ms` is the
 /// time of receipt, used when the request carries no timestamp.
 pub fn parse_transaction(
@@ -132,9 +138,15 @@ pub fn parse_transaction(
     let country = optional_string(body, "country", &mut errors);
     let timestamp = match body.get("timestamp") {
         None | Some(Value::Null) => Some(now_ms),
-        Some(Value::Number(n)) => n.as_i64().or_else(|| {
-            wrong(&mut errors, "timestamp", "must be whole milliseconds since the Unix epoch")
-        }),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(t) if t < MIN_EPOCH_MS => wrong(
+                &mut errors,
+                "timestamp",
+                "as a number must be epoch milliseconds from 2001-01-01 on (a smaller number is most likely epoch seconds)",
+            ),
+            Some(t) => Some(t),
+            None => wrong(&mut errors, "timestamp", "must be whole milliseconds since the Unix epoch"),
+        },
         // RFC 3339's date-time, as JSON Schema and the API's spec define it: a `T` between date
         // and time (the parser would also take a space).
         Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
@@ -230,7 +242,24 @@ mod tests {
             assert_eq!(errors.len(), 1, "{ahead}: {errors:?}");
             assert!(errors[0].field == "timestamp" && errors[0].reason.contains("24 hours ahead"), "{ahead}: {errors:?}");
         }
-        assert!(at(json!(0)).is_ok(), "the past is the sender's to say");
+        assert!(at(json!("1970-01-01T00:00:00Z")).is_ok(), "a date written out is the sender's to say");
+    }
+
+    #[test]
+    fn a_number_too_small_for_epoch_milliseconds_is_refused() {
+        let at = |t: Value| {
+            let mut v = json!({"transaction_id": "t", "user_id": 1, "amount": 1, "payment_method": "card"});
+            v["timestamp"] = t;
+            parse(v)
+        };
+        assert_eq!(at(json!(MIN_EPOCH_MS)).unwrap().timestamp, 978_307_200_000);
+        assert_eq!(at(json!("2000-12-31T23:59:59.999Z")).unwrap().timestamp, MIN_EPOCH_MS - 1);
+        // Epoch seconds of 2026-01-15, then the last millisecond of 2000, 0 and before 1970.
+        for small in [json!(1_768_483_800i64), json!(MIN_EPOCH_MS - 1), json!(0), json!(-1)] {
+            let errors = at(small.clone()).unwrap_err();
+            assert_eq!(errors.len(), 1, "{small}: {errors:?}");
+            assert!(errors[0].field == "timestamp" && errors[0].reason.contains("epoch seconds"), "{small}: {errors:?}");
+        }
     }
 
     #[test]
