@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::Extension;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -456,7 +457,11 @@ async fn publish(app: &AppState, tx: &Transaction, trace: &RequestTrace) -> Resu
     Ok(())
 }
 
-async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, Path(id): Path<String>) -> Response {
+async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extension<RequestTrace>, id: Result<Path<String>, PathRejection>) -> Response {
+    // A segment whose percent-escapes are no UTF-8 names no transaction id there can be.
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::BAD_REQUEST, "invalid path", vec![FieldError::new("transaction_id", "must be UTF-8 once percent-decoded")]);
+    };
     if let Some(d) = app.board.recent(&id) {
         return axum::Json(PredictResponse::new(&d, d.decision.processing_latency_ms, &trace)).into_response();
     }
@@ -473,11 +478,30 @@ fn pending(transaction_id: &str, trace_id: String) -> Response {
         "status": "pending",
         "transaction_id": transaction_id,
         "trace_id": trace_id,
-        "decision_url": format!("/v1/decisions/{transaction_id}"),
+        "decision_url": decision_url(transaction_id),
     });
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
+/// Where a transaction's decision is found: its id as one path segment, every byte but an
+/// unreserved character percent-encoded (an id may hold `/`, `?`, `#`, `%` or spaces).
+fn decision_url(transaction_id: &str) -> String {
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    format!("/v1/decisions/{}", percent_encoding::utf8_percent_encode(transaction_id, RESERVED))
+}
+
 fn ms(started: Instant) -> f64 {
     (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_url_holds_any_id_as_one_segment() {
+        assert_eq!(decision_url("txn_1-a.b~c"), "/v1/decisions/txn_1-a.b~c");
+        assert_eq!(decision_url("a/b?c#d%e f"), "/v1/decisions/a%2Fb%3Fc%23d%25e%20f");
+        assert_eq!(decision_url("é✓"), "/v1/decisions/%C3%A9%E2%9C%93");
+    }
 }

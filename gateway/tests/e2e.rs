@@ -133,6 +133,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         (Method::POST, "/v1/predict", Some("application/json"), vec![b' '; 2048], StatusCode::PAYLOAD_TOO_LARGE),
         (Method::GET, "/v1/predict", None, vec![], StatusCode::METHOD_NOT_ALLOWED),
         (Method::GET, "/v1/decisions/never-seen", None, vec![], StatusCode::NOT_FOUND),
+        (Method::GET, "/v1/decisions/%FF%FE", None, vec![], StatusCode::BAD_REQUEST),
     ];
     for (method, path, ct, body, want) in cases {
         let (status, headers, json) = gw.raw_with_headers(method.clone(), path, ct, body).await;
@@ -211,7 +212,9 @@ async fn no_decision_in_time_is_pending_then_found_and_a_dead_broker_is_a_quick_
     let gw = stack.gateway(&["--decision-deadline-ms", "300", "--produce-timeout-ms", "800"]);
     gw.wait_ready().await;
     let mut g = Generator::new(SEED, Drift::None, unique("pending"));
-    let tx = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
+    let mut tx = g.payment(&Generator::user(SEED, 1), 1_764_000_000_000).transaction;
+    // Characters a path segment must escape: the decision_url polled below still finds it.
+    tx.transaction_id.push_str("/a?b#c%d é");
 
     // No scorer yet: accepted by Kafka, no decision within the deadline.
     let (status, pending) = gw.predict(&seed_body(&tx)).await;
