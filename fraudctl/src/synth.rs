@@ -45,7 +45,8 @@ pub struct Generator {
     rng: StdRng,
     drift: Drift,
     counter: u64,
-    run_id: String,
+    /// `txn-<run_id>-`, the start of every transaction id of the run.
+    id_prefix: String,
 }
 
 fn pick<T: Copy>(rng: &mut StdRng, items: &[T], weights: &[f64]) -> T {
@@ -70,7 +71,12 @@ fn poisson(rng: &mut StdRng, lambda: f64) -> f64 {
 impl Generator {
     /// `run_id` makes transaction ids unique across runs (`txn-<run_id>-<n>`).
     pub fn new(seed: u64, drift: Drift, run_id: impl Into<String>) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), drift, counter: 0, run_id: run_id.into() }
+        Self { rng: StdRng::seed_from_u64(seed), drift, counter: 0, id_prefix: Self::id_prefix(&run_id.into()) }
+    }
+
+    /// What every transaction id of run `run_id` starts with, and no other run's does.
+    pub fn id_prefix(run_id: &str) -> String {
+        format!("txn-{run_id}-")
     }
 
     /// User number `n` of a population: the same `n` and seed always give the same user.
@@ -146,7 +152,7 @@ impl Generator {
         self.counter += 1;
         SynthPayment {
             transaction: Transaction {
-                transaction_id: format!("txn-{}-{}", self.run_id, self.counter),
+                transaction_id: format!("{}{}", self.id_prefix, self.counter),
                 user_id: user.user_id.clone(),
                 amount,
                 currency: "USD".into(),

@@ -73,11 +73,19 @@ pub struct TrafficStats {
     /// Decisions for a transaction already counted (a scorer batch decided twice): not counted.
     pub duplicates: AtomicU64,
     latencies: std::sync::Mutex<VecDeque<f64>>,
+    /// Why the latest payment that failed did: the gateway's answer, or what kept it from one.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 const LATENCY_WINDOW: usize = 5000;
 
 impl TrafficStats {
+    /// A payment not sent, or refused, and why (`errors` in the summary, with the latest reason).
+    fn failed(&self, reason: String) {
+        self.http_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
     fn record_latency(&self, ms: f64) {
         let mut l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         if l.len() == LATENCY_WINDOW {
@@ -102,12 +110,16 @@ impl TrafficStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let sent = get(&self.sent_http) + get(&self.sent_direct);
         let latency = self.percentiles().map_or_else(|| "-".to_string(), |(p50, p99)| format!("p50 {p50:.1} ms p99 {p99:.1} ms"));
+        let last_error = match self.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_deref() {
+            Some(why) if get(&self.http_errors) > 0 => format!(" (latest: {why})"),
+            _ => String::new(),
+        };
         let duplicates = match get(&self.duplicates) {
             0 => String::new(),
             n => format!(" | duplicate decisions {n}"),
         };
         format!(
-            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {} skipped {} | labels {}{duplicates}",
+            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {}{last_error} skipped {} | labels {}{duplicates}",
             sent as f64 / elapsed.as_secs_f64().max(1e-9),
             get(&self.sent_http),
             get(&self.sent_direct),
@@ -133,7 +145,7 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
     };
     let reader_stop = Arc::new(AtomicBool::new(false));
     let reader = match &cfg.brokers {
-        Some(b) => Some(spawn_decision_counter(b, stats.clone(), reader_stop.clone())?),
+        Some(b) => Some(spawn_decision_counter(b, Generator::id_prefix(&cfg.run_id), stats.clone(), reader_stop.clone())?),
         None => None,
     };
     let labeler = cfg.label_delay.map(|d| Arc::new(std::sync::Mutex::new(crate::labels::Labeler::new(d, 1_000_000))));
@@ -278,25 +290,48 @@ async fn post(http: &reqwest::Client, url: &str, tx: &Transaction, stats: &Traff
         Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
             stats.http_pending.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(_) | Err(_) => {
-            stats.http_errors.fetch_add(1, Ordering::Relaxed);
+        Ok(r) => {
+            let status = r.status();
+            let why = r.json::<serde_json::Value>().await.ok().and_then(|v| v["error"].as_str().map(str::to_string));
+            stats.failed(format!("HTTP {}{}", status.as_u16(), why.map(|w| format!(" {w}")).unwrap_or_default()));
         }
+        Err(e) => stats.failed(transport_error(&e)),
+    }
+}
+
+/// What kept a request from an answer, in a few words: the innermost cause (`Connection refused`)
+/// rather than reqwest's "error sending request for url".
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer within 10 s".to_string();
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    match e.is_connect() {
+        true => format!("cannot connect to the gateway: {cause}"),
+        false => cause.to_string(),
     }
 }
 
 async fn produce(p: &FutureProducer<LoggingContext>, tx: &Transaction, stats: &TrafficStats) {
     let Ok(payload) = schemas::encode(tx) else { return };
     let record = FutureRecord::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload);
-    if p.send(record, Duration::from_secs(1)).await.is_ok() {
-        stats.sent_direct.fetch_add(1, Ordering::Relaxed);
-    } else {
-        stats.http_errors.fetch_add(1, Ordering::Relaxed);
+    match p.send(record, Duration::from_secs(1)).await {
+        Ok(_) => {
+            stats.sent_direct.fetch_add(1, Ordering::Relaxed);
+        }
+        Err((e, _)) => stats.failed(format!("Kafka: {e}")),
     }
 }
 
-/// Counts every decision appearing on `decisions` from now on (both paths), the first per
-/// transaction; later ones are counted as duplicates.
-fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+/// Counts the decisions of this run's payments (both paths; their ids start with `id_prefix`)
+/// appearing on `decisions` from now on, the first per transaction; later ones are counted as
+/// duplicates. Decisions of other payments (another `traffic`, the README's curl) are not this
+/// run's to count — nor are older ones, should reading start before now: a broker may answer
+/// "the end" of a partition with its start (the embedded one sometimes does for `read_committed`).
+fn spawn_decision_counter(brokers: &str, id_prefix: String, stats: Arc<TrafficStats>, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
     // Counts for a once-a-second summary: a fetch at most twice a second spares the broker (as in
     // drift-job).
     let consumer: BaseConsumer<LoggingContext> = crate::kafka::create(
@@ -315,6 +350,7 @@ fn spawn_decision_counter(brokers: &str, stats: Arc<TrafficStats>, stop: Arc<Ato
         while !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
                 && let Ok(d) = schemas::decode::<Decision>(m.payload().unwrap_or_default())
+                && d.transaction_id.starts_with(&id_prefix)
             {
                 if !seen.first(&d.transaction_id) {
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -343,6 +379,31 @@ mod tests {
         assert!(line.contains("approve 9 review 0 block 0") && !line.contains("duplicate"), "{line}");
         stats.duplicates.store(2, Ordering::Relaxed);
         assert!(stats.summary(Duration::from_secs(1)).ends_with("| duplicate decisions 2"));
+    }
+
+    #[tokio::test]
+    async fn the_summary_says_why_payments_failed() {
+        let stats = TrafficStats::default();
+        assert!(stats.summary(Duration::from_secs(1)).contains("errors 0 skipped"));
+        // Nothing listens on the port; then a gateway that answers 503.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let http = reqwest::Client::new();
+        let tx = Generator::new(1, Drift::None, "why").payment(&Generator::user(1, 1), 1_764_000_000_000).transaction;
+        post(&http, &format!("http://{closed}/v1/predict"), &tx, &stats).await;
+        let line = stats.summary(Duration::from_secs(1));
+        assert!(line.contains("errors 1 (latest: cannot connect to the gateway: ") && line.contains("refused"), "{line}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let app = axum::Router::new().route(
+                "/v1/predict",
+                axum::routing::post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": "Kafka did not acknowledge the transaction", "details": []}))) }),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+        post(&http, &format!("http://{addr}/v1/predict"), &tx, &stats).await;
+        let line = stats.summary(Duration::from_secs(1));
+        assert!(line.contains("errors 2 (latest: HTTP 503 Kafka did not acknowledge the transaction) skipped 0"), "{line}");
     }
 
     #[tokio::test]
