@@ -3,19 +3,17 @@
 //! limit raised). Records are read outside any consumer group: reading commits nothing.
 
 use std::ops::ControlFlow;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext, Message};
+use rdkafka::{ClientConfig, Message};
 
 use schemas::headers;
-use telemetry::kafka::KafkaLogs;
 use scorer::replay::{Bounds, Reader, ReplayError, show_time};
+
+use crate::kafka::{Acks, DELIVERY_TIMEOUT_MS};
 
 /// The header a record sent back carries: where in the dead-letter topic it was
 /// (`transactions.dlq/0@17`), so that one refused again can be told from a new one.
@@ -187,50 +185,17 @@ pub enum RedriveError {
     Undelivered { failed: u64, sent: u64, first: String },
 }
 
-/// Counts the records Kafka did not acknowledge; logs librdkafka's own lines (throttled).
-#[derive(Default)]
-struct Deliveries {
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    logs: KafkaLogs,
-}
-
-impl ClientContext for Deliveries {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.logs.log(level, fac, log_message);
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.logs.error(&error, reason);
-    }
-}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            self.first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
 /// Sends dead-lettered records back: each to `to_topic`, or to the topic it came from, with its
 /// key, its bytes, its own headers and [`REDRIVEN_FROM`].
 pub struct Redrive {
-    producer: BaseProducer<Deliveries>,
+    producer: BaseProducer<Acks>,
     to_topic: Option<String>,
     sent: u64,
-    /// How long librdkafka tries to deliver a record before it reports it failed.
-    delivery_timeout: Duration,
+    /// How long to wait for every record to be acknowledged or reported failed.
+    flush_timeout: Duration,
     /// Records sent per target topic.
     pub by_topic: Tally,
 }
-
-/// How long a record sent back may take to be acknowledged (`message.timeout.ms`, unless the
-/// overrides set it): long enough for a broker's leader to move, short enough for an operator
-/// to wait for.
-const DELIVERY_TIMEOUT_MS: &str = "20000";
 
 impl Redrive {
     pub fn new(brokers: &str, to_topic: Option<String>) -> Result<Self, RedriveError> {
@@ -239,9 +204,9 @@ impl Redrive {
     }
 
     fn with_config(config: ClientConfig, to_topic: Option<String>) -> Result<Self, RedriveError> {
-        let delivery_timeout = config.get("message.timeout.ms").and_then(|ms| ms.parse().ok()).map_or(Duration::from_secs(300), Duration::from_millis);
-        let producer = config.create_with_context(Deliveries::default())?;
-        Ok(Redrive { producer, to_topic, sent: 0, delivery_timeout, by_topic: Tally::default() })
+        let flush_timeout = crate::kafka::flush_timeout(&config);
+        let producer = config.create_with_context(Acks::default())?;
+        Ok(Redrive { producer, to_topic, sent: 0, flush_timeout, by_topic: Tally::default() })
     }
 
     /// Where `letter` goes back to.
@@ -283,13 +248,8 @@ impl Redrive {
     /// Waits until Kafka acknowledged every record sent, or librdkafka gave up on those it did
     /// not (past `message.timeout.ms`); an error says how many it did not.
     pub fn finish(self) -> Result<u64, RedriveError> {
-        // Longer than any record can wait, so that every one is either acknowledged or reported
-        // failed, and counted, by the time the flush returns.
-        self.producer.flush(self.delivery_timeout + Duration::from_secs(5))?;
-        let ctx = self.producer.context();
-        let failed = ctx.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            let first = ctx.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+        self.producer.flush(self.flush_timeout)?;
+        if let Some((failed, first)) = self.producer.context().failures() {
             return Err(RedriveError::Undelivered { failed, sent: self.sent, first });
         }
         Ok(self.sent)
@@ -349,7 +309,7 @@ mod tests {
     fn records_no_broker_acknowledges_are_counted_not_left_to_a_flush_timeout() {
         let mut config = crate::kafka::client("127.0.0.1:1", &[("enable.idempotence", "true"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]);
         let redrive = Redrive::with_config(config.clone(), None).unwrap();
-        assert_eq!(redrive.delivery_timeout, Duration::from_secs(20));
+        assert_eq!(redrive.flush_timeout, Duration::from_secs(25));
         // Nothing listens on port 1: librdkafka gives up on the records after their timeout.
         config.set("message.timeout.ms", "300");
         let mut redrive = Redrive::with_config(config, Some("transactions".into())).unwrap();

@@ -3,12 +3,15 @@
 //! applied last so that they win. librdkafka's log lines and errors go to fraudctl's log on
 //! stderr, at most one a second of each kind (see `telemetry::kafka`).
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::config::FromClientConfigAndContext;
-use rdkafka::error::KafkaResult;
-use telemetry::kafka::LoggingContext;
+use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
+use telemetry::kafka::{KafkaLogs, LoggingContext};
 
 static OVERRIDES: OnceLock<Vec<(String, String)>> = OnceLock::new();
 
@@ -32,6 +35,57 @@ pub fn client(brokers: &str, settings: &[(&str, &str)]) -> ClientConfig {
 /// errors are logged (throttled) rather than printed as they come.
 pub fn create<T: FromClientConfigAndContext<LoggingContext>>(brokers: &str, settings: &[(&str, &str)]) -> KafkaResult<T> {
     client(brokers, settings).create_with_context(LoggingContext::default())
+}
+
+/// How long fraudctl's producers give a record to be acknowledged (`message.timeout.ms`, unless
+/// the overrides set it): long enough for a partition's leader to move, short enough for an
+/// operator to wait for.
+pub const DELIVERY_TIMEOUT_MS: &str = "20000";
+
+/// How long a flush of a producer made with `config` waits: longer than any record can wait, so
+/// that by its end every record was acknowledged or reported failed (and counted, see [`Acks`]).
+pub fn flush_timeout(config: &ClientConfig) -> Duration {
+    let delivery = config.get("message.timeout.ms").and_then(|ms| ms.parse().ok()).map_or(Duration::from_secs(300), Duration::from_millis);
+    delivery + Duration::from_secs(5)
+}
+
+/// A producer's context that counts the records Kafka did not acknowledge, with the first one's
+/// reason, so that a command can say how many of those it sent did not arrive; librdkafka's own
+/// lines are logged as for every fraudctl client.
+#[derive(Default)]
+pub struct Acks {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    logs: KafkaLogs,
+}
+
+impl Acks {
+    /// How many records were not acknowledged so far, and why the first was not; `None` if all
+    /// were (or are still on their way).
+    pub fn failures(&self) -> Option<(u64, String)> {
+        let failed = self.failed.load(Ordering::Relaxed);
+        (failed > 0).then(|| (failed, self.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()))
+    }
+}
+
+impl ClientContext for Acks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.logs.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(&error, reason);
+    }
+}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            self.first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+        }
+    }
 }
 
 fn with_overrides(brokers: &str, settings: &[(&str, &str)], overrides: &[(String, String)]) -> ClientConfig {

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use telemetry::kafka::LoggingContext;
 use serde::{Deserialize, Serialize};
 
 use schemas::{Label, topics};
+
+use crate::kafka::{Acks, DELIVERY_TIMEOUT_MS};
 
 /// One payment's ground truth, as `fraudctl traffic --truth-file` writes it (one JSON per line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,27 +64,35 @@ impl Labeler {
 }
 
 /// Publishes labels to `labels`, keyed by transaction id.
-pub struct LabelSink(ThreadedProducer<LoggingContext>);
+pub struct LabelSink {
+    producer: ThreadedProducer<Acks>,
+    flush_timeout: Duration,
+}
 
 impl LabelSink {
     pub fn new(brokers: &str) -> Result<Self> {
-        Ok(Self(
-            crate::kafka::create(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20")])
-                .context("creating the labels producer")?,
-        ))
+        let config = crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]);
+        let flush_timeout = crate::kafka::flush_timeout(&config);
+        Ok(Self { producer: config.create_with_context(Acks::default()).context("creating the labels producer")?, flush_timeout })
     }
 
     pub fn send(&self, labels: &[Label]) -> Result<()> {
         for l in labels {
             let bytes = schemas::encode(l)?;
             let record = BaseRecord::<[u8], [u8]>::to(topics::LABELS).key(l.transaction_id.as_bytes()).payload(&bytes);
-            scorer::pipeline::send_record(&self.0, record).context("sending a label")?;
+            scorer::pipeline::send_record(&self.producer, record).context("sending a label")?;
         }
         Ok(())
     }
 
+    /// Waits until Kafka acknowledged every label sent, or gave up on it; an error says how many
+    /// it did not acknowledge.
     pub fn flush(&self) -> Result<()> {
-        self.0.flush(Duration::from_secs(30)).context("flushing labels")
+        self.producer.flush(self.flush_timeout).context("flushing labels")?;
+        match self.producer.context().failures() {
+            Some((failed, first)) => anyhow::bail!("{failed} labels were not acknowledged by Kafka (first: {first})"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -165,7 +165,9 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
                         stats.labels.fetch_add(due.len() as u64, Ordering::Relaxed);
                     }
                 }
-                let _ = sink.flush();
+                if let Err(e) = sink.flush() {
+                    tracing::warn!(error = %e, "labels not delivered");
+                }
             }))
         }
         (Some(_), None) => anyhow::bail!("--label-delay needs --brokers"),
