@@ -544,6 +544,12 @@ fn run_stack(args: RunArgs) -> Result<()> {
         let notices = notices.clone();
         rt.spawn(stack::watch_stalls(watched.to_vec(), Duration::from_secs(10), watch_stop.clone(), move |line| notices.push(line)));
     }
+    {
+        // Drifted features as the drift job finds them, once per window (shifted traffic:
+        // --drift).
+        let notices = notices.clone();
+        rt.spawn(stack::watch_drift(drift_port, Duration::from_secs(5), watch_stop.clone(), move |line| notices.push(line)));
+    }
     println!("gateway  {gateway} — POST /v1/predict, GET /v1/decisions/{{id}}, /openapi.json, /metrics");
     println!("scorer   http://127.0.0.1:{scorer_port}/metrics");
     println!("drift    http://127.0.0.1:{drift_port}/metrics (feature_psi every {} s, model_performance from labels)", args.drift_window);

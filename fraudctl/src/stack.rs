@@ -286,6 +286,101 @@ pub async fn watch_stalls(services: Vec<(String, u16, PathBuf)>, every: Duration
     }
 }
 
+/// The last complete drift window of one model version, as the drift job's /metrics tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftWindow {
+    pub model_version: String,
+    /// `drift_window_end_timestamp_seconds`.
+    pub end_s: f64,
+    /// `feature_psi` per feature, largest first.
+    pub psi: Vec<(String, f64)>,
+}
+
+/// The samples of `name` in a Prometheus text exposition, with their labels.
+fn samples<'a>(text: &'a str, name: &str) -> Vec<(Vec<(&'a str, &'a str)>, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let labels = labels.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k, v.trim_matches('"'))).collect();
+            Some((labels, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The drift windows in a drift job's /metrics: one per model version that has completed one.
+pub fn drift_windows(text: &str) -> Vec<DriftWindow> {
+    let label = |labels: &[(&str, &str)], name: &str| labels.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+    let psi = samples(text, "feature_psi");
+    let mut windows: Vec<DriftWindow> = samples(text, "drift_window_end_timestamp_seconds")
+        .into_iter()
+        .filter(|(_, end)| *end > 0.0)
+        .filter_map(|(labels, end_s)| {
+            let model_version = label(&labels, "model_version")?;
+            let mut psi: Vec<(String, f64)> =
+                psi.iter().filter(|(l, _)| label(l, "model_version").as_ref() == Some(&model_version)).filter_map(|(l, v)| Some((label(l, "feature")?, *v))).collect();
+            psi.sort_by(|a, b| b.1.total_cmp(&a.1));
+            Some(DriftWindow { model_version, end_s, psi })
+        })
+        .collect();
+    windows.sort_by(|a, b| a.model_version.cmp(&b.model_version));
+    windows
+}
+
+/// The line `fraudctl run` prints for a drift window: the features that drifted (PSI from 0.1,
+/// as the drift job's reports grade them); `None` when none did and none did in the window
+/// before (`drifted_before`), so that the live output stays quiet while nothing changes.
+pub fn drift_notice(window: &DriftWindow, drifted_before: bool) -> Option<String> {
+    let drifted: Vec<String> = window
+        .psi
+        .iter()
+        .filter(|(_, psi)| *psi >= 0.1)
+        .map(|(feature, psi)| format!("{feature} PSI {psi:.2} ({})", if *psi >= 0.25 { "significant" } else { "moderate" }))
+        .collect();
+    let end = scorer::replay::show_time((window.end_s * 1000.0) as i64);
+    match (drifted.is_empty(), drifted_before) {
+        (true, false) => None,
+        (true, true) => Some(format!("drift    model {} window ending {end}: no feature drifted any more", window.model_version)),
+        (false, _) => Some(format!(
+            "drift    model {} window ending {end}: {} (runbooks/FeatureDriftDetected.md)",
+            window.model_version,
+            drifted.join(", ")
+        )),
+    }
+}
+
+/// Reads the drift job's /metrics on `port` every `every` until `stop` is set, and pushes
+/// [`drift_notice`] to `notify` for each new window that has one.
+pub async fn watch_drift(port: u16, every: Duration, stop: Arc<AtomicBool>, notify: impl Fn(String)) {
+    let http = reqwest::Client::new();
+    // Per model version: the last window seen, and whether it drifted.
+    let mut seen: Vec<(String, f64, bool)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        let Ok(answer) = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await else { continue };
+        let Ok(text) = answer.text().await else { continue };
+        for window in drift_windows(&text) {
+            let drifted = window.psi.iter().any(|(_, psi)| *psi >= 0.1);
+            let before = seen.iter_mut().find(|(v, _, _)| *v == window.model_version);
+            let drifted_before = match before {
+                Some((_, end, _)) if *end == window.end_s => continue,
+                Some((_, end, was)) => {
+                    let was_drifted = *was;
+                    (*end, *was) = (window.end_s, drifted);
+                    was_drifted
+                }
+                None => {
+                    seen.push((window.model_version.clone(), window.end_s, drifted));
+                    false
+                }
+            };
+            if let Some(line) = drift_notice(&window, drifted_before) {
+                notify(line);
+            }
+        }
+    }
+}
+
 /// Waits until something accepts connections on `port`; `running` fails when the process that
 /// should listen there has exited.
 pub fn wait_for_port(port: u16, what: &str, mut running: impl FnMut() -> Result<()>) -> Result<()> {
@@ -349,6 +444,29 @@ mod tests {
         let labelled = "errors_total{kind=\"decode\"} 3\nerrors_total{kind=\"decode_more\"} 4\n";
         assert_eq!(metric(labelled, r#"errors_total{kind="decode"}"#), Some(3.0));
         assert_eq!(metric(labelled, "errors_total"), None, "a labelled sample is named with its labels");
+    }
+
+    #[test]
+    fn drift_windows_are_read_from_the_drift_jobs_metrics_and_told_when_they_drift() {
+        let text = "# HELP feature_psi x\n\
+            feature_psi{feature=\"amount_log\",model_version=\"1.0.0\"} 0.4213\n\
+            feature_psi{feature=\"is_night\",model_version=\"1.0.0\"} 0.01\n\
+            feature_psi{feature=\"amount_ratio_log\",model_version=\"1.0.0\"} 0.18\n\
+            feature_psi{feature=\"amount_log\",model_version=\"2.0.0\"} 0.02\n\
+            feature_psi_samples{feature=\"amount_log\",model_version=\"1.0.0\"} 1200\n\
+            drift_window_end_timestamp_seconds{model_version=\"1.0.0\"} 1764151260\n\
+            drift_window_end_timestamp_seconds{model_version=\"2.0.0\"} 1764151260\n\
+            drift_window_end_timestamp_seconds{model_version=\"3.0.0\"} 0\n";
+        let windows = drift_windows(text);
+        let psi = |w: &DriftWindow| w.psi.iter().map(|(f, v)| format!("{f} {v}")).collect::<Vec<_>>();
+        assert_eq!(windows.iter().map(|w| (w.model_version.as_str(), w.end_s)).collect::<Vec<_>>(), [("1.0.0", 1_764_151_260.0), ("2.0.0", 1_764_151_260.0)], "a version with no window yet is left out");
+        assert_eq!(psi(&windows[0]), ["amount_log 0.4213", "amount_ratio_log 0.18", "is_night 0.01"]);
+        assert_eq!(
+            drift_notice(&windows[0], false).unwrap(),
+            "drift    model 1.0.0 window ending 2025-11-26T10:01:00Z: amount_log PSI 0.42 (significant), amount_ratio_log PSI 0.18 (moderate) (runbooks/FeatureDriftDetected.md)"
+        );
+        assert_eq!(drift_notice(&windows[1], false), None, "nothing drifted, nothing to tell");
+        assert_eq!(drift_notice(&windows[1], true).unwrap(), "drift    model 2.0.0 window ending 2025-11-26T10:01:00Z: no feature drifted any more");
     }
 
     #[test]

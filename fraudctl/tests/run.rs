@@ -53,10 +53,16 @@ struct Run {
 
 /// `fraudctl run` with its embedded broker and Redis and `env` added.
 fn start_run(env: &[(&str, &str)]) -> Run {
+    start_run_with(&[], env)
+}
+
+/// `fraudctl run args` with its embedded broker and Redis and `env` added.
+fn start_run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
     let lock = std::fs::File::create(std::env::temp_dir().join("fraudstream-run-test.lock")).unwrap();
     lock.lock().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fraudctl"));
     cmd.args(["run", "--gateway-port", &testkit::free_port().to_string()])
+        .args(args)
         // Without a terminal the live summary is a line every 5 s.
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -193,4 +199,19 @@ fn a_run_whose_scorer_starves_says_so() {
     assert!(note.contains("restart fraudctl run"), "{note}");
     let printed = ctrl_c(run);
     assert_eq!(printed.matches("note     the scorer fetches nothing").count(), 1, "said once:\n{printed}");
+}
+
+/// Traffic shifted away from the training data (`--drift amount`: larger amounts) is told in the
+/// live output as the drift job grades it, once per window.
+#[test]
+fn drifted_traffic_is_told_as_the_drift_job_finds_it() {
+    let run = start_run_with(&["--drift", "amount", "--drift-window", "5", "--rate", "60"], &[("DRIFT_MIN_SAMPLES", "100")]);
+    let lines = run.lines.clone();
+    let drift = wait_for_line(&lines, Duration::from_secs(120), "drift line", |l| l.starts_with("drift    model 1.0.0 window ending ").then(|| l.to_string()));
+    assert!(drift.contains("amount_log PSI ") && drift.contains(" (significant)") && drift.ends_with("(runbooks/FeatureDriftDetected.md)"), "{drift}");
+    let printed = ctrl_c(run);
+    let windows: Vec<&str> = printed.lines().filter_map(|l| l.strip_prefix("drift    model 1.0.0 window ending ")).filter_map(|l| l.split_once(": ").map(|(end, _)| end)).collect();
+    let mut distinct = windows.clone();
+    distinct.dedup();
+    assert_eq!(windows, distinct, "one line per window:\n{printed}");
 }
