@@ -72,6 +72,8 @@ pub struct TrafficStats {
     pub block: AtomicU64,
     /// Decisions for a transaction already counted (a scorer batch decided twice): not counted.
     pub duplicates: AtomicU64,
+    /// Decisions made on the model card's default features (the feature store down or slow).
+    pub degraded: AtomicU64,
     latencies: std::sync::Mutex<VecDeque<f64>>,
     /// Why the latest payment that failed did: the gateway's answer, or what kept it from one.
     last_error: std::sync::Mutex<Option<String>>,
@@ -118,8 +120,12 @@ impl TrafficStats {
             0 => String::new(),
             n => format!(" | duplicate decisions {n}"),
         };
+        let degraded = match get(&self.degraded) {
+            0 => String::new(),
+            n => format!(" | degraded {n}"),
+        };
         format!(
-            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {}{last_error} skipped {} | labels {}{duplicates}",
+            "{:.1}/s | sent {sent} (http {}, direct {}) | approve {} review {} block {} | http {latency} | pending {} errors {}{last_error} skipped {} | labels {}{degraded}{duplicates}",
             sent as f64 / elapsed.as_secs_f64().max(1e-9),
             get(&self.sent_http),
             get(&self.sent_direct),
@@ -358,6 +364,9 @@ fn spawn_decision_counter(brokers: &str, id_prefix: String, stats: Arc<TrafficSt
                     stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                if d.degraded {
+                    stats.degraded.fetch_add(1, Ordering::Relaxed);
+                }
                 let c = match d.decision {
                     Verdict::Approve => &stats.approve,
                     Verdict::Review => &stats.review,
@@ -374,13 +383,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_summary_names_duplicate_decisions_only_when_there_are_some() {
+    fn the_summary_names_duplicate_and_degraded_decisions_only_when_there_are_some() {
         let stats = TrafficStats::default();
         stats.approve.store(9, Ordering::Relaxed);
         let line = stats.summary(Duration::from_secs(1));
         assert!(line.contains("approve 9 review 0 block 0") && !line.contains("duplicate"), "{line}");
         stats.duplicates.store(2, Ordering::Relaxed);
-        assert!(stats.summary(Duration::from_secs(1)).ends_with("| duplicate decisions 2"));
+        assert!(stats.summary(Duration::from_secs(1)).ends_with("| labels 0 | duplicate decisions 2"));
+        stats.degraded.store(5, Ordering::Relaxed);
+        assert!(stats.summary(Duration::from_secs(1)).ends_with("| labels 0 | degraded 5 | duplicate decisions 2"));
     }
 
     #[tokio::test]

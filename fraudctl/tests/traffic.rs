@@ -1,5 +1,6 @@
 //! `fraudctl traffic` against a real broker, Redis, scorer and gateway: its summary counts the
-//! decisions of the payments it sent, not those of others sent meanwhile.
+//! decisions of the payments it sent, not those of others sent meanwhile, and those made without
+//! the feature store.
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -17,8 +18,8 @@ fn decided(s: &TrafficStats) -> u64 {
 }
 
 #[test]
-fn two_runs_at_once_each_count_their_own_decisions() {
-    let (broker, redis) = testkit::servers(2, 200, 1);
+fn two_runs_at_once_each_count_their_own_decisions_and_a_redis_outage_shows() {
+    let (broker, mut redis) = testkit::servers(2, 200, 1);
     let brokers = broker.bootstrap();
     let run = unique("traffic");
     let (scorer_port, gateway_port) = (free_port(), free_port());
@@ -58,5 +59,13 @@ fn two_runs_at_once_each_count_their_own_decisions() {
         // At most one decision per payment sent: the other run's are not counted. Most are (the
         // last few may still be on their way to the counter when the run ends).
         assert!(answered > 50 && decided(&stats) >= answered / 2 && decided(&stats) <= sent, "sent {sent}, answered {answered}, decided {}: {}", decided(&stats), stats.summary(Duration::from_secs(4)));
+        assert_eq!(stats.degraded.load(Ordering::Relaxed), 0, "{}", stats.summary(Duration::from_secs(4)));
     }
+
+    // Redis gone: every decision is made on the card's defaults, and the summary counts them.
+    redis.stop();
+    let stats = rt.block_on(fraudctl::traffic::run(config("c"), Arc::new(AtomicBool::new(false)), false)).unwrap();
+    let summary = stats.summary(Duration::from_secs(4));
+    assert!(decided(&stats) > 50 && stats.degraded.load(Ordering::Relaxed) == decided(&stats), "{summary}");
+    assert!(summary.contains(&format!("| degraded {}", decided(&stats))), "{summary}");
 }
