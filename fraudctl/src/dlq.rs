@@ -191,6 +191,8 @@ pub struct Redrive {
     producer: BaseProducer<Acks>,
     to_topic: Option<String>,
     sent: u64,
+    /// When the latest record sent back was dead-lettered (ms since the epoch).
+    pub last_written_ms: Option<i64>,
     /// How long to wait for every record to be acknowledged or reported failed.
     flush_timeout: Duration,
     /// Records sent per target topic.
@@ -206,7 +208,7 @@ impl Redrive {
     fn with_config(config: ClientConfig, to_topic: Option<String>) -> Result<Self, RedriveError> {
         let flush_timeout = crate::kafka::flush_timeout(&config);
         let producer = config.create_with_context(Acks::default())?;
-        Ok(Redrive { producer, to_topic, sent: 0, flush_timeout, by_topic: Tally::default() })
+        Ok(Redrive { producer, to_topic, sent: 0, last_written_ms: None, flush_timeout, by_topic: Tally::default() })
     }
 
     /// Where `letter` goes back to.
@@ -242,7 +244,14 @@ impl Redrive {
         self.producer.poll(Duration::ZERO);
         self.sent += 1;
         self.by_topic.add(&topic);
+        self.last_written_ms = self.last_written_ms.max(letter.written_ms);
         Ok(())
+    }
+
+    /// Where a later redrive of the same selection starts so as not to send these records again,
+    /// once the whole selection was sent: `--from` just after the latest one sent.
+    pub fn resume_from(&self) -> Option<String> {
+        self.last_written_ms.map(|ms| show_time(ms + 1))
     }
 
     /// Waits until Kafka acknowledged every record sent, or librdkafka gave up on those it did

@@ -702,6 +702,10 @@ fn dlq(command: DlqCommand) -> Result<()> {
             // What was handed to Kafka is acknowledged (or counted as not) before any error is
             // told, so that the error can say how many records went back.
             let by_topic = redrive.by_topic.to_string();
+            // A record sent back twice is scored twice: once all of the selection went back, say
+            // where the next redrive starts (not after a failure: another partition's earlier
+            // records may not have been read yet).
+            let resume = redrive.resume_from().map(|from| format!("; to send back only records dead-lettered later: --from {from}")).unwrap_or_default();
             let sent = redrive.finish();
             let went_back = || sent.as_ref().map_or_else(|e| e.to_string(), |n| format!("{n} records sent back before it"));
             if let Err(e) = reading {
@@ -714,7 +718,7 @@ fn dlq(command: DlqCommand) -> Result<()> {
             if dry_run {
                 println!("dry run: nothing sent");
             } else {
-                println!("sent {sent} records back{}", if sent > 0 { format!(": {by_topic}") } else { String::new() });
+                println!("sent {sent} records back{}", if sent > 0 { format!(": {by_topic}{resume}") } else { String::new() });
             }
             Ok(())
         }
