@@ -463,7 +463,7 @@ async fn get_decision(State(app): State<Arc<AppState>>, Extension(trace): Extens
         return error(StatusCode::BAD_REQUEST, "invalid path", vec![FieldError::new("transaction_id", "must be UTF-8 once percent-decoded")]);
     };
     if let Some(d) = app.board.recent(&id) {
-        return axum::Json(PredictResponse::new(&d, d.decision.processing_latency_ms, &trace)).into_response();
+        return axum::Json(PredictResponse::new(&d, to_microseconds(d.decision.processing_latency_ms), &trace)).into_response();
     }
     match app.board.accepted(&id) {
         // Published here, acknowledged by Kafka, not decided yet.
@@ -491,7 +491,12 @@ fn decision_url(transaction_id: &str) -> String {
 }
 
 fn ms(started: Instant) -> f64 {
-    (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
+    to_microseconds(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Milliseconds to the microsecond, as answers give them (`0.420287000001` is `0.42`).
+fn to_microseconds(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
 }
 
 #[cfg(test)]
@@ -503,5 +508,11 @@ mod tests {
         assert_eq!(decision_url("txn_1-a.b~c"), "/v1/decisions/txn_1-a.b~c");
         assert_eq!(decision_url("a/b?c#d%e f"), "/v1/decisions/a%2Fb%3Fc%23d%25e%20f");
         assert_eq!(decision_url("é✓"), "/v1/decisions/%C3%A9%E2%9C%93");
+    }
+
+    #[test]
+    fn latencies_are_given_to_the_microsecond() {
+        assert_eq!(to_microseconds(0.420_286_999_999_999_97).to_string(), "0.42");
+        assert_eq!(to_microseconds(12.345_678).to_string(), "12.346");
     }
 }

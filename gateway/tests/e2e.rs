@@ -92,6 +92,9 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
             assert!(!headers["traceresponse"].to_str().unwrap().contains(made_in));
             let (_, again) = gw.raw(reqwest::Method::GET, &path, None, vec![]).await;
             assert_eq!(again["trace_id"], made_in);
+            // The scorer's latency, to the microsecond like every answer's.
+            let latency = body["latency_ms"].to_string();
+            assert!(latency.split_once('.').is_none_or(|(_, decimals)| decimals.len() <= 3), "{latency}");
             break;
         }
         assert_eq!(status, StatusCode::NOT_FOUND);
