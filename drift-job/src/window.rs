@@ -41,20 +41,6 @@ impl Reference {
     }
 }
 
-/// Thresholds for a report's severity.
-pub const MODERATE: f64 = 0.1;
-pub const SIGNIFICANT: f64 = 0.25;
-
-pub fn severity(psi: f64) -> DriftSeverity {
-    if psi >= SIGNIFICANT {
-        DriftSeverity::Significant
-    } else if psi >= MODERATE {
-        DriftSeverity::Moderate
-    } else {
-        DriftSeverity::None
-    }
-}
-
 /// Bin counts of one model version's decisions over one window.
 #[derive(Debug, Clone)]
 pub struct PsiWindow {
@@ -120,7 +106,7 @@ impl PsiWindow {
                     window_end: self.end_ms,
                     samples: self.samples as i64,
                     psi: value,
-                    severity: severity(value),
+                    severity: DriftSeverity::of(value),
                     bins: f
                         .binning
                         .labels()
@@ -170,8 +156,8 @@ mod tests {
 
     #[test]
     fn severities() {
-        assert_eq!(severity(0.099), DriftSeverity::None);
-        assert_eq!(severity(0.1), DriftSeverity::Moderate);
-        assert_eq!(severity(0.25), DriftSeverity::Significant);
+        assert_eq!(DriftSeverity::of(0.099), DriftSeverity::None);
+        assert_eq!(DriftSeverity::of(0.1), DriftSeverity::Moderate);
+        assert_eq!(DriftSeverity::of(0.25), DriftSeverity::Significant);
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use schemas::DriftSeverity;
 
 /// A child process of the local stack, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Process {
@@ -296,6 +297,13 @@ pub struct DriftWindow {
     pub psi: Vec<(String, f64)>,
 }
 
+impl DriftWindow {
+    /// The features that drifted (moderately or significantly), with their PSI and grade.
+    pub fn drifted(&self) -> impl Iterator<Item = (&str, f64, DriftSeverity)> {
+        self.psi.iter().map(|(f, psi)| (f.as_str(), *psi, DriftSeverity::of(*psi))).filter(|(_, _, grade)| *grade != DriftSeverity::None)
+    }
+}
+
 /// The samples of `name` in a Prometheus text exposition, with their labels.
 fn samples<'a>(text: &'a str, name: &str) -> Vec<(Vec<(&'a str, &'a str)>, f64)> {
     text.lines()
@@ -327,16 +335,11 @@ pub fn drift_windows(text: &str) -> Vec<DriftWindow> {
     windows
 }
 
-/// The line `fraudctl run` prints for a drift window: the features that drifted (PSI from 0.1,
-/// as the drift job's reports grade them); `None` when none did and none did in the window
-/// before (`drifted_before`), so that the live output stays quiet while nothing changes.
+/// The line `fraudctl run` prints for a drift window: the features that drifted, graded as the
+/// drift job's reports grade them; `None` when none did and none did in the window before
+/// (`drifted_before`), so that the live output stays quiet while nothing changes.
 pub fn drift_notice(window: &DriftWindow, drifted_before: bool) -> Option<String> {
-    let drifted: Vec<String> = window
-        .psi
-        .iter()
-        .filter(|(_, psi)| *psi >= 0.1)
-        .map(|(feature, psi)| format!("{feature} PSI {psi:.2} ({})", if *psi >= 0.25 { "significant" } else { "moderate" }))
-        .collect();
+    let drifted: Vec<String> = window.drifted().map(|(feature, psi, grade)| format!("{feature} PSI {psi:.2} ({})", grade.as_str())).collect();
     let end = scorer::replay::show_time((window.end_s * 1000.0) as i64);
     match (drifted.is_empty(), drifted_before) {
         (true, false) => None,
@@ -360,7 +363,7 @@ pub async fn watch_drift(port: u16, every: Duration, stop: Arc<AtomicBool>, noti
         let Ok(answer) = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await else { continue };
         let Ok(text) = answer.text().await else { continue };
         for window in drift_windows(&text) {
-            let drifted = window.psi.iter().any(|(_, psi)| *psi >= 0.1);
+            let drifted = window.drifted().next().is_some();
             let before = seen.iter_mut().find(|(v, _, _)| *v == window.model_version);
             let drifted_before = match before {
                 Some((_, end, _)) if *end == window.end_s => continue,

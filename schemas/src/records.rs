@@ -173,6 +173,32 @@ pub enum DriftSeverity {
     Significant,
 }
 
+impl DriftSeverity {
+    /// PSI from which a feature's drift is moderate.
+    pub const MODERATE: f64 = 0.1;
+    /// PSI from which it is significant.
+    pub const SIGNIFICANT: f64 = 0.25;
+
+    /// How a PSI value is graded.
+    pub fn of(psi: f64) -> Self {
+        if psi >= Self::SIGNIFICANT {
+            Self::Significant
+        } else if psi >= Self::MODERATE {
+            Self::Moderate
+        } else {
+            Self::None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Moderate => "moderate",
+            Self::Significant => "significant",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftBin {
     pub label: String,
