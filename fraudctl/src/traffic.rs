@@ -317,10 +317,7 @@ fn transport_error(e: &reqwest::Error) -> String {
     while let Some(inner) = cause.source() {
         cause = inner;
     }
-    match e.is_connect() {
-        true => format!("cannot connect to the gateway: {cause}"),
-        false => cause.to_string(),
-    }
+    if e.is_connect() { format!("cannot connect to the gateway: {cause}") } else { cause.to_string() }
 }
 
 async fn produce(p: &FutureProducer<LoggingContext>, tx: &Transaction, stats: &TrafficStats) {
