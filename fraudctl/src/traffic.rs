@@ -227,7 +227,8 @@ pub async fn run(cfg: TrafficConfig, stop: Arc<AtomicBool>, live: bool) -> Resul
                 });
             }
             (_, _, Some(gw)) => {
-                let url = format!("{gw}/v1/predict");
+                // `http://host:8000/` names the same gateway as `http://host:8000`.
+                let url = format!("{}/v1/predict", gw.trim_end_matches('/'));
                 let http = http.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
