@@ -74,7 +74,8 @@ impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for Members<V> {
 }
 
 /// The body read with top-level numbers beyond a double's range clamped (see [`read_object`]);
-/// `None` for any other malformed body, and for such numbers nested deeper.
+/// `None` for any other malformed body, and for such numbers nested deeper (unless a key is given
+/// twice: that is the answer then).
 fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Object> {
     let raw: Members<Box<serde_json::value::RawValue>> = serde_json::from_slice(bytes).ok()?;
     let mut clamped = false;
@@ -92,7 +93,9 @@ fn with_huge_numbers_clamped(bytes: &[u8]) -> Option<Object> {
         };
         body.insert(key, value);
     }
-    clamped.then_some(Object { body, repeated: raw.repeated })
+    // A key given twice is refused by name whatever it held: its earlier value, the number out of
+    // range, is not kept to be clamped.
+    (clamped || !raw.repeated.is_empty()).then_some(Object { body, repeated: raw.repeated })
 }
 
 /// How far ahead of the gateway's clock a transaction's timestamp may be.
@@ -268,6 +271,7 @@ mod tests {
         assert_eq!(repeated_keys(br#"{"amount": 10, "user_id": 1, "amount": 20, "amount": 30}"#), ["amount"]);
         assert_eq!(repeated_keys(br#"{"b": 1, "a": 2, "a": 3, "b": 4}"#), ["a", "b"]);
         assert_eq!(repeated_keys(br#"{"amount": 1, "amount": 1e400, "x": {"y": 1, "y": 2}}"#), ["amount"], "top level only; a number out of range too");
+        assert_eq!(repeated_keys(br#"{"amount": 1e400, "amount": 1}"#), ["amount"], "the number out of range given first");
         assert_eq!(repeated_keys(br#"{"a\u0062": 1, "ab": 2}"#), ["ab"], "keys compare unescaped");
         assert!(repeated_keys(br#"{"amount": 10, "user_id": 1}"#).is_empty());
         assert_eq!(read_object(br#"{"amount": 10, "amount": 20}"#).unwrap().body["amount"], json!(20), "the last value, as the parser keeps it");

@@ -175,6 +175,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         (br#"{"transaction_id": "t", "user_id": 1, "amount": 1, "payment_method": "card", "x": [1e400]}"#, StatusCode::BAD_REQUEST, None),
         // A payment that gives its amount twice says two things: neither is taken.
         (br#"{"transaction_id": "t", "user_id": 1, "amount": 10, "payment_method": "card", "amount": 20}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("is given more than once")),
+        (br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card", "amount": 20}"#, StatusCode::UNPROCESSABLE_ENTITY, Some("is given more than once")),
     ] {
         let (status, _, json) = gw.raw_with_headers(Method::POST, "/v1/predict", Some("application/json"), body.to_vec()).await;
         assert_eq!(status, want, "{json}");
@@ -198,7 +199,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
 
     // Nothing invalid reached Kafka.
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 17"#), "{metrics}");
+    assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 18"#), "{metrics}");
 
     // A gateway with another amount limit documents the limit it enforces.
     let strict = stack.gateway(&["--max-amount", "500"]);
