@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod broker_bench;
 pub mod dlq;
+pub mod drift;
 pub mod features;
 pub mod kafka;
 pub mod labels;

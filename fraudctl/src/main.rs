@@ -51,6 +51,9 @@ enum Command {
     /// The dead-letter topic: what it holds and why, and sending records back once fixed.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The drift job's reports: which features moved away from the training data, and where.
+    #[command(subcommand)]
+    Drift(DriftCommand),
     /// Benchmarks that print numbers.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -83,6 +86,41 @@ enum DlqCommand {
         /// Say what would be sent, send nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DriftCommand {
+    /// The latest window of each model version: every feature's PSI, and for each feature that
+    /// drifted, the share of decisions in each bin against the training data's.
+    Show {
+        /// Kafka brokers.
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The reports' topic.
+        #[arg(long, default_value = schemas::topics::DRIFT_REPORTS)]
+        topic: String,
+        /// Reports written from: RFC 3339 or an age (`90m`, `6h`, `7d`). Default: the first kept.
+        #[arg(long, value_parser = scorer::config::parse_instant)]
+        from: Option<i64>,
+        /// Reports written before: as --from. Default: now.
+        #[arg(long, value_parser = scorer::config::parse_instant)]
+        to: Option<i64>,
+        /// Only this model version.
+        #[arg(long)]
+        model_version: Option<String>,
+        /// Only this feature, with its bins whether it drifted or not.
+        #[arg(long)]
+        feature: Option<String>,
+        /// The latest this many windows of each model version.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        windows: u64,
+        /// One JSON object per report on stdout, as the drift job wrote it.
+        #[arg(long)]
+        json: bool,
+        /// Give up when the topic sends nothing, not even its end, for this many seconds.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_timeout_s: u64,
     },
 }
 
@@ -324,6 +362,31 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Dlq(command) => dlq(command),
+        Command::Drift(DriftCommand::Show { brokers, topic, from, to, model_version, feature, windows, json, idle_timeout_s }) => {
+            let reader = scorer::replay::Reader { brokers, kafka_overrides: fraudctl::kafka::overrides().to_vec(), idle_timeout: Duration::from_secs(idle_timeout_s), progress: false };
+            let all_bins = feature.is_some();
+            let windows = usize::try_from(windows).unwrap_or(usize::MAX);
+            let selection = fraudctl::drift::Selection { from_ms: from, to_ms: to.unwrap_or_else(schemas::now_millis), model_version, feature, windows };
+            let found = fraudctl::drift::read(&reader, &topic, &selection).with_context(|| format!("reading {topic}"))?;
+            let latest = found.latest(windows);
+            if latest.is_empty() {
+                let none = format!("no drift reports in {topic} for this selection (the drift job writes one per feature and window of at least DRIFT_MIN_SAMPLES decisions)");
+                if json { eprintln!("{none}") } else { println!("{none}") }
+            }
+            for (model, window, reports) in latest {
+                if json {
+                    for r in reports {
+                        println!("{}", serde_json::to_string(r)?);
+                    }
+                } else {
+                    print!("{}", fraudctl::drift::describe(model, window, &reports, all_bins));
+                }
+            }
+            if found.undecodable > 0 {
+                eprintln!("{} records of {topic} are not drift reports and were skipped", found.undecodable);
+            }
+            Ok(())
+        }
         Command::Traffic(args) => {
             let rt = runtime()?;
             let stop = ctrl_c_flag(&rt);

@@ -209,6 +209,26 @@ fn drifted_traffic_is_told_as_the_drift_job_finds_it() {
     let lines = run.lines.clone();
     let drift = wait_for_line(&lines, Duration::from_secs(120), "drift line", |l| l.starts_with("drift    model 1.0.0 window ending ").then(|| l.to_string()));
     assert!(drift.contains("amount_log PSI ") && drift.contains(" (significant)") && drift.ends_with("(runbooks/FeatureDriftDetected.md)"), "{drift}");
+
+    // The reports behind it, as the runbook's on-call reads them: every feature's PSI, and where a
+    // drifted feature's distribution went.
+    let brokers = wait_for_line(&lines, Duration::from_secs(5), "kafka line", |l| l.strip_prefix("kafka    ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string));
+    let show = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fraudctl")).args(["drift", "show", "--brokers", &brokers]).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let latest = show(&[]);
+    assert!(latest.starts_with("model 1.0.0, window "), "{latest}");
+    let feature_lines: Vec<&str> = latest.lines().filter(|l| l.contains(" PSI ")).collect();
+    assert_eq!(feature_lines.len(), scorer::ModelCard::load(&scorer::ModelCard::bundled_path()).unwrap().psi.reference.len(), "{latest}");
+    assert!(latest.contains("\n  amount_log by bin: ") && !latest.contains("is_night by bin"), "{latest}");
+    let night = show(&["--feature", "is_night"]);
+    assert!(night.contains("  is_night  PSI ") && night.contains("is_night by bin") && !night.contains("amount_log"), "{night}");
+    let json = show(&["--json", "--feature", "amount_log"]);
+    let report: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!((&report["feature"], &report["severity"]), (&json!("amount_log"), &json!("significant")), "{report}");
+
     let printed = ctrl_c(run);
     let windows: Vec<&str> = printed.lines().filter_map(|l| l.strip_prefix("drift    model 1.0.0 window ending ")).filter_map(|l| l.split_once(": ").map(|(end, _)| end)).collect();
     let mut distinct = windows.clone();

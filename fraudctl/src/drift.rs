@@ -1,0 +1,142 @@
+//! `fraudctl drift show`: what the drift job's reports on `drift-reports` say — for the latest
+//! windows of each model version, every feature's PSI against the training reference, and for a
+//! feature that drifted, where its distribution moved (the bins of its `DriftReport`: the share
+//! of decisions the training data had in each, and the window's). Read outside any consumer group.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use schemas::{DriftReport, DriftSeverity};
+use scorer::replay::{Bounds, Reader, ReplayError, show_time};
+
+/// Which reports a command takes.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Written at or after this (ms since the epoch); `None`: from the first record kept.
+    pub from_ms: Option<i64>,
+    /// Written before this.
+    pub to_ms: i64,
+    pub model_version: Option<String>,
+    pub feature: Option<String>,
+    /// The latest this many windows of each model version.
+    pub windows: usize,
+}
+
+/// What a read found: the selected reports, grouped by model version, then window (oldest first),
+/// and how many records could not be read as reports.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub windows: BTreeMap<String, BTreeMap<(i64, i64), Vec<DriftReport>>>,
+    pub undecodable: u64,
+}
+
+impl Found {
+    /// The selection's windows, each with its reports, largest PSI first.
+    pub fn latest(&self, windows: usize) -> Vec<(&str, (i64, i64), Vec<&DriftReport>)> {
+        let mut out = Vec::new();
+        for (model, by_window) in &self.windows {
+            for (window, reports) in by_window.iter().rev().take(windows).rev() {
+                let mut reports: Vec<&DriftReport> = reports.iter().collect();
+                reports.sort_by(|a, b| b.psi.total_cmp(&a.psi).then_with(|| a.feature.cmp(&b.feature)));
+                out.push((model.as_str(), *window, reports));
+            }
+        }
+        out
+    }
+}
+
+/// Reads the reports of `topic` the selection takes.
+pub fn read(reader: &Reader, topic: &str, selection: &Selection) -> Result<Found, ReplayError> {
+    let mut found = Found::default();
+    reader.read(topic, &Bounds::Time { start_ms: selection.from_ms, end_ms: selection.to_ms }, |msg| {
+        let written = rdkafka::Message::timestamp(msg).to_millis();
+        if written.is_some_and(|ms| selection.from_ms.is_some_and(|from| ms < from) || ms >= selection.to_ms) {
+            return ControlFlow::Continue(());
+        }
+        let Ok(report) = schemas::decode::<DriftReport>(rdkafka::Message::payload(msg).unwrap_or_default()) else {
+            found.undecodable += 1;
+            return ControlFlow::Continue(());
+        };
+        let wanted = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        if wanted(&selection.model_version, &report.model_version) && wanted(&selection.feature, &report.feature) {
+            let window = found.windows.entry(report.model_version.clone()).or_default().entry((report.window_start, report.window_end)).or_default();
+            // A window reported twice (a drift job restarted within it) counts once: the latest.
+            window.retain(|r| r.feature != report.feature);
+            window.push(report);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(found)
+}
+
+/// One window for a person: a line for the window, one per feature, and the bins of each feature
+/// that drifted (every feature's when `all_bins`).
+pub fn describe(model: &str, (start, end): (i64, i64), reports: &[&DriftReport], all_bins: bool) -> String {
+    let samples = reports.first().map_or(0, |r| r.samples);
+    let mut out = format!("model {model}, window {} to {}, {samples} decisions\n", show_time(start), show_time(end));
+    let width = reports.iter().map(|r| r.feature.len()).max().unwrap_or(0);
+    for r in reports {
+        out += &format!("  {:<width$}  PSI {:>7.3}  {}\n", r.feature, r.psi, r.severity.as_str());
+    }
+    for r in reports.iter().filter(|r| all_bins || r.severity != DriftSeverity::None) {
+        out += &format!("  {} by bin: training share, this window's share (change), decisions\n", r.feature);
+        let width = r.bins.iter().map(|b| b.label.len()).max().unwrap_or(0);
+        for b in &r.bins {
+            let (expected, actual) = (b.expected * 100.0, b.actual * 100.0);
+            out += &format!("    {:<width$}  {expected:>5.1} %  {actual:>5.1} %  ({:>+6.1} pts)  {}\n", b.label, actual - expected, b.count);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::DriftBin;
+
+    fn report(feature: &str, psi: f64, bins: &[(&str, f64, f64, i64)]) -> DriftReport {
+        DriftReport {
+            model_version: "1.0.0".into(),
+            feature: feature.into(),
+            window_start: 1_764_151_200_000,
+            window_end: 1_764_151_260_000,
+            samples: 1200,
+            psi,
+            severity: DriftSeverity::of(psi),
+            bins: bins.iter().map(|&(label, expected, actual, count)| DriftBin { label: label.into(), expected, actual, count }).collect(),
+        }
+    }
+
+    #[test]
+    fn a_window_lists_every_feature_and_the_bins_of_those_that_drifted() {
+        let amount = report("amount_log", 0.42, &[("(-inf, 3.2]", 0.5, 0.1, 120), ("(3.2, +inf)", 0.5, 0.9, 1080)]);
+        let night = report("is_night", 0.01, &[("(-inf, 0.5]", 0.7, 0.69, 828), ("(0.5, +inf)", 0.3, 0.31, 372)]);
+        let text = describe("1.0.0", (amount.window_start, amount.window_end), &[&amount, &night], false);
+        assert_eq!(
+            text,
+            "model 1.0.0, window 2025-11-26T10:00:00Z to 2025-11-26T10:01:00Z, 1200 decisions\n\
+             \x20 amount_log  PSI   0.420  significant\n\
+             \x20 is_night    PSI   0.010  none\n\
+             \x20 amount_log by bin: training share, this window's share (change), decisions\n\
+             \x20   (-inf, 3.2]   50.0 %   10.0 %  ( -40.0 pts)  120\n\
+             \x20   (3.2, +inf)   50.0 %   90.0 %  ( +40.0 pts)  1080\n"
+        );
+        assert!(describe("1.0.0", (0, 1), &[&night], true).contains("is_night by bin"));
+    }
+
+    #[test]
+    fn the_latest_windows_of_each_model_come_largest_psi_first() {
+        let mut found = Found::default();
+        for (start, psi) in [(0, 0.3), (60, 0.05), (120, 0.2)] {
+            let mut a = report("a", psi, &[]);
+            let mut b = report("b", 0.15, &[]);
+            for r in [&mut a, &mut b] {
+                (r.window_start, r.window_end) = (start, start + 60);
+            }
+            found.windows.entry("1.0.0".into()).or_default().insert((start, start + 60), vec![a, b]);
+        }
+        let latest = found.latest(2);
+        let shown: Vec<(i64, Vec<&str>)> = latest.iter().map(|(_, (start, _), rs)| (*start, rs.iter().map(|r| r.feature.as_str()).collect())).collect();
+        assert_eq!(shown, [(60, vec!["b", "a"]), (120, vec!["a", "b"])]);
+    }
+}
