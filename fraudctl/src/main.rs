@@ -611,7 +611,7 @@ fn run_stack(args: RunArgs) -> Result<()> {
         // Drifted features as the drift job finds them, once per window (shifted traffic:
         // --drift).
         let notices = notices.clone();
-        rt.spawn(stack::watch_drift(drift_port, Duration::from_secs(5), watch_stop.clone(), move |line| notices.push(line)));
+        rt.spawn(stack::watch_drift(drift_port, brokers.clone(), Duration::from_secs(5), watch_stop.clone(), move |line| notices.push(line)));
     }
     println!("gateway  {gateway} — POST /v1/predict, GET /v1/decisions/{{id}}, /openapi.json, /metrics");
     println!("scorer   http://127.0.0.1:{scorer_port}/metrics");

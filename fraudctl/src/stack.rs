@@ -337,15 +337,16 @@ pub fn drift_windows(text: &str) -> Vec<DriftWindow> {
 
 /// The line `fraudctl run` prints for a drift window: the features that drifted, graded as the
 /// drift job's reports grade them; `None` when none did and none did in the window before
-/// (`drifted_before`), so that the live output stays quiet while nothing changes.
-pub fn drift_notice(window: &DriftWindow, drifted_before: bool) -> Option<String> {
+/// (`drifted_before`), so that the live output stays quiet while nothing changes. `brokers` goes
+/// into the command that shows the bins.
+pub fn drift_notice(window: &DriftWindow, drifted_before: bool, brokers: &str) -> Option<String> {
     let drifted: Vec<String> = window.drifted().map(|(feature, psi, grade)| format!("{feature} PSI {psi:.2} ({})", grade.as_str())).collect();
     let end = scorer::replay::show_time((window.end_s * 1000.0) as i64);
     match (drifted.is_empty(), drifted_before) {
         (true, false) => None,
         (true, true) => Some(format!("drift    model {} window ending {end}: no feature drifted any more", window.model_version)),
         (false, _) => Some(format!(
-            "drift    model {} window ending {end}: {} (runbooks/FeatureDriftDetected.md)",
+            "drift    model {} window ending {end}: {}; where each moved: fraudctl drift show --brokers {brokers}",
             window.model_version,
             drifted.join(", ")
         )),
@@ -354,7 +355,7 @@ pub fn drift_notice(window: &DriftWindow, drifted_before: bool) -> Option<String
 
 /// Reads the drift job's /metrics on `port` every `every` until `stop` is set, and pushes
 /// [`drift_notice`] to `notify` for each new window that has one.
-pub async fn watch_drift(port: u16, every: Duration, stop: Arc<AtomicBool>, notify: impl Fn(String)) {
+pub async fn watch_drift(port: u16, brokers: String, every: Duration, stop: Arc<AtomicBool>, notify: impl Fn(String)) {
     let http = reqwest::Client::new();
     // Per model version: the last window seen, and whether it drifted.
     let mut seen: Vec<(String, f64, bool)> = Vec::new();
@@ -377,7 +378,7 @@ pub async fn watch_drift(port: u16, every: Duration, stop: Arc<AtomicBool>, noti
                     false
                 }
             };
-            if let Some(line) = drift_notice(&window, drifted_before) {
+            if let Some(line) = drift_notice(&window, drifted_before, &brokers) {
                 notify(line);
             }
         }
@@ -465,11 +466,11 @@ mod tests {
         assert_eq!(windows.iter().map(|w| (w.model_version.as_str(), w.end_s)).collect::<Vec<_>>(), [("1.0.0", 1_764_151_260.0), ("2.0.0", 1_764_151_260.0)], "a version with no window yet is left out");
         assert_eq!(psi(&windows[0]), ["amount_log 0.4213", "amount_ratio_log 0.18", "is_night 0.01"]);
         assert_eq!(
-            drift_notice(&windows[0], false).unwrap(),
-            "drift    model 1.0.0 window ending 2025-11-26T10:01:00Z: amount_log PSI 0.42 (significant), amount_ratio_log PSI 0.18 (moderate) (runbooks/FeatureDriftDetected.md)"
+            drift_notice(&windows[0], false, "127.0.0.1:9092").unwrap(),
+            "drift    model 1.0.0 window ending 2025-11-26T10:01:00Z: amount_log PSI 0.42 (significant), amount_ratio_log PSI 0.18 (moderate); where each moved: fraudctl drift show --brokers 127.0.0.1:9092"
         );
-        assert_eq!(drift_notice(&windows[1], false), None, "nothing drifted, nothing to tell");
-        assert_eq!(drift_notice(&windows[1], true).unwrap(), "drift    model 2.0.0 window ending 2025-11-26T10:01:00Z: no feature drifted any more");
+        assert_eq!(drift_notice(&windows[1], false, "b"), None, "nothing drifted, nothing to tell");
+        assert_eq!(drift_notice(&windows[1], true, "b").unwrap(), "drift    model 2.0.0 window ending 2025-11-26T10:01:00Z: no feature drifted any more");
     }
 
     #[test]
