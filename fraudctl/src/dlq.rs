@@ -11,7 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 
 use schemas::headers;
-use scorer::replay::{Bounds, Reader, ReplayError, show_time};
+use scorer::replay::{Reader, ReplayError, show_time};
 
 use crate::kafka::{Acks, DELIVERY_TIMEOUT_MS};
 
@@ -136,19 +136,13 @@ impl DeadLetter {
 /// Calls `each` with every record of `topic` the selection takes, partition by partition in
 /// offset order.
 pub fn read(reader: &Reader, topic: &str, selection: &Selection, mut each: impl FnMut(DeadLetter) -> ControlFlow<()>) -> Result<(), ReplayError> {
-    let bounds = Bounds::Time { start_ms: selection.from_ms, end_ms: selection.to_ms };
-    reader.read(topic, &bounds, |msg| {
-        let written = msg.timestamp().to_millis();
-        if written.is_some_and(|ms| selection.from_ms.is_some_and(|from| ms < from) || ms >= selection.to_ms) {
-            return ControlFlow::Continue(());
-        }
+    crate::kafka::read_written(reader, topic, selection.from_ms, selection.to_ms, |msg| {
         let letter = DeadLetter::of(msg);
         if selection.kind.as_deref().is_some_and(|k| k != letter.kind()) {
             return ControlFlow::Continue(());
         }
         each(letter)
-    })?;
-    Ok(())
+    })
 }
 
 /// Counts of records by `error.kind`, in the order first seen.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use schemas::{DriftReport, DriftSeverity};
-use scorer::replay::{Bounds, Reader, ReplayError, show_time};
+use scorer::replay::{Reader, ReplayError, show_time};
 
 /// Which reports a command takes.
 #[derive(Debug, Clone)]
@@ -48,11 +48,7 @@ impl Found {
 /// Reads the reports of `topic` the selection takes.
 pub fn read(reader: &Reader, topic: &str, selection: &Selection) -> Result<Found, ReplayError> {
     let mut found = Found::default();
-    reader.read(topic, &Bounds::Time { start_ms: selection.from_ms, end_ms: selection.to_ms }, |msg| {
-        let written = rdkafka::Message::timestamp(msg).to_millis();
-        if written.is_some_and(|ms| selection.from_ms.is_some_and(|from| ms < from) || ms >= selection.to_ms) {
-            return ControlFlow::Continue(());
-        }
+    crate::kafka::read_written(reader, topic, selection.from_ms, selection.to_ms, |msg| {
         let Ok(report) = schemas::decode::<DriftReport>(rdkafka::Message::payload(msg).unwrap_or_default()) else {
             found.undecodable += 1;
             return ControlFlow::Continue(());

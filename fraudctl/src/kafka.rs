@@ -3,14 +3,17 @@
 //! applied last so that they win. librdkafka's log lines and errors go to fraudctl's log on
 //! stderr, at most one a second of each kind (see `telemetry::kafka`).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, ClientContext, Message};
+use scorer::replay::{Bounds, Reader, ReplayError};
 use telemetry::kafka::{KafkaLogs, LoggingContext};
 
 static OVERRIDES: OnceLock<Vec<(String, String)>> = OnceLock::new();
@@ -35,6 +38,33 @@ pub fn client(brokers: &str, settings: &[(&str, &str)]) -> ClientConfig {
 /// errors are logged (throttled) rather than printed as they come.
 pub fn create<T: FromClientConfigAndContext<LoggingContext>>(brokers: &str, settings: &[(&str, &str)]) -> KafkaResult<T> {
     client(brokers, settings).create_with_context(LoggingContext::default())
+}
+
+/// A reader of topics outside any consumer group (reading commits nothing), with the process's
+/// overrides; it gives up when a topic sends nothing, not even its end, for `idle_timeout`.
+pub fn reader(brokers: &str, idle_timeout: Duration) -> Reader {
+    Reader { brokers: brokers.to_string(), kafka_overrides: overrides().to_vec(), idle_timeout, progress: false }
+}
+
+/// Calls `each` with every record of `topic` written from `from_ms` (its first record when
+/// `None`) to before `to_ms`, partition by partition in offset order.
+pub fn read_written(
+    reader: &Reader,
+    topic: &str,
+    from_ms: Option<i64>,
+    to_ms: i64,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+) -> Result<(), ReplayError> {
+    reader.read(topic, &Bounds::Time { start_ms: from_ms, end_ms: to_ms }, |msg| {
+        // The read starts where the broker says `from_ms` is (its first record, on a broker that
+        // cannot look offsets up by time) and runs a little past `to_ms`: the range is exact here.
+        let written = msg.timestamp().to_millis();
+        if written.is_some_and(|ms| from_ms.is_some_and(|from| ms < from) || ms >= to_ms) {
+            return ControlFlow::Continue(());
+        }
+        each(msg)
+    })?;
+    Ok(())
 }
 
 /// How long fraudctl's producers give a record to be acknowledged (`message.timeout.ms`, unless

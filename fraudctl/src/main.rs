@@ -148,12 +148,7 @@ struct DlqSelection {
 
 impl DlqSelection {
     fn reader(&self) -> scorer::replay::Reader {
-        scorer::replay::Reader {
-            brokers: self.brokers.clone(),
-            kafka_overrides: fraudctl::kafka::overrides().to_vec(),
-            idle_timeout: Duration::from_secs(self.idle_timeout_s),
-            progress: false,
-        }
+        fraudctl::kafka::reader(&self.brokers, Duration::from_secs(self.idle_timeout_s))
     }
 
     fn selection(&self) -> fraudctl::dlq::Selection {
@@ -363,7 +358,7 @@ fn main() -> Result<()> {
         }
         Command::Dlq(command) => dlq(command),
         Command::Drift(DriftCommand::Show { brokers, topic, from, to, model_version, feature, windows, json, idle_timeout_s }) => {
-            let reader = scorer::replay::Reader { brokers, kafka_overrides: fraudctl::kafka::overrides().to_vec(), idle_timeout: Duration::from_secs(idle_timeout_s), progress: false };
+            let reader = fraudctl::kafka::reader(&brokers, Duration::from_secs(idle_timeout_s));
             let all_bins = feature.is_some();
             let windows = usize::try_from(windows).unwrap_or(usize::MAX);
             let selection = fraudctl::drift::Selection { from_ms: from, to_ms: to.unwrap_or_else(schemas::now_millis), model_version, feature, windows };
