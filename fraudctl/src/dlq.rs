@@ -13,7 +13,7 @@ use rdkafka::{ClientConfig, Message};
 use schemas::headers;
 use scorer::replay::{Reader, ReplayError, show_time};
 
-use crate::kafka::{Acks, DELIVERY_TIMEOUT_MS};
+use crate::kafka::Acks;
 
 /// The header a record sent back carries: where in the dead-letter topic it was
 /// (`transactions.dlq/0@17`), so that one refused again can be told from a new one.
@@ -186,7 +186,7 @@ pub struct Redrive {
     to_topic: Option<String>,
     sent: u64,
     /// When the latest record sent back was dead-lettered (ms since the epoch).
-    pub last_written_ms: Option<i64>,
+    last_written_ms: Option<i64>,
     /// How long to wait for every record to be acknowledged or reported failed.
     flush_timeout: Duration,
     /// Records sent per target topic.
@@ -196,12 +196,11 @@ pub struct Redrive {
 impl Redrive {
     pub fn new(brokers: &str, to_topic: Option<String>) -> Result<Self, RedriveError> {
         // Idempotent: a retried request writes a record once.
-        Self::with_config(crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "5"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]), to_topic)
+        Self::with_config(crate::kafka::acked_client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "5")]), to_topic)
     }
 
     fn with_config(config: ClientConfig, to_topic: Option<String>) -> Result<Self, RedriveError> {
-        let flush_timeout = crate::kafka::flush_timeout(&config);
-        let producer = config.create_with_context(Acks::default())?;
+        let (producer, flush_timeout) = crate::kafka::acked_producer(&config)?;
         Ok(Redrive { producer, to_topic, sent: 0, last_written_ms: None, flush_timeout, by_topic: Tally::default() })
     }
 
@@ -310,7 +309,7 @@ mod tests {
 
     #[test]
     fn records_no_broker_acknowledges_are_counted_not_left_to_a_flush_timeout() {
-        let mut config = crate::kafka::client("127.0.0.1:1", &[("enable.idempotence", "true"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]);
+        let mut config = crate::kafka::acked_client("127.0.0.1:1", &[("enable.idempotence", "true")]);
         let redrive = Redrive::with_config(config.clone(), None).unwrap();
         assert_eq!(redrive.flush_timeout, Duration::from_secs(25));
         // Nothing listens on port 1: librdkafka gives up on the records after their timeout.

@@ -70,11 +70,22 @@ pub fn read_written(
 /// How long fraudctl's producers give a record to be acknowledged (`message.timeout.ms`, unless
 /// the overrides set it): long enough for a partition's leader to move, short enough for an
 /// operator to wait for.
-pub const DELIVERY_TIMEOUT_MS: &str = "20000";
+const DELIVERY_TIMEOUT_MS: &str = "20000";
 
-/// How long a flush of a producer made with `config` waits: longer than any record can wait, so
-/// that by its end every record was acknowledged or reported failed (and counted, see [`Acks`]).
-pub fn flush_timeout(config: &ClientConfig) -> Duration {
+/// A producer client of `brokers` with `settings`: records get [`DELIVERY_TIMEOUT_MS`] to be
+/// acknowledged (unless `settings` or the overrides say otherwise).
+pub fn acked_client(brokers: &str, settings: &[(&str, &str)]) -> ClientConfig {
+    client(brokers, &[&[("message.timeout.ms", DELIVERY_TIMEOUT_MS)], settings].concat())
+}
+
+/// A producer made with `config` that counts what Kafka did not acknowledge ([`Acks`]), and how
+/// long a flush of it waits: longer than any record can wait, so that by its end every record was
+/// acknowledged or reported failed.
+pub fn acked_producer<P: FromClientConfigAndContext<Acks>>(config: &ClientConfig) -> KafkaResult<(P, Duration)> {
+    Ok((config.create_with_context(Acks::default())?, flush_timeout(config)))
+}
+
+fn flush_timeout(config: &ClientConfig) -> Duration {
     let delivery = config.get("message.timeout.ms").and_then(|ms| ms.parse().ok()).map_or(Duration::from_secs(300), Duration::from_millis);
     delivery + Duration::from_secs(5)
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use schemas::{Label, topics};
 
-use crate::kafka::{Acks, DELIVERY_TIMEOUT_MS};
+use crate::kafka::Acks;
 
 /// One payment's ground truth, as `fraudctl traffic --truth-file` writes it (one JSON per line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,9 +71,9 @@ pub struct LabelSink {
 
 impl LabelSink {
     pub fn new(brokers: &str) -> Result<Self> {
-        let config = crate::kafka::client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20"), ("message.timeout.ms", DELIVERY_TIMEOUT_MS)]);
-        let flush_timeout = crate::kafka::flush_timeout(&config);
-        Ok(Self { producer: config.create_with_context(Acks::default()).context("creating the labels producer")?, flush_timeout })
+        let config = crate::kafka::acked_client(brokers, &[("enable.idempotence", "true"), ("linger.ms", "20")]);
+        let (producer, flush_timeout) = crate::kafka::acked_producer(&config).context("creating the labels producer")?;
+        Ok(Self { producer, flush_timeout })
     }
 
     pub fn send(&self, labels: &[Label]) -> Result<()> {
