@@ -25,6 +25,10 @@ pub struct ScorerBench {
     pub repeat: usize,
     /// Processes per run, sharing the input in one consumer group.
     pub instances: u32,
+    /// A Kafka cluster to run on instead of a fresh private broker per run. Each run then gets
+    /// topics, a consumer group and transactional ids of its own, and its topics are deleted
+    /// when it ends.
+    pub brokers: Option<String>,
 }
 
 /// How the scorer's spans are exported during a run.
@@ -61,12 +65,12 @@ enum Run {
 }
 
 impl Run {
-    /// The scorer's `--work` value and the run's output topics.
-    fn topics(self) -> (&'static str, &'static str, &'static str) {
+    /// The scorer's `--work` value.
+    fn work(self) -> &'static str {
         match self {
-            Run::Passthrough => ("passthrough", "bench-passthrough-out", "bench-passthrough-unused"),
-            Run::FanOut => ("fan-out", "bench-fanout-decisions", "bench-fanout-events"),
-            Run::Score(_) | Run::ScoreStoreDown => ("score", "bench-score-decisions", "bench-score-events"),
+            Run::Passthrough => "passthrough",
+            Run::FanOut => "fan-out",
+            Run::Score(_) | Run::ScoreStoreDown => "score",
         }
     }
 
@@ -85,6 +89,49 @@ impl Run {
             Run::FanOut => "fan-out",
             Run::Score(t) => t.label(),
             Run::ScoreStoreDown => "scorer, feature store down",
+        }
+    }
+}
+
+/// The names one run uses: its input, output and dead-letter topics, its consumer group and the
+/// stem of its transactional ids, all starting with `prefix` (unique per run on a shared cluster).
+#[derive(Debug)]
+struct RunNames {
+    input: String,
+    decisions: String,
+    events: String,
+    dlq: String,
+    group: String,
+}
+
+impl RunNames {
+    fn new(prefix: &str, run: Run) -> Self {
+        let work = run.work();
+        Self {
+            input: format!("{prefix}{}", topics::TRANSACTIONS),
+            decisions: format!("{prefix}{work}-{}", topics::DECISIONS),
+            events: format!("{prefix}{work}-{}", topics::BUSINESS_EVENTS),
+            dlq: format!("{prefix}{}", topics::TRANSACTIONS_DLQ),
+            group: format!("{prefix}{work}"),
+        }
+    }
+
+    fn topics(&self) -> [&str; 4] {
+        [&self.input, &self.decisions, &self.events, &self.dlq]
+    }
+}
+
+/// Deletes a run's topics from a shared cluster when the run ends, however it ends.
+struct DeleteOnDrop<'a> {
+    brokers: &'a str,
+    topics: Vec<String>,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.rt.block_on(crate::topics::delete(self.brokers, &self.topics)) {
+            eprintln!("warning: {e:#}; delete them by hand");
         }
     }
 }
@@ -138,18 +185,24 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
     let mut results = Vec::new();
     let scored = b.tracing.iter().copied().map(Run::Score).chain(b.store_down.then_some(Run::ScoreStoreDown));
     let runs: Vec<Run> = (0..b.repeat.max(1)).flat_map(|_| [Run::Passthrough, Run::FanOut].into_iter().chain(scored.clone())).collect();
-    for run in runs {
-        // Every run gets a fresh broker holding the same records: the in-memory broker slows
-        // down as its topics grow, which would otherwise favour whichever run goes first.
-        let kafka_port = stack::free_port()?;
-        let broker = stack::start_tansu(kafka_port, &dir)?;
-        let brokers = format!("127.0.0.1:{kafka_port}");
-        let (mode, decisions, events) = run.topics();
-        let mut all = crate::topics::standard(b.partitions);
-        all.extend([decisions, events].map(|t| (t.to_string(), b.partitions)));
+    for (n, run) in runs.into_iter().enumerate() {
+        // Without a cluster every run gets a fresh broker holding the same records: the in-memory
+        // broker slows down as its topics grow, which would otherwise favour whichever run goes
+        // first. On a cluster every run gets topics of its own, deleted when it ends.
+        let (broker, brokers, prefix) = match &b.brokers {
+            Some(brokers) => (None, brokers.clone(), format!("fraudstream-bench-{}-{n}-", std::process::id())),
+            None => {
+                let kafka_port = stack::free_port()?;
+                (Some(stack::start_tansu(kafka_port, &dir)?), format!("127.0.0.1:{kafka_port}"), "bench-".to_string())
+            }
+        };
+        let names = RunNames::new(&prefix, run);
+        let mode = run.work();
+        let all: Vec<(String, i32)> = names.topics().iter().map(|t| (t.to_string(), b.partitions)).collect();
+        let _cleanup = b.brokers.is_some().then(|| DeleteOnDrop { brokers: &brokers, topics: all.iter().map(|(t, _)| t.clone()).collect(), rt: &rt });
         rt.block_on(crate::topics::create(&brokers, &all))?;
-        eprintln!("producing {} transactions to {} partitions", b.records, b.partitions);
-        preload(&brokers, b.records, b.users, stop)?;
+        eprintln!("producing {} transactions to {} ({} partitions)", b.records, names.input, b.partitions);
+        preload(&brokers, &names.input, b.records, b.users, stop)?;
 
         let run_redis_url = match run {
             Run::ScoreStoreDown => format!("redis://127.0.0.1:{}/", stack::free_port()?),
@@ -164,20 +217,24 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
         let mut instances = Vec::new();
         for i in 0..b.instances.max(1) {
             let port = stack::free_port()?;
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--work", mode,
                 "--brokers", &brokers,
                 "--redis-url", &run_redis_url,
-                "--group-id", &format!("bench-{mode}"),
-                "--transactional-id", &format!("bench-{mode}-{i}"),
+                "--group-id", &names.group,
+                "--transactional-id", &format!("{}-{i}", names.group),
                 "--delivery", &b.delivery,
                 "--max-batch", &b.max_batch.to_string(),
                 "--listen", &format!("127.0.0.1:{port}"),
-                "--decisions-topic", decisions,
-                "--business-events-topic", events,
+                "--transactions-topic", &names.input,
+                "--decisions-topic", &names.decisions,
+                "--business-events-topic", &names.events,
+                "--dlq-topic", &names.dlq,
             ]
             .map(String::from)
             .to_vec();
+            // What the cluster needs (fraudctl's --kafka-config), then the scorer's own variable.
+            args.extend(stack::service_kafka_flags(std::env::var("SCORER_KAFKA_CONFIG").ok().as_deref(), crate::kafka::overrides(), &[]));
             let name = format!("{}-{i}", run.process_name());
             instances.push((port, Process::spawn(&name, &stack::sibling("scorer")?, &args, &dir, &env)?));
         }
@@ -199,15 +256,10 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
     Ok(results)
 }
 
-fn preload(brokers: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()> {
-    use rdkafka::ClientConfig;
+fn preload(brokers: &str, topic: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()> {
     use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer, DefaultProducerContext};
-    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let p: ThreadedProducer<DefaultProducerContext> =
+        crate::kafka::client(brokers, &[("linger.ms", "20"), ("batch.num.messages", "10000"), ("queue.buffering.max.messages", "1000000")]).create()?;
     let mut g = Generator::new(1, Drift::None, "bench");
     let now = 1_764_000_000_000;
     let population: Vec<_> = (0..users).map(|u| Generator::user(1, u)).collect();
@@ -221,7 +273,7 @@ fn preload(brokers: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()>
         let flags = if i % 10 == 0 { "01" } else { "00" };
         let traceparent = format!("00-{:032x}-{:016x}-{flags}", i + 1, i + 1);
         let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "traceparent", value: Some(traceparent.as_bytes()) });
-        let record = BaseRecord::<[u8], [u8]>::to(topics::TRANSACTIONS).key(tx.user_id.as_bytes()).payload(&payload).headers(headers);
+        let record = BaseRecord::<[u8], [u8]>::to(topic).key(tx.user_id.as_bytes()).payload(&payload).headers(headers);
         scorer::pipeline::send_record(&p, record)?;
     }
     p.flush(Duration::from_secs(120))?;

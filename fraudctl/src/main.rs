@@ -187,6 +187,12 @@ enum BenchCommand {
         /// passthrough, the fan-out and the scorer alike. Records/s and CPU are their sums.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
         instances: u32,
+        /// Run on this Kafka cluster instead of a fresh private in-memory broker per run: each run
+        /// gets topics, a consumer group and transactional ids of its own (named
+        /// `fraudstream-bench-<pid>-<run>-…`) and its topics are deleted when it ends. Redis is
+        /// still a private one.
+        #[arg(long)]
+        brokers: Option<String>,
     },
     /// The embedded broker's CPU per step as its topic fills, with and without a consumer
     /// following it (what the gateway benchmark's numbers rest on).
@@ -411,8 +417,9 @@ fn main() -> Result<()> {
             println!("published {sent} labels to {}", schemas::topics::LABELS);
             Ok(())
         }
-        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, store_down, repeat, instances }) => {
-            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, store_down, repeat, instances };
+        Command::Bench(BenchCommand::Scorer { records, partitions, max_batch, delivery, users, tracing, store_down, repeat, instances, brokers }) => {
+            let on = brokers.as_deref().map_or_else(|| "a private broker per run".to_string(), |b| format!("brokers {b}"));
+            let b = fraudctl::bench::ScorerBench { records, partitions, max_batch, delivery: delivery.clone(), users, tracing, store_down, repeat, instances, brokers };
             // Ctrl-C ends the run with its broker, Redis and scorer stopped, not left running.
             let signals = runtime()?;
             let results = fraudctl::bench::run(&b, &ctrl_c_flag(&signals))?;
@@ -441,7 +448,7 @@ fn main() -> Result<()> {
                 );
             }
             let per_run = if instances == 1 { String::new() } else { format!(", {instances} processes per run") };
-            println!("\n({records} records, {partitions} partitions, max batch {max_batch}, {delivery}{per_run})");
+            println!("\n({records} records, {partitions} partitions, max batch {max_batch}, {delivery}{per_run}, {on})");
             Ok(())
         }
         Command::Bench(BenchCommand::Broker { rate, steps, step_seconds, partitions, linger_ms }) => {

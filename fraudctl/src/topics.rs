@@ -268,6 +268,23 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
+/// Deletes `topics`; one that is already gone is not an error.
+pub async fn delete(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<LoggingContext> = crate::kafka::create(brokers, &[]).context("creating the Kafka admin client")?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin.delete_topics(&names, &opts).await.with_context(|| format!("deleting topics {} on {brokers}", names.join(", ")))?;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => None,
+            Err((name, code)) => Some(format!("{name}: {code}")),
+        })
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "cannot delete topics ({})", failed.join("; "));
+    Ok(())
+}
+
 /// Assigns every partition of `topic` to `consumer` (no consumer group), each starting at
 /// `start`; returns how many there are. A topic without partitions is an error.
 pub fn assign_all<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, start: Offset, timeout: Duration) -> anyhow::Result<usize> {

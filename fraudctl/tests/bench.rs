@@ -1,0 +1,53 @@
+//! `fraudctl bench scorer --brokers` on a cluster it shares: every run uses topics of its own,
+//! leaves the cluster's pipeline topics alone and deletes its topics when it ends. (The numbers
+//! it prints are not checked: benchmarks print, tests do not time.)
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+mod common;
+use common::fraudctl;
+
+#[test]
+fn on_a_cluster_each_run_has_topics_of_its_own_and_deletes_them() {
+    let broker = testkit::Broker::start();
+    let b = broker.bootstrap();
+    let created = fraudctl(&["topics", "create", "--brokers", &b]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+
+    let out = fraudctl(&["bench", "scorer", "--brokers", &b, "--records", "20000", "--users", "200"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for run in ["passthrough", "fan-out", "scorer"] {
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {run} |"))).unwrap_or_else(|| panic!("no {run} row in\n{stdout}"));
+        let measured: u64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(measured > 0, "{row}");
+    }
+    assert!(stdout.contains(&format!("brokers {b})")), "{stdout}");
+    let prefix = format!("fraudstream-bench-{}-", out_pid(&stderr));
+    assert_eq!(stderr.matches(&format!("transactions to {prefix}")).count(), 3, "three runs, each producing to its own topic:\n{stderr}");
+
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let names: Vec<&str> = md.topics().iter().map(|t| t.name()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("fraudstream-bench-")), "the runs' topics are deleted: {names:?}");
+    for (standard, _) in fraudctl::topics::standard(1) {
+        assert!(names.contains(&standard.as_str()), "{standard} is still there: {names:?}");
+        let meta = md.topics().iter().find(|t| t.name() == standard).unwrap();
+        for p in 0..i32::try_from(meta.partitions().len()).unwrap() {
+            let (_, high) = consumer.fetch_watermarks(&standard, p, Duration::from_secs(10)).unwrap();
+            assert_eq!(high, 0, "nothing was written to {standard}[{p}]");
+        }
+    }
+}
+
+/// The benchmark's process id, from the topic names it printed.
+fn out_pid(stderr: &str) -> u32 {
+    let at = stderr.find("transactions to fraudstream-bench-").unwrap_or_else(|| panic!("no topic named in\n{stderr}"));
+    let rest = &stderr[at + "transactions to fraudstream-bench-".len()..];
+    rest.split('-').next().unwrap().parse().unwrap()
+}
