@@ -206,7 +206,11 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
         let config = crate::kafka::client(brokers, &[]);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Metadata> {
             let consumer: BaseConsumer<LoggingContext> = config.create_with_context(LoggingContext::default()).context("creating a Kafka client")?;
-            Ok(consumer.fetch_metadata(None, ADMIN_TIMEOUT)?)
+            consumer.fetch_metadata(None, ADMIN_TIMEOUT).map_err(|e| {
+                // Why (a broker refusing connections, say) is in librdkafka's queued log lines.
+                telemetry::kafka::serve_queued_events(&consumer, Duration::from_millis(100));
+                e.into()
+            })
         })
         .await
         .context("reading the cluster's metadata")?

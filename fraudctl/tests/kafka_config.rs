@@ -34,5 +34,7 @@ fn brokers_that_cannot_be_reached_are_an_error_naming_them_not_a_hang() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("creating topics on the Kafka brokers 127.0.0.1:1"), "{stderr}");
+    // And why, in librdkafka's own words, though the client was never polled.
+    assert!(stderr.lines().any(|l| l.contains("\"target\":\"librdkafka\"") && l.contains("Connect to ipv4#127.0.0.1:1 failed")), "{stderr}");
     println!("failed after {:?}: {stderr}", started.elapsed());
 }

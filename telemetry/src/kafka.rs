@@ -115,6 +115,19 @@ impl ClientContext for LoggingContext {
 
 impl ConsumerContext for LoggingContext {}
 
+/// Serves the events librdkafka has queued for `consumer` — its log lines and error events,
+/// which reach the context (and so the logs) only when the consumer is polled — for `within`.
+/// For a call that fails before the consumer was ever polled (metadata from an unreachable
+/// broker): without this, why it failed is logged only if dropping the consumer happens to serve
+/// them. Only for a consumer with nothing assigned: a record polled here would be skipped.
+pub fn serve_queued_events<C: ConsumerContext>(consumer: &BaseConsumer<C>, within: std::time::Duration) {
+    let until = std::time::Instant::now() + within;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+        // Error events come back as `Some(Err)` after reaching the context; log lines do not.
+        let _ = consumer.poll(left);
+    }
+}
+
 /// Delivery reports are left to the caller (a `FutureProducer`'s futures, or nothing).
 impl ProducerContext for LoggingContext {
     type DeliveryOpaque = ();
