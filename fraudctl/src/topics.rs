@@ -289,10 +289,13 @@ pub async fn delete(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Assigns every partition of `topic` to `consumer` (no consumer group), each starting at
-/// `start`; returns how many there are. A topic without partitions is an error.
+/// Assigns every partition of `topic` to `consumer` (no consumer group, nothing assigned yet),
+/// each starting at `start`; returns how many there are. A topic without partitions is an error.
 pub fn assign_all<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, start: Offset, timeout: Duration) -> anyhow::Result<usize> {
-    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let md = consumer.fetch_metadata(Some(topic), timeout).inspect_err(|_| {
+        // Why (a broker refusing connections, say) is in librdkafka's queued log lines.
+        telemetry::kafka::serve_queued_events(consumer, Duration::from_millis(100));
+    })?;
     let mut tpl = TopicPartitionList::new();
     for t in md.topics().iter().filter(|t| t.name() == topic) {
         for p in t.partitions() {
