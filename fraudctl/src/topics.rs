@@ -206,11 +206,7 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
         let config = crate::kafka::client(brokers, &[]);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Metadata> {
             let consumer: BaseConsumer<LoggingContext> = config.create_with_context(LoggingContext::default()).context("creating a Kafka client")?;
-            consumer.fetch_metadata(None, ADMIN_TIMEOUT).map_err(|e| {
-                // Why (a broker refusing connections, say) is in librdkafka's queued log lines.
-                telemetry::kafka::serve_queued_events(&consumer, Duration::from_millis(100));
-                e.into()
-            })
+            Ok(telemetry::kafka::fetch_metadata(&consumer, None, ADMIN_TIMEOUT)?)
         })
         .await
         .context("reading the cluster's metadata")?
@@ -292,10 +288,7 @@ pub async fn delete(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
 /// Assigns every partition of `topic` to `consumer` (no consumer group, nothing assigned yet),
 /// each starting at `start`; returns how many there are. A topic without partitions is an error.
 pub fn assign_all<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, start: Offset, timeout: Duration) -> anyhow::Result<usize> {
-    let md = consumer.fetch_metadata(Some(topic), timeout).inspect_err(|_| {
-        // Why (a broker refusing connections, say) is in librdkafka's queued log lines.
-        telemetry::kafka::serve_queued_events(consumer, Duration::from_millis(100));
-    })?;
+    let md = telemetry::kafka::fetch_metadata(consumer, Some(topic), timeout)?;
     let mut tpl = TopicPartitionList::new();
     for t in md.topics().iter().filter(|t| t.name() == topic) {
         for p in t.partitions() {

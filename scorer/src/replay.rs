@@ -942,11 +942,7 @@ impl Reader {
     /// when `None`) begins there; partitions without a record at or after it are left out.
     fn time_offsets(&self, consumer: &BaseConsumer<LoggingContext>, topic: &str, start_ms: Option<i64>) -> Result<Vec<(i32, Offset)>, ReplayError> {
         let kafka = |source| ReplayError::Kafka { topic: topic.to_string(), source };
-        let metadata = consumer.fetch_metadata(Some(topic), self.idle_timeout).map_err(|e| {
-            // Why (a broker refusing connections, say) is in librdkafka's queued log lines.
-            telemetry::kafka::serve_queued_events(consumer, Duration::from_millis(100));
-            kafka(e)
-        })?;
+        let metadata = telemetry::kafka::fetch_metadata(consumer, Some(topic), self.idle_timeout).map_err(kafka)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()

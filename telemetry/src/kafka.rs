@@ -8,10 +8,13 @@
 //! a second per librdkafka facility and one error event a second per error code, with how many of
 //! that kind were left out: a second trouble starting meanwhile still gets its line.
 
+use std::time::{Duration, Instant};
+
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -115,14 +118,20 @@ impl ClientContext for LoggingContext {
 
 impl ConsumerContext for LoggingContext {}
 
-/// Serves the events librdkafka has queued for `consumer` — its log lines and error events,
-/// which reach the context (and so the logs) only when the consumer is polled — for `within`.
-/// For a call that fails before the consumer was ever polled (metadata from an unreachable
-/// broker): without this, why it failed is logged only if dropping the consumer happens to serve
-/// them. Only for a consumer with nothing assigned: a record polled here would be skipped.
-pub fn serve_queued_events<C: ConsumerContext>(consumer: &BaseConsumer<C>, within: std::time::Duration) {
-    let until = std::time::Instant::now() + within;
-    while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+/// `consumer.fetch_metadata(topic, timeout)` for a consumer that may not have been polled yet
+/// (nothing assigned): when it fails, the events librdkafka queued meanwhile — its log lines and
+/// error events, which reach the context (and so the logs) only when the consumer is polled —
+/// are served first, so that why (a broker refusing connections, say) is logged. Otherwise it
+/// would be only if dropping the consumer happened to serve them.
+pub fn fetch_metadata<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: Option<&str>, timeout: Duration) -> KafkaResult<Metadata> {
+    consumer.fetch_metadata(topic, timeout).inspect_err(|_| serve_queued_events(consumer, Duration::from_millis(100)))
+}
+
+/// Polls `consumer` for `within`, serving its queued events. Only for a consumer with nothing
+/// assigned: a record polled here would be skipped.
+fn serve_queued_events<C: ConsumerContext>(consumer: &BaseConsumer<C>, within: Duration) {
+    let until = Instant::now() + within;
+    while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
         // Error events come back as `Some(Err)` after reaching the context; log lines do not.
         let _ = consumer.poll(left);
     }
