@@ -236,7 +236,7 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
     if new.is_empty() {
         return Ok(outcomes);
     }
-    let admin: AdminClient<LoggingContext> = crate::kafka::create(brokers, &[]).context("creating the Kafka admin client")?;
+    let (admin, opts) = admin(brokers)?;
     let requests: Vec<NewTopic<'_>> = new
         .iter()
         .filter_map(|o| match o {
@@ -246,8 +246,6 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
             Outcome::Exists { .. } => None,
         })
         .collect();
-    // A broker that cannot be reached is an error within seconds, not after librdkafka's minute.
-    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin.create_topics(&requests, &opts).await.with_context(context)?;
     for result in results {
         match result {
@@ -268,11 +266,17 @@ pub async fn apply(brokers: &str, plan: &Plan) -> anyhow::Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
+/// An admin client of `brokers` and the options its requests go with: a broker that cannot be
+/// reached is an error within seconds, not after librdkafka's minute.
+fn admin(brokers: &str) -> anyhow::Result<(AdminClient<LoggingContext>, AdminOptions)> {
+    let admin = crate::kafka::create(brokers, &[]).context("creating the Kafka admin client")?;
+    Ok((admin, AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT))))
+}
+
 /// Deletes `topics`; one that is already gone is not an error.
 pub async fn delete(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<LoggingContext> = crate::kafka::create(brokers, &[]).context("creating the Kafka admin client")?;
+    let (admin, opts) = admin(brokers)?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin.delete_topics(&names, &opts).await.with_context(|| format!("deleting topics {} on {brokers}", names.join(", ")))?;
     let failed: Vec<String> = results
         .into_iter()
