@@ -3,7 +3,9 @@
 # already there. Idempotent.
 #
 #   scripts/setup.sh run    what running needs: the ONNX Runtime library, Redis, the Tansu broker
-#   scripts/setup.sh test   the above plus what the tests need: promtool, amtool, docker-compose (config checks)
+#   scripts/setup.sh test   the above plus what the tests need: promtool, amtool, docker-compose
+#                           (config checks), openssl and socat (certificates, TLS in front of a
+#                           test broker)
 #
 # Prints `export` lines for the paths it set up when called with --print-env.
 set -euo pipefail
@@ -100,7 +102,7 @@ case $mode in
     ensure_tansu
     ;;
   test)
-    ensure_apt unzip:unzip redis-server:redis-server pkg-config:pkg-config pc=openssl:libssl-dev openssl:openssl \
+    ensure_apt unzip:unzip redis-server:redis-server pkg-config:pkg-config pc=openssl:libssl-dev openssl:openssl socat:socat \
       promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
     ensure_onnxruntime
     ensure_tansu

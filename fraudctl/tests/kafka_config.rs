@@ -38,3 +38,40 @@ fn brokers_that_cannot_be_reached_are_an_error_naming_them_not_a_hang() {
     assert!(stderr.lines().any(|l| l.contains("\"target\":\"librdkafka\"") && l.contains("Connect to ipv4#127.0.0.1:1 failed")), "{stderr}");
     println!("failed after {:?}: {stderr}", started.elapsed());
 }
+
+/// A cluster reached over TLS, as managed Kafka services are: with the CA that signed the broker's
+/// certificate (`ssl.ca.location`), fraudctl's clients connect and work; without it the
+/// certificate is refused and the error says so. A cluster that also asks for SASL/SCRAM gets
+/// the exchange, over TLS, and an unknown user is refused in words.
+#[test]
+fn a_cluster_behind_tls_is_reached_with_its_ca_and_refused_without() {
+    let dir = std::env::temp_dir().join(testkit::unique("kafka-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    testkit::tls::certificates(&dir);
+    let ca = format!("ssl.ca.location={}", dir.join("ca.pem").display());
+    let create = |brokers: &str, settings: &[&str]| {
+        let mut args: Vec<&str> = settings.iter().flat_map(|s| ["--kafka-config", s]).collect();
+        args.extend(["topics", "create", "--partitions", "1", "--brokers", brokers]);
+        let out = fraudctl(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let tls = testkit::tls::TlsBroker::start(&dir, false);
+    let (ok, stdout, stderr) = create(&tls.bootstrap(), &["security.protocol=ssl", &ca]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.lines().any(|l| l == "topic transactions: created, 1 partition, 1 copy each"), "{stdout}");
+    // Done over TLS: the same broker does not answer Kafka in the clear.
+    let (ok, _, stderr) = create(&tls.bootstrap(), &[]);
+    assert!(!ok, "{stderr}");
+
+    let (ok, _, stderr) = create(&tls.bootstrap(), &["security.protocol=ssl"]);
+    assert!(!ok);
+    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+
+    let scram = testkit::tls::TlsBroker::start(&dir, true);
+    let (ok, _, stderr) = create(&scram.bootstrap(), &["security.protocol=sasl_ssl", &ca, "sasl.mechanism=SCRAM-SHA-512", "sasl.username=nobody", "sasl.password=secret"]);
+    assert!(!ok);
+    assert!(stderr.contains("SASL SCRAM authentication failed") && stderr.contains("unknown-user"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password is never printed: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

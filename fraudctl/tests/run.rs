@@ -47,8 +47,24 @@ fn count(line: &str, name: &str) -> u64 {
 struct Run {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    reader: JoinHandle<()>,
+    reader: Option<JoinHandle<()>>,
     _one_at_a_time: std::fs::File,
+}
+
+/// A test that failed before its Ctrl-C still stops the run and everything it started, so that
+/// nothing it left running holds ports or CPU the other tests need.
+impl Drop for Run {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// `fraudctl run` with its embedded broker and Redis and `env` added.
@@ -76,24 +92,23 @@ fn start_run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
         let (stdout, lines) = (run.stdout.take().unwrap(), lines.clone());
         std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| lines.lock().unwrap().push(l)))
     };
-    Run { child: run, lines, reader, _one_at_a_time: lock }
+    Run { child: run, lines, reader: Some(reader), _one_at_a_time: lock }
 }
 
 /// Ctrl-C, and what `fraudctl run` printed once it has exited (successfully, else it panics).
-fn ctrl_c(run: Run) -> String {
-    let Run { child: mut run, lines, reader, _one_at_a_time } = run;
-    let status = Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+fn ctrl_c(mut run: Run) -> String {
+    let status = Command::new("kill").args(["-INT", &run.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
-        if let Some(exit) = run.try_wait().unwrap() {
+        if let Some(exit) = run.child.try_wait().unwrap() {
             break exit;
         }
         assert!(Instant::now() < deadline, "fraudctl run still running 60 s after Ctrl-C");
         std::thread::sleep(Duration::from_millis(100));
     };
-    reader.join().unwrap();
-    let printed = lines.lock().unwrap().join("\n");
+    run.reader.take().unwrap().join().unwrap();
+    let printed = run.lines.lock().unwrap().join("\n");
     assert!(exit.success(), "{exit}; fraudctl run printed:\n{printed}");
     assert!(printed.contains("stopping"), "{printed}");
     // The run's logs stay for whoever ran it; a test's go once it has read them (a failed test's
@@ -170,6 +185,45 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
     for (pid, name) in &started {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name} ({pid}) still running after fraudctl run stopped");
     }
+}
+
+/// A cluster reached over TLS only, as managed Kafka services are: the CA in fraudctl's Kafka
+/// settings reaches every client of the run — topics, features, traffic and the three services —
+/// and the README's request is answered through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_run_command_works_with_a_cluster_reached_over_tls() {
+    let dir = std::env::temp_dir().join(testkit::unique("run-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    testkit::tls::certificates(&dir);
+    let broker = testkit::tls::TlsBroker::start(&dir, false);
+    let settings = format!("security.protocol=ssl,ssl.ca.location={}", dir.join("ca.pem").display());
+    let run = start_run(&[("KAFKA_BROKERS", &broker.bootstrap()), ("FRAUDCTL_KAFKA_CONFIG", &settings)]);
+    let lines = run.lines.clone();
+
+    let gateway = wait_for_line(&lines, Duration::from_secs(120), "gateway line", |l| {
+        l.strip_prefix("gateway  ").and_then(|rest| rest.split_whitespace().next()).map(str::to_string)
+    });
+    let logs = wait_for_line(&lines, Duration::from_secs(5), "logs line", |l| {
+        l.strip_prefix("logs     ").and_then(|rest| rest.strip_suffix("/*.log")).map(std::path::PathBuf::from)
+    });
+    for service in ["scorer", "gateway", "drift-job"] {
+        // (The path's long run of digits is scrubbed from the log as a possible phone number.)
+        let log = std::fs::read_to_string(logs.join(format!("{service}.log"))).unwrap();
+        assert!(log.contains(r#""kafka_config":"security.protocol=ssl,ssl.ca.location=/"#), "{service}: {log}");
+    }
+    let readme = json!({"transaction_id": "txn_demo_001", "user_id": 12345, "amount": 149.99, "payment_method": "card", "merchant_id": "merchant_42"});
+    let answer = reqwest::Client::new().post(format!("{gateway}/v1/predict")).json(&readme).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let decision: Value = answer.json().await.unwrap();
+    assert!(["approve", "review", "block"].contains(&decision["decision"].as_str().unwrap()), "{decision}");
+    assert_eq!(decision["degraded"], false, "{decision}");
+    let summary = wait_for_line(&lines, Duration::from_secs(30), "summary with decisions", |l| {
+        (l.contains("| approve ") && count(l, "approve") + count(l, "review") + count(l, "block") > 0).then(|| l.to_string())
+    });
+    assert_eq!((count(&summary, "pending"), count(&summary, "errors")), (0, 0), "{summary}");
+    ctrl_c(run);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A scorer this broker starves (here: no fetch wait at all, which it never meets) leaves every

@@ -1,37 +1,22 @@
-//! Encrypted connections, as managed Redis and Kafka services require: the feature store over
-//! TLS (`rediss://`, the server's certificate verified against the CA in `SSL_CERT_FILE`) with a
-//! real Redis serving TLS, and Kafka clients that accept TLS and SCRAM settings.
+//! Encrypted connections, as managed Redis services require: the feature store over TLS
+//! (`rediss://`, the server's certificate verified against the CA in `SSL_CERT_FILE`) with a real
+//! Redis serving TLS. Kafka over TLS: fraudctl's `kafka_config` and `run` tests.
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use schemas::{Decision, topics};
 use testkit::kafka::{Received, TestProducer, read};
 use testkit::process::Service;
+use testkit::tls::certificates;
 use testkit::{Broker, RedisServer, free_port, unique};
 
 use fraudctl::synth::{Drift, Generator};
 
 const SEED: u64 = 5;
 const USERS: u64 = 40;
-
-/// `openssl args` in `dir`; a failure fails the test.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl not runnable; run scripts/setup.sh test");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`ca.pem`) and a certificate it signed for localhost and 127.0.0.1 (`server.pem`,
-/// `server.key`), in `dir`.
-fn certificates(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fraudstream test CA"]);
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
-}
 
 /// The decisions of a scorer (with the feature store at `redis_url`, environment `env`) for `n`
 /// payments of the synthetic users, on a broker of its own; and the scorer's logs.
@@ -88,21 +73,4 @@ fn the_feature_store_is_read_over_verified_tls() {
     assert!(decided.iter().all(|d| d.degraded), "{decided:?}");
     assert!(logs.contains("feature store unavailable") && logs.to_lowercase().contains("certificate"), "{logs}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn kafka_clients_take_tls_and_scram_settings() {
-    // A cluster that needs TLS and SCRAM: the client is made and goes on to connect (nobody
-    // listens here) instead of refusing the settings as a build without OpenSSL does.
-    let out = Command::new(testkit::process::bin("fraudctl"))
-        .args(["--kafka-config", "security.protocol=sasl_ssl", "--kafka-config", "sasl.mechanism=SCRAM-SHA-512"])
-        .args(["--kafka-config", "sasl.username=u", "--kafka-config", "sasl.password=p"])
-        .args(["topics", "create", "--brokers", "127.0.0.1:1"])
-        .env_remove("FRAUDCTL_KAFKA_CONFIG")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(said.contains("creating topics on the Kafka brokers 127.0.0.1:1"), "{said}");
-    assert!(!said.contains("creating a Kafka client") && !said.contains("OpenSSL not available") && !said.contains("No provider for SASL"), "{said}");
 }

@@ -1,12 +1,14 @@
-//! Real servers for fraudstream's tests: a Redis and a Tansu Kafka-protocol broker, each started
-//! as a child process on a free loopback port and stopped when dropped. Binaries come from
-//! `scripts/setup.sh test`; a missing one fails the test with the command to run, never skips it.
+//! Real servers for fraudstream's tests: a Redis and a Tansu Kafka-protocol broker (also one
+//! reached over TLS, `tls`), each started as a child process on a free loopback port and stopped
+//! when dropped. Binaries come from `scripts/setup.sh test`; a missing one fails the test with the
+//! command to run, never skips it.
 
 #![allow(clippy::unwrap_used)] // test support: a failed setup step should fail the test loudly
 
 pub mod kafka;
 pub mod otlp;
 pub mod process;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

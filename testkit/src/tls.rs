@@ -1,0 +1,79 @@
+//! Encrypted connections for tests: a private CA with a certificate it signed for this host, and
+//! a Tansu broker that clients reach over TLS only. The `tansu` binary cannot serve TLS itself (its
+//! `--cert` and `--key` are needed together but refused together), so `socat` ends TLS in front
+//! of it — as a cloud load balancer does in front of a cluster — and the broker advertises the
+//! TLS port, so every connection a client makes after the first goes through TLS too.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::{binary, free_port, stop_child, wait_for_port};
+
+/// `openssl args` in `dir`; a failure fails the test.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl not runnable; run scripts/setup.sh test");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Writes a CA (`ca.pem`) and a certificate it signed for `localhost` and `127.0.0.1`
+/// (`server.pem`, key `server.key`) into `dir`.
+pub fn certificates(dir: &Path) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fraudstream test CA"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
+}
+
+/// A private Tansu broker (in-memory storage) that clients reach over TLS only, with the
+/// certificate `server.pem` (key `server.key`) from a `certificates` directory.
+pub struct TlsBroker {
+    port: u16,
+    broker: Option<Child>,
+    terminator: Option<Child>,
+}
+
+impl TlsBroker {
+    /// `authentication`: the broker also asks every client for SASL; of the mechanisms, this
+    /// Tansu build has SCRAM only, and no user exists in its memory.
+    pub fn start(certificates: &Path, authentication: bool) -> Self {
+        let (inner, port) = (free_port(), free_port());
+        let file = |name: &str| -> PathBuf { certificates.join(name) };
+        let (listener, advertised) = (format!("tcp://127.0.0.1:{inner}"), format!("tcp://127.0.0.1:{port}"));
+        let mut args = vec!["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised, "--storage-engine", "memory://tansu/"];
+        if authentication {
+            args.push("--authentication");
+        }
+        let mut broker = Command::new(binary(fraudctl::stack::tansu()))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the tansu broker");
+        wait_for_port(inner, &mut broker, "tansu");
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            file("server.pem").display(),
+            file("server.key").display()
+        );
+        let mut terminator = Command::new("socat")
+            .args([listen, format!("TCP:127.0.0.1:{inner}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat not runnable; run scripts/setup.sh test");
+        wait_for_port(port, &mut terminator, "socat");
+        Self { port, broker: Some(broker), terminator: Some(terminator) }
+    }
+
+    /// `host:port` for `bootstrap.servers`: the TLS port.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        stop_child(&mut self.terminator);
+        stop_child(&mut self.broker);
+    }
+}
