@@ -1,7 +1,7 @@
 //! Telemetry end to end: one `/v1/predict` is one trace from the gateway's HTTP span through
 //! Kafka into the scorer, exported over OTLP to a receiver inside the test; log lines carry the
 //! ids of their spans and no personal data; a dead collector costs no request and its drops are
-//! counted.
+//! counted; a collector behind TLS is reached with the CA that signed its certificate.
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -220,9 +220,62 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
     }
 }
 
+/// A collector reached over HTTPS, its certificate signed by a private CA: with that CA in
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` the spans arrive; without it the collector is not trusted,
+/// the lost spans are counted, and requests are answered all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_reach_a_collector_over_https_verified_against_the_configured_ca() {
+    let dir = std::env::temp_dir().join(unique("otlp-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    testkit::tls::certificates(&dir);
+    let receiver = Receiver::start();
+    let tls = testkit::tls::TlsTerminator::start(&dir, receiver.port);
+    let endpoint = format!("https://127.0.0.1:{}", tls.port());
+    let stack = Stack::start();
+    let mut env = otel_env(endpoint.clone());
+    env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", dir.join("ca.pem").display().to_string()));
+    let gw = stack.gateway_with(&[], &env);
+    gw.wait_ready().await;
+    let traced = |headers: &reqwest::header::HeaderMap| headers["traceresponse"].to_str().unwrap().split('-').nth(1).unwrap().to_string();
+    let (status, headers, _) = gw.raw_with_headers(reqwest::Method::GET, "/v1/decisions/not-seen", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let trace_id = traced(&headers);
+    let spans = receiver.wait_for(Duration::from_secs(20), |spans| spans.iter().any(|s| s.trace_id == trace_id));
+    let span = one(&spans, &trace_id, "GET /v1/decisions/{transaction_id}");
+    assert_eq!((span.service.as_str(), span.kind), ("gateway", SERVER));
+
+    let mut untrusting_env = otel_env(endpoint);
+    untrusting_env.push(("OTEL_EXPORTER_OTLP_TIMEOUT", "2000".into()));
+    let untrusting = stack.gateway_with(&[], &untrusting_env);
+    untrusting.wait_ready().await;
+    let (status, headers, _) = untrusting.raw_with_headers(reqwest::Method::GET, "/v1/decisions/not-seen", None, Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let untrusted_trace = traced(&headers);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = untrusting.metrics().await;
+        if sample(&metrics, r#"telemetry_spans_dropped_total{reason="export_failed"}"#) > 0.0 {
+            assert_eq!(sample(&metrics, "telemetry_spans_exported_total"), 0.0, "{metrics}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "failed export not counted:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(receiver.spans().iter().all(|s| s.trace_id != untrusted_trace), "a span went to a collector its exporter should not trust");
+    // The log says why, not only which URL.
+    let logs = untrusting.service.logs();
+    assert!(logs.lines().any(|l| l.contains("span export failed") && l.contains("certificate verify failed")), "{logs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn unusable_trace_settings_stop_a_service_at_start_with_the_reason() {
-    for (var, value) in [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_TRACES_SAMPLER", "sometimes"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")] {
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/collector-ca.pem"),
+    ] {
         let mut env = vec![(var, value.to_string())];
         if var != "OTEL_EXPORTER_OTLP_ENDPOINT" {
             env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318".into()));

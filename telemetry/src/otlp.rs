@@ -23,11 +23,16 @@ pub struct OtlpSettings {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// PEM file of the CA certificates that an https:// collector's certificate is verified
+    /// against, besides the system's.
+    pub certificate: Option<std::path::PathBuf>,
 }
 
 impl OtlpSettings {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (plus
-    /// `/v1/traces`), default `http://localhost:4318`, plain HTTP only; `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`
+    /// `/v1/traces`), default `http://localhost:4318`, `http://` or `https://`;
+    /// `OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE` (a PEM file of CA certificates trusted for an
+    /// https:// collector, besides the system's); `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`
     /// (`k=v,k2=v2`, values percent-decoded); `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (ms,
     /// default 10 s); `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION` may only be `none`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
@@ -39,9 +44,15 @@ impl OtlpSettings {
                 format!("{}/v1/traces", base.trim().trim_end_matches('/'))
             }
         };
-        if !url.starts_with("http://") {
-            // No TLS client is built in: a collector next to the service is reached over plain HTTP.
-            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_ENDPOINT", value: url, reason: "must be an http:// URL (TLS is not built in)" });
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_ENDPOINT", value: url, reason: "must be an http:// or https:// URL" });
+        }
+        let certificate = either("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE").map(|p| p.trim().into());
+        for var in ["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"] {
+            if let Some(value) = env(var) {
+                // Said at start-up rather than found out from a collector refusing every export.
+                return Err(TraceConfigError::Invalid { var, value, reason: "client certificates (mutual TLS) are not supported" });
+            }
         }
         let mut headers = Vec::new();
         if let Some(h) = either("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
@@ -65,7 +76,7 @@ impl OtlpSettings {
         {
             return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_COMPRESSION", value: c, reason: "supported: none" });
         }
-        Ok(Self { url, headers, timeout })
+        Ok(Self { url, headers, timeout, certificate })
     }
 }
 
@@ -101,12 +112,41 @@ impl OtlpHttpExporter {
     pub fn new(settings: OtlpSettings) -> Result<Self, TraceConfigError> {
         // The blocking client runs a runtime of its own; build it outside any async context.
         let timeout = settings.timeout;
-        let client = std::thread::spawn(move || reqwest::blocking::Client::builder().timeout(timeout).build())
+        let roots = match &settings.certificate {
+            Some(path) => trusted_certificates(path)?,
+            None => Vec::new(),
+        };
+        let client = std::thread::spawn(move || roots.into_iter().fold(reqwest::blocking::Client::builder().timeout(timeout), |b, c| b.add_root_certificate(c)).build())
             .join()
             .map_err(|_| TraceConfigError::Exporter("building the HTTP client panicked".into()))?
             .map_err(|e| TraceConfigError::Exporter(e.to_string()))?;
         Ok(Self { settings, client, resource: Vec::new() })
     }
+}
+
+/// The CA certificates in the PEM file `path`; an error naming the setting when it cannot be read
+/// or holds none.
+fn trusted_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TraceConfigError> {
+    let unusable = |reason: String| TraceConfigError::File { var: "OTEL_EXPORTER_OTLP_CERTIFICATE", path: path.display().to_string(), reason };
+    let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(unusable("holds no PEM certificate".into()));
+    }
+    Ok(certificates)
+}
+
+/// An error and its causes, `outer: inner: innermost` — reqwest's own text names only the URL,
+/// while the reason (refused, timed out, certificate not trusted) is in its causes.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl SpanExporter for OtlpHttpExporter {
@@ -121,7 +161,7 @@ impl SpanExporter for OtlpHttpExporter {
         match request.send() {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(OTelSdkError::InternalFailure(format!("collector answered {}", r.status()))),
-            Err(e) => Err(OTelSdkError::InternalFailure(e.to_string())),
+            Err(e) => Err(OTelSdkError::InternalFailure(with_causes(&e))),
         }
     }
 
@@ -424,7 +464,25 @@ mod tests {
         assert_eq!(s.url, "http://b:4318/custom");
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")])).is_err());
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")])).is_err());
-        assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")])).unwrap_err().to_string().contains("TLS"));
+        let s = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem")])).unwrap();
+        assert_eq!((s.url.as_str(), s.certificate.as_deref()), ("https://collector:4318/v1/traces", Some(std::path::Path::new("/etc/ca.pem"))));
+        let s = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"), ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/traces-ca.pem")])).unwrap();
+        assert_eq!(s.certificate.as_deref(), Some(std::path::Path::new("/etc/traces-ca.pem")));
+        assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317")])).unwrap_err().to_string().contains("https://"));
+        let e = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/client.key")])).unwrap_err().to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY") && e.contains("mutual TLS"), "{e}");
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])).is_err());
+    }
+
+    #[test]
+    fn a_certificate_file_that_cannot_be_used_is_an_error_naming_it() {
+        let missing = std::path::Path::new("/nonexistent/ca.pem");
+        let e = trusted_certificates(missing).unwrap_err().to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("/nonexistent/ca.pem"), "{e}");
+        let not_pem = std::env::temp_dir().join(format!("otlp-not-a-certificate-{}.pem", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let e = trusted_certificates(&not_pem).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&not_pem);
+        assert!(e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("no PEM certificate"), "{e}");
     }
 }

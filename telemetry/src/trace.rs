@@ -34,6 +34,8 @@ pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
 pub enum TraceConfigError {
     #[error("{var}={value:?}: {reason}")]
     Invalid { var: &'static str, value: String, reason: &'static str },
+    #[error("{var}={path:?}: {reason}")]
+    File { var: &'static str, path: String, reason: String },
     #[error("building the OTLP exporter: {0}")]
     Exporter(String),
 }

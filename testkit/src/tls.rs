@@ -24,12 +24,54 @@ pub fn certificates(dir: &Path) {
     openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
 }
 
+/// TLS in front of a plain TCP service on loopback: `socat` accepting TLS on a port of its own
+/// with the certificate `server.pem` (key `server.key`) from a `certificates` directory, and
+/// forwarding each connection to `target`.
+pub struct TlsTerminator {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl TlsTerminator {
+    pub fn start(certificates: &Path, target: u16) -> Self {
+        Self::start_on(free_port(), certificates, target)
+    }
+
+    /// The same, accepting TLS on `port`.
+    pub fn start_on(port: u16, certificates: &Path, target: u16) -> Self {
+        let file = |name: &str| -> PathBuf { certificates.join(name) };
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            file("server.pem").display(),
+            file("server.key").display()
+        );
+        let mut child = Command::new("socat")
+            .args([listen, format!("TCP:127.0.0.1:{target}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat not runnable; run scripts/setup.sh test");
+        wait_for_port(port, &mut child, "socat");
+        Self { port, child: Some(child) }
+    }
+
+    /// The TLS port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
 /// A private Tansu broker (in-memory storage) that clients reach over TLS only, with the
 /// certificate `server.pem` (key `server.key`) from a `certificates` directory.
 pub struct TlsBroker {
-    port: u16,
+    terminator: TlsTerminator,
     broker: Option<Child>,
-    terminator: Option<Child>,
 }
 
 impl TlsBroker {
@@ -37,7 +79,6 @@ impl TlsBroker {
     /// Tansu build has SCRAM only, and no user exists in its memory.
     pub fn start(certificates: &Path, authentication: bool) -> Self {
         let (inner, port) = (free_port(), free_port());
-        let file = |name: &str| -> PathBuf { certificates.join(name) };
         let (listener, advertised) = (format!("tcp://127.0.0.1:{inner}"), format!("tcp://127.0.0.1:{port}"));
         let mut args = vec!["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised, "--storage-engine", "memory://tansu/"];
         if authentication {
@@ -50,30 +91,18 @@ impl TlsBroker {
             .spawn()
             .expect("cannot start the tansu broker");
         wait_for_port(inner, &mut broker, "tansu");
-        let listen = format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
-            file("server.pem").display(),
-            file("server.key").display()
-        );
-        let mut terminator = Command::new("socat")
-            .args([listen, format!("TCP:127.0.0.1:{inner}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat not runnable; run scripts/setup.sh test");
-        wait_for_port(port, &mut terminator, "socat");
-        Self { port, broker: Some(broker), terminator: Some(terminator) }
+        let terminator = TlsTerminator::start_on(port, certificates, inner);
+        Self { terminator, broker: Some(broker) }
     }
 
     /// `host:port` for `bootstrap.servers`: the TLS port.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.terminator.port())
     }
 }
 
 impl Drop for TlsBroker {
     fn drop(&mut self) {
-        stop_child(&mut self.terminator);
         stop_child(&mut self.broker);
     }
 }
