@@ -146,7 +146,12 @@ fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
         assert!(Instant::now() < deadline, "labels not joined:\n{}", text.lines().filter(|l| l.contains("label")).collect::<Vec<_>>().join("\n"));
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(text.contains(&format!("labels_joined_total {}", labels.len())));
+    assert!(
+        text.contains(&format!("labels_joined_total {}", labels.len())),
+        "{} labels sent:\n{}",
+        labels.len(),
+        text.lines().filter(|l| l.contains("label") || l.contains("duplicate") || l.contains("samples")).collect::<Vec<_>>().join("\n")
+    );
     let perf = series(&text, "model_performance", "threshold=\"review\"");
     assert_eq!(perf.len(), 4, "{perf:?}");
     let precision = perf.iter().find(|(h, _)| h.contains("metric=\"precision\"")).unwrap().1;
