@@ -24,8 +24,8 @@ pub struct OtlpSettings {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     /// PEM file of the CA certificates that an https:// collector's certificate is verified
-    /// against, besides the system's.
-    pub certificate: Option<std::path::PathBuf>,
+    /// against, besides the system's; with the variable that named it, for errors.
+    pub certificate: Option<(&'static str, std::path::PathBuf)>,
 }
 
 impl OtlpSettings {
@@ -37,17 +37,19 @@ impl OtlpSettings {
     /// default 10 s); `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION` may only be `none`.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, TraceConfigError> {
         let either = |specific: &str, general: &str| env(specific).or_else(|| env(general));
-        let url = match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            Some(u) => u.trim().to_string(),
+        let (url_var, url) = match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(u) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", u.trim().to_string()),
             None => {
                 let base = env("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| "http://localhost:4318".into());
-                format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/v1/traces", base.trim().trim_end_matches('/')))
             }
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TraceConfigError::Invalid { var: "OTEL_EXPORTER_OTLP_ENDPOINT", value: url, reason: "must be an http:// or https:// URL" });
+            return Err(TraceConfigError::Invalid { var: url_var, value: url, reason: "must be an http:// or https:// URL" });
         }
-        let certificate = either("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE").map(|p| p.trim().into());
+        let certificate = ["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+            .into_iter()
+            .find_map(|var| env(var).map(|path| (var, path.trim().into())));
         for var in ["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_KEY", "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY"] {
             if let Some(value) = env(var) {
                 // Said at start-up rather than found out from a collector refusing every export.
@@ -113,7 +115,7 @@ impl OtlpHttpExporter {
         // The blocking client runs a runtime of its own; build it outside any async context.
         let timeout = settings.timeout;
         let roots = match &settings.certificate {
-            Some(path) => trusted_certificates(path)?,
+            Some((var, path)) => trusted_certificates(var, path)?,
             None => Vec::new(),
         };
         let client = std::thread::spawn(move || roots.into_iter().fold(reqwest::blocking::Client::builder().timeout(timeout), |b, c| b.add_root_certificate(c)).build())
@@ -124,10 +126,10 @@ impl OtlpHttpExporter {
     }
 }
 
-/// The CA certificates in the PEM file `path`; an error naming the setting when it cannot be read
-/// or holds none.
-fn trusted_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TraceConfigError> {
-    let unusable = |reason: String| TraceConfigError::File { var: "OTEL_EXPORTER_OTLP_CERTIFICATE", path: path.display().to_string(), reason };
+/// The CA certificates in the PEM file `path` (named by the variable `var`); an error naming the
+/// setting when it cannot be read or holds none.
+fn trusted_certificates(var: &'static str, path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TraceConfigError> {
+    let unusable = |reason: String| TraceConfigError::File { var, path: path.display().to_string(), reason };
     let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
     let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
     if certificates.is_empty() {
@@ -465,10 +467,13 @@ mod tests {
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")])).is_err());
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")])).is_err());
         let s = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem")])).unwrap();
-        assert_eq!((s.url.as_str(), s.certificate.as_deref()), ("https://collector:4318/v1/traces", Some(std::path::Path::new("/etc/ca.pem"))));
+        assert_eq!(s.url, "https://collector:4318/v1/traces");
+        assert_eq!(s.certificate, Some(("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem".into())));
         let s = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"), ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/traces-ca.pem")])).unwrap();
-        assert_eq!(s.certificate.as_deref(), Some(std::path::Path::new("/etc/traces-ca.pem")));
+        assert_eq!(s.certificate, Some(("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/traces-ca.pem".into())));
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317")])).unwrap_err().to_string().contains("https://"));
+        let e = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318/v1/traces")])).unwrap_err().to_string();
+        assert!(e.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="), "{e}");
         let e = OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/client.key")])).unwrap_err().to_string();
         assert!(e.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY") && e.contains("mutual TLS"), "{e}");
         assert!(OtlpSettings::from_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])).is_err());
@@ -477,11 +482,11 @@ mod tests {
     #[test]
     fn a_certificate_file_that_cannot_be_used_is_an_error_naming_it() {
         let missing = std::path::Path::new("/nonexistent/ca.pem");
-        let e = trusted_certificates(missing).unwrap_err().to_string();
-        assert!(e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("/nonexistent/ca.pem"), "{e}");
+        let e = trusted_certificates("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", missing).unwrap_err().to_string();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE") && e.contains("/nonexistent/ca.pem"), "{e}");
         let not_pem = std::env::temp_dir().join(format!("otlp-not-a-certificate-{}.pem", std::process::id()));
         std::fs::write(&not_pem, "not a certificate\n").unwrap();
-        let e = trusted_certificates(&not_pem).unwrap_err().to_string();
+        let e = trusted_certificates("OTEL_EXPORTER_OTLP_CERTIFICATE", &not_pem).unwrap_err().to_string();
         let _ = std::fs::remove_file(&not_pem);
         assert!(e.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && e.contains("no PEM certificate"), "{e}");
     }
