@@ -5,6 +5,7 @@
 
 mod common;
 use common::fraudctl;
+use testkit::tls::{ClientCheck, TlsBroker};
 
 #[test]
 fn overrides_reach_the_clients_and_win_over_their_own_settings() {
@@ -42,7 +43,8 @@ fn brokers_that_cannot_be_reached_are_an_error_naming_them_not_a_hang() {
 /// A cluster reached over TLS, as managed Kafka services are: with the CA that signed the broker's
 /// certificate (`ssl.ca.location`), fraudctl's clients connect and work; without it the
 /// certificate is refused and the error says so. A cluster that also asks for SASL/SCRAM gets
-/// the exchange, over TLS, and an unknown user is refused in words.
+/// the exchange, over TLS, and an unknown user is refused in words; one that asks for a client
+/// certificate gets the one given in the settings.
 #[test]
 fn a_cluster_behind_tls_is_reached_with_its_ca_and_refused_without() {
     let dir = std::env::temp_dir().join(testkit::unique("kafka-tls"));
@@ -56,7 +58,7 @@ fn a_cluster_behind_tls_is_reached_with_its_ca_and_refused_without() {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
 
-    let tls = testkit::tls::TlsBroker::start(&dir, false);
+    let tls = TlsBroker::start(&dir, ClientCheck::None);
     let (ok, stdout, stderr) = create(&tls.bootstrap(), &["security.protocol=ssl", &ca]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.lines().any(|l| l == "topic transactions: created, 1 partition, 1 copy each"), "{stdout}");
@@ -68,10 +70,21 @@ fn a_cluster_behind_tls_is_reached_with_its_ca_and_refused_without() {
     assert!(!ok);
     assert!(stderr.contains("certificate verify failed"), "{stderr}");
 
-    let scram = testkit::tls::TlsBroker::start(&dir, true);
+    let scram = TlsBroker::start(&dir, ClientCheck::Sasl);
     let (ok, _, stderr) = create(&scram.bootstrap(), &["security.protocol=sasl_ssl", &ca, "sasl.mechanism=SCRAM-SHA-512", "sasl.username=nobody", "sasl.password=secret"]);
     assert!(!ok);
     assert!(stderr.contains("SASL SCRAM authentication failed") && stderr.contains("unknown-user"), "{stderr}");
     assert!(!stderr.contains("secret"), "the password is never printed: {stderr}");
+
+    // A cluster that asks for a client certificate (mutual TLS): given, the topics are created;
+    // without one the handshake is refused.
+    let mutual = TlsBroker::start(&dir, ClientCheck::Certificate);
+    let (cert, key) = (format!("ssl.certificate.location={}", dir.join("client.pem").display()), format!("ssl.key.location={}", dir.join("client.key").display()));
+    let (ok, stdout, stderr) = create(&mutual.bootstrap(), &["security.protocol=ssl", &ca, &cert, &key]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.lines().any(|l| l == "topic transactions: created, 1 partition, 1 copy each"), "{stdout}");
+    let (ok, _, stderr) = create(&mutual.bootstrap(), &["security.protocol=ssl", &ca]);
+    assert!(!ok);
+    assert!(stderr.contains("certificate required"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -195,7 +195,7 @@ async fn the_run_command_works_with_a_cluster_reached_over_tls() {
     let dir = std::env::temp_dir().join(testkit::unique("run-tls"));
     std::fs::create_dir_all(&dir).unwrap();
     testkit::tls::certificates(&dir);
-    let broker = testkit::tls::TlsBroker::start(&dir, false);
+    let broker = testkit::tls::TlsBroker::start(&dir, testkit::tls::ClientCheck::None);
     let settings = format!("security.protocol=ssl,ssl.ca.location={}", dir.join("ca.pem").display());
     let run = start_run(&[("KAFKA_BROKERS", &broker.bootstrap()), ("FRAUDCTL_KAFKA_CONFIG", &settings)]);
     let lines = run.lines.clone();

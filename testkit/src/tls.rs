@@ -15,13 +15,16 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Writes a CA (`ca.pem`) and a certificate it signed for `localhost` and `127.0.0.1`
-/// (`server.pem`, key `server.key`) into `dir`.
+/// Writes a CA (`ca.pem`), a certificate it signed for `localhost` and `127.0.0.1`
+/// (`server.pem`, key `server.key`) and one it signed for a client (`client.pem`, key
+/// `client.key`) into `dir`.
 pub fn certificates(dir: &Path) {
     openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fraudstream test CA"]);
     openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
     std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=fraudstream test client"]);
+    openssl(dir, &["x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.pem", "-days", "2"]);
 }
 
 /// TLS in front of a plain TCP service on loopback: `socat` accepting TLS on a port of its own
@@ -34,14 +37,16 @@ pub struct TlsTerminator {
 
 impl TlsTerminator {
     pub fn start(certificates: &Path, target: u16) -> Self {
-        Self::start_on(free_port(), certificates, target)
+        Self::start_on(free_port(), certificates, target, false)
     }
 
-    /// The same, accepting TLS on `port`.
-    pub fn start_on(port: u16, certificates: &Path, target: u16) -> Self {
+    /// The same, accepting TLS on `port`; with `client_certificates`, only from clients that
+    /// present a certificate signed by `ca.pem` (mutual TLS).
+    pub fn start_on(port: u16, certificates: &Path, target: u16, client_certificates: bool) -> Self {
         let file = |name: &str| -> PathBuf { certificates.join(name) };
+        let verify = if client_certificates { format!("verify=1,cafile={}", file("ca.pem").display()) } else { "verify=0".to_string() };
         let listen = format!(
-            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},{verify}",
             file("server.pem").display(),
             file("server.key").display()
         );
@@ -74,14 +79,22 @@ pub struct TlsBroker {
     broker: Option<Child>,
 }
 
+/// What a `TlsBroker` asks of its clients besides TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCheck {
+    None,
+    /// A certificate signed by the CA (mutual TLS), as some managed services ask.
+    Certificate,
+    /// SASL; of the mechanisms, this Tansu build has SCRAM only, and no user exists in its memory.
+    Sasl,
+}
+
 impl TlsBroker {
-    /// `authentication`: the broker also asks every client for SASL; of the mechanisms, this
-    /// Tansu build has SCRAM only, and no user exists in its memory.
-    pub fn start(certificates: &Path, authentication: bool) -> Self {
+    pub fn start(certificates: &Path, check: ClientCheck) -> Self {
         let (inner, port) = (free_port(), free_port());
         let (listener, advertised) = (format!("tcp://127.0.0.1:{inner}"), format!("tcp://127.0.0.1:{port}"));
         let mut args = vec!["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised, "--storage-engine", "memory://tansu/"];
-        if authentication {
+        if check == ClientCheck::Sasl {
             args.push("--authentication");
         }
         let mut broker = Command::new(binary(fraudctl::stack::tansu()))
@@ -91,7 +104,7 @@ impl TlsBroker {
             .spawn()
             .expect("cannot start the tansu broker");
         wait_for_port(inner, &mut broker, "tansu");
-        let terminator = TlsTerminator::start_on(port, certificates, inner);
+        let terminator = TlsTerminator::start_on(port, certificates, inner, check == ClientCheck::Certificate);
         Self { terminator, broker: Some(broker) }
     }
 
