@@ -164,8 +164,14 @@ pub fn redis_server() -> Result<PathBuf> {
 
 /// Arguments for an in-memory Tansu broker on loopback `port`.
 pub fn tansu_args(port: u16) -> Vec<String> {
-    let url = format!("tcp://127.0.0.1:{port}");
-    ["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"].map(String::from).to_vec()
+    tansu_args_advertising(port, port)
+}
+
+/// Arguments for an in-memory Tansu broker on loopback `port` that tells clients to connect to
+/// loopback `advertised` instead (a proxy in front of it).
+pub fn tansu_args_advertising(port: u16, advertised: u16) -> Vec<String> {
+    let (listener, advertised) = (format!("tcp://127.0.0.1:{port}"), format!("tcp://127.0.0.1:{advertised}"));
+    ["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised, "--storage-engine", "memory://tansu/"].map(String::from).to_vec()
 }
 
 /// Arguments for a Redis on loopback `port` that keeps nothing on disk.

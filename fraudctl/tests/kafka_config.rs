@@ -47,9 +47,7 @@ fn brokers_that_cannot_be_reached_are_an_error_naming_them_not_a_hang() {
 /// certificate gets the one given in the settings.
 #[test]
 fn a_cluster_behind_tls_is_reached_with_its_ca_and_refused_without() {
-    let dir = std::env::temp_dir().join(testkit::unique("kafka-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    testkit::tls::certificates(&dir);
+    let dir = testkit::tls::certificates("kafka-tls");
     let ca = format!("ssl.ca.location={}", dir.join("ca.pem").display());
     let create = |brokers: &str, settings: &[&str]| {
         let mut args: Vec<&str> = settings.iter().flat_map(|s| ["--kafka-config", s]).collect();

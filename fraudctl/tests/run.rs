@@ -192,9 +192,7 @@ async fn the_run_command_starts_everything_answers_the_readme_request_and_ctrl_c
 /// and the README's request is answered through it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_run_command_works_with_a_cluster_reached_over_tls() {
-    let dir = std::env::temp_dir().join(testkit::unique("run-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    testkit::tls::certificates(&dir);
+    let dir = testkit::tls::certificates("run-tls");
     let broker = testkit::tls::TlsBroker::start(&dir, testkit::tls::ClientCheck::None);
     let settings = format!("security.protocol=ssl,ssl.ca.location={}", dir.join("ca.pem").display());
     let run = start_run(&[("KAFKA_BROKERS", &broker.bootstrap()), ("FRAUDCTL_KAFKA_CONFIG", &settings)]);

@@ -225,9 +225,7 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
 /// the lost spans are counted, and requests are answered all the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_reach_a_collector_over_https_verified_against_the_configured_ca() {
-    let dir = std::env::temp_dir().join(unique("otlp-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    testkit::tls::certificates(&dir);
+    let dir = testkit::tls::certificates("otlp-tls");
     let receiver = Receiver::start();
     let tls = testkit::tls::TlsTerminator::start(&dir, receiver.port);
     let endpoint = format!("https://127.0.0.1:{}", tls.port());

@@ -46,9 +46,7 @@ fn decide(redis_url: &str, env: &[(&str, String)], n: usize) -> (Vec<Decision>, 
 
 #[test]
 fn the_feature_store_is_read_over_verified_tls() {
-    let dir = std::env::temp_dir().join(unique("tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    certificates(&dir);
+    let dir = certificates("tls");
     let redis = RedisServer::start_tls(&dir);
     let url = redis.url();
     let trust = [("SSL_CERT_FILE", dir.join("ca.pem").display().to_string())];

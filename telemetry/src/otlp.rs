@@ -138,19 +138,6 @@ fn trusted_certificates(var: &'static str, path: &std::path::Path) -> Result<Vec
     Ok(certificates)
 }
 
-/// An error and its causes, `outer: inner: innermost` — reqwest's own text names only the URL,
-/// while the reason (refused, timed out, certificate not trusted) is in its causes.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 impl SpanExporter for OtlpHttpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut body = Vec::with_capacity(batch.len() * 320);
@@ -163,7 +150,9 @@ impl SpanExporter for OtlpHttpExporter {
         match request.send() {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(OTelSdkError::InternalFailure(format!("collector answered {}", r.status()))),
-            Err(e) => Err(OTelSdkError::InternalFailure(with_causes(&e))),
+            // With its causes (`outer: inner: innermost`): reqwest's own text names only the URL,
+            // while the reason (refused, timed out, certificate not trusted) is in its causes.
+            Err(e) => Err(OTelSdkError::InternalFailure(format!("{:#}", anyhow::Error::new(e)))),
         }
     }
 

@@ -147,14 +147,7 @@ pub struct Broker {
 impl Broker {
     pub fn start() -> Self {
         let port = free_port();
-        let mut child = Command::new(binary(fraudctl::stack::tansu()))
-            .args(fraudctl::stack::tansu_args(port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start the tansu broker");
-        wait_for_port(port, &mut child, "tansu");
-        Self { port, child: Some(child) }
+        Self { port, child: Some(spawn_tansu(fraudctl::stack::tansu_args(port), port)) }
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -181,6 +174,18 @@ impl Broker {
     fn pid(&self) -> u32 {
         self.child.as_ref().expect("tansu is running").id()
     }
+}
+
+/// The Tansu broker with `args`, listening on `port` when this returns.
+fn spawn_tansu(args: Vec<String>, port: u16) -> Child {
+    let mut child = Command::new(binary(fraudctl::stack::tansu()))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start the tansu broker");
+    wait_for_port(port, &mut child, "tansu");
+    child
 }
 
 impl Drop for Broker {

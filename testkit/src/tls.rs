@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::{binary, free_port, stop_child, wait_for_port};
+use crate::{free_port, spawn_tansu, stop_child, wait_for_port};
 
 /// `openssl args` in `dir`; a failure fails the test.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -15,16 +15,20 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Writes a CA (`ca.pem`), a certificate it signed for `localhost` and `127.0.0.1`
-/// (`server.pem`, key `server.key`) and one it signed for a client (`client.pem`, key
-/// `client.key`) into `dir`.
-pub fn certificates(dir: &Path) {
+/// A new directory (named after `name`, unique) holding a CA (`ca.pem`), a certificate it signed
+/// for `localhost` and `127.0.0.1` (`server.pem`, key `server.key`) and one it signed for a
+/// client (`client.pem`, key `client.key`).
+pub fn certificates(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(crate::unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.as_path();
     openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fraudstream test CA"]);
     openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
     std::fs::write(dir.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.cnf"]);
     openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=fraudstream test client"]);
     openssl(dir, &["x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.pem", "-days", "2"]);
+    dir.to_path_buf()
 }
 
 /// TLS in front of a plain TCP service on loopback: `socat` accepting TLS on a port of its own
@@ -92,18 +96,11 @@ pub enum ClientCheck {
 impl TlsBroker {
     pub fn start(certificates: &Path, check: ClientCheck) -> Self {
         let (inner, port) = (free_port(), free_port());
-        let (listener, advertised) = (format!("tcp://127.0.0.1:{inner}"), format!("tcp://127.0.0.1:{port}"));
-        let mut args = vec!["broker", "--listener-url", &listener, "--advertised-listener-url", &advertised, "--storage-engine", "memory://tansu/"];
+        let mut args = fraudctl::stack::tansu_args_advertising(inner, port);
         if check == ClientCheck::Sasl {
-            args.push("--authentication");
+            args.push("--authentication".into());
         }
-        let mut broker = Command::new(binary(fraudctl::stack::tansu()))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start the tansu broker");
-        wait_for_port(inner, &mut broker, "tansu");
+        let broker = spawn_tansu(args, inner);
         let terminator = TlsTerminator::start_on(port, certificates, inner, check == ClientCheck::Certificate);
         Self { terminator, broker: Some(broker) }
     }
