@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -103,7 +103,8 @@ fn percent_decode(s: &str) -> String {
 
 /// Sends each batch once; a batch the collector does not accept within the timeout fails (and
 /// is counted as dropped by the caller), so a dead collector never holds spans in memory.
-#[derive(Debug)]
+/// Clones share one HTTP client.
+#[derive(Debug, Clone)]
 pub struct OtlpHttpExporter {
     settings: OtlpSettings,
     client: reqwest::blocking::Client,
@@ -138,22 +139,45 @@ fn trusted_certificates(var: &'static str, path: &std::path::Path) -> Result<Vec
     Ok(certificates)
 }
 
-impl SpanExporter for OtlpHttpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut body = Vec::with_capacity(batch.len() * 320);
-        encode_request(&mut body, &self.resource, &batch);
-        drop(batch);
+impl OtlpHttpExporter {
+    /// The resource attributes every request carries.
+    pub fn with_resource(mut self, resource: &Resource) -> Self {
+        self.resource = resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        self
+    }
+
+    /// Encodes spans built without the SDK (see [`EncodeSpans`]) as one request under the
+    /// instrumentation scope `scope` and sends it.
+    pub fn export_encoded(&self, scope: &str, batches: &[Box<dyn EncodeSpans>]) -> Result<(), String> {
+        let spans: usize = batches.iter().map(|b| b.spans()).sum();
+        self.post(encode_request_with(&self.resource, scope, spans, |w| {
+            for b in batches {
+                b.encode(w);
+            }
+        }))
+    }
+
+    fn post(&self, body: impl Into<reqwest::blocking::Body>) -> Result<(), String> {
         let mut request = self.client.post(&self.settings.url).header("content-type", "application/x-protobuf").body(body);
         for (k, v) in &self.settings.headers {
             request = request.header(k.as_str(), v.as_str());
         }
         match request.send() {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(OTelSdkError::InternalFailure(format!("collector answered {}", r.status()))),
+            Ok(r) => Err(format!("collector answered {}", r.status())),
             // With its causes (`outer: inner: innermost`): reqwest's own text names only the URL,
             // while the reason (refused, timed out, certificate not trusted) is in its causes.
-            Err(e) => Err(OTelSdkError::InternalFailure(format!("{:#}", anyhow::Error::new(e)))),
+            Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
         }
+    }
+}
+
+impl SpanExporter for OtlpHttpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut body = Vec::with_capacity(batch.len() * 320);
+        encode_request(&mut body, &self.resource, &batch);
+        drop(batch);
+        self.post(body).map_err(OTelSdkError::InternalFailure)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -167,6 +191,7 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
+#[inline]
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
@@ -175,10 +200,12 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+#[inline]
 fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
     varint(buf, u64::from(field << 3 | wire));
 }
 
+#[inline]
 fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
     if !b.is_empty() {
         key(buf, field, LEN);
@@ -187,6 +214,7 @@ fn bytes_field(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
     }
 }
 
+#[inline]
 fn varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         key(buf, field, VARINT);
@@ -194,6 +222,7 @@ fn varint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     }
 }
 
+#[inline]
 fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     if v != 0 {
         key(buf, field, FIXED64);
@@ -201,6 +230,7 @@ fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
     }
 }
 
+#[inline]
 fn fixed32_field(buf: &mut Vec<u8>, field: u32, v: u32) {
     if v != 0 {
         key(buf, field, FIXED32);
@@ -211,11 +241,17 @@ fn fixed32_field(buf: &mut Vec<u8>, field: u32, v: u32) {
 /// A length-delimited sub-message, written in place: one byte is reserved for its length and the
 /// body is moved only when the length needs more.
 fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    message_reserving(buf, field, 1, body);
+}
+
+/// The same with `reserved` bytes for the length: the body is moved only when its length needs
+/// another number of bytes.
+fn message_reserving(buf: &mut Vec<u8>, field: u32, reserved: usize, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + reserved, 0);
     body(buf);
-    let len = buf.len() - at - 1;
+    let len = buf.len() - at - reserved;
     let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len as u64);
     while v >= 0x80 {
         prefix[n] = (v as u8) | 0x80;
@@ -224,9 +260,12 @@ fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     }
     prefix[n] = v as u8;
     n += 1;
-    if n > 1 {
-        buf.resize(buf.len() + n - 1, 0);
-        buf.copy_within(at + 1..at + 1 + len, at + n);
+    if n > reserved {
+        buf.resize(buf.len() + n - reserved, 0);
+        buf.copy_within(at + reserved..at + reserved + len, at + n);
+    } else if n < reserved {
+        buf.copy_within(at + reserved..at + reserved + len, at + n);
+        buf.truncate(at + n + len);
     }
     buf[at..at + n].copy_from_slice(&prefix[..n]);
 }
@@ -298,14 +337,7 @@ fn span(buf: &mut Vec<u8>, s: &SpanData) {
         bytes_field(buf, 4, &s.parent_span_id.to_bytes());
     }
     bytes_field(buf, 5, s.name.as_bytes());
-    let kind = match s.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    varint_field(buf, 6, kind);
+    varint_field(buf, 6, kind(&s.span_kind));
     fixed64_field(buf, 7, nanos(s.start_time));
     fixed64_field(buf, 8, nanos(s.end_time));
     attributes(buf, 9, &s.attributes);
@@ -372,11 +404,213 @@ pub fn encode_request(buf: &mut Vec<u8>, resource: &[KeyValue], spans: &[SpanDat
     });
 }
 
+/// A batch of spans that a hot path built without the SDK, written into the request only on the
+/// export thread: the hot path keeps the few values each span needs, and the encoding — the
+/// larger cost — happens off it. Handed over with [`crate::trace::submit_spans`].
+pub trait EncodeSpans: Send {
+    /// How many spans [`EncodeSpans::encode`] writes.
+    fn spans(&self) -> usize;
+    /// Writes every span with [`SpanWriter::span`].
+    fn encode(&self, w: &mut SpanWriter<'_>);
+}
+
+/// What every span has: ids, name, kind and times. Spans written this way are sampled.
+#[derive(Debug, Clone)]
+pub struct SpanHead<'a> {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The parent span, and whether it is remote (in another process); `None` for a root span.
+    pub parent: Option<(SpanId, bool)>,
+    pub trace_state: &'a TraceState,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    /// Nanoseconds since the Unix epoch.
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Writes spans into an OTLP `ScopeSpans` message.
+pub struct SpanWriter<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl SpanWriter<'_> {
+    /// One span: `head`, then what `body` adds (attributes, links, an error status).
+    pub fn span(&mut self, head: &SpanHead<'_>, body: impl FnOnce(&mut SpanBody<'_>)) {
+        // A span takes 128 bytes or more (ids, name, times, a few attributes): two for its length.
+        message_reserving(self.buf, 2, 2, |buf| {
+            bytes_field(buf, 1, &head.trace_id.to_bytes());
+            bytes_field(buf, 2, &head.span_id.to_bytes());
+            if *head.trace_state != TraceState::NONE {
+                bytes_field(buf, 3, head.trace_state.header().as_bytes());
+            }
+            if let Some((parent, _)) = head.parent {
+                bytes_field(buf, 4, &parent.to_bytes());
+            }
+            bytes_field(buf, 5, head.name.as_bytes());
+            varint_field(buf, 6, kind(&head.kind));
+            fixed64_field(buf, 7, head.start);
+            fixed64_field(buf, 8, head.end);
+            let mut b = SpanBody { buf, status: false };
+            body(&mut b);
+            if !b.status {
+                message(buf, 15, |_| {});
+            }
+            let remote = head.parent.is_some_and(|(_, remote)| remote);
+            fixed32_field(buf, 16, u32::from(TraceFlags::SAMPLED.to_u8()) | 0x100 | if remote { 0x200 } else { 0 });
+        });
+    }
+}
+
+/// A span's attributes, links and status, written in place.
+pub struct SpanBody<'a> {
+    buf: &'a mut Vec<u8>,
+    status: bool,
+}
+
+impl SpanBody<'_> {
+    pub fn attributes(&mut self) -> Attributes<'_> {
+        Attributes { buf: self.buf, field: 9 }
+    }
+
+    /// Attributes encoded once for many spans.
+    pub fn encoded(&mut self, attributes: &EncodedAttributes) {
+        self.buf.extend_from_slice(&attributes.0);
+    }
+
+    /// A link to a sampled span, with attributes.
+    pub fn link(&mut self, trace_id: TraceId, span_id: SpanId, remote: bool, attributes: impl FnOnce(&mut Attributes<'_>)) {
+        message(self.buf, 13, |buf| {
+            bytes_field(buf, 1, &trace_id.to_bytes());
+            bytes_field(buf, 2, &span_id.to_bytes());
+            attributes(&mut Attributes { buf, field: 4 });
+            fixed32_field(buf, 6, u32::from(TraceFlags::SAMPLED.to_u8()) | 0x100 | if remote { 0x200 } else { 0 });
+        });
+    }
+
+    /// Status `error` with `description` (otherwise the status is unset).
+    pub fn error(&mut self, description: &str) {
+        self.status = true;
+        message(self.buf, 15, |buf| {
+            bytes_field(buf, 2, description.as_bytes());
+            varint_field(buf, 3, 2);
+        });
+    }
+}
+
+/// Key-value attributes of a span or a link.
+pub struct Attributes<'a> {
+    buf: &'a mut Vec<u8>,
+    field: u32,
+}
+
+impl Attributes<'_> {
+    #[inline]
+    fn put(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        message(self.buf, self.field, |buf| {
+            bytes_field(buf, 1, name.as_bytes());
+            message(buf, 2, value);
+        });
+        self
+    }
+
+    #[inline]
+    pub fn str(&mut self, name: &str, value: &str) -> &mut Self {
+        self.put(name, |buf| {
+            key(buf, 1, LEN);
+            varint(buf, value.len() as u64);
+            buf.extend_from_slice(value.as_bytes());
+        })
+    }
+
+    #[inline]
+    pub fn i64(&mut self, name: &str, value: i64) -> &mut Self {
+        self.put(name, |buf| {
+            key(buf, 3, VARINT);
+            varint(buf, value as u64);
+        })
+    }
+
+    #[inline]
+    pub fn f64(&mut self, name: &str, value: f64) -> &mut Self {
+        self.put(name, |buf| {
+            key(buf, 4, FIXED64);
+            buf.extend_from_slice(&value.to_le_bytes());
+        })
+    }
+
+    #[inline]
+    pub fn bool(&mut self, name: &str, value: bool) -> &mut Self {
+        self.put(name, |buf| {
+            key(buf, 2, VARINT);
+            varint(buf, u64::from(value));
+        })
+    }
+}
+
+/// Span attributes encoded once, for the many spans of a batch that share them.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedAttributes(Vec<u8>);
+
+impl EncodedAttributes {
+    pub fn new(attributes: impl FnOnce(&mut Attributes<'_>)) -> Self {
+        let mut buf = Vec::new();
+        attributes(&mut Attributes { buf: &mut buf, field: 9 });
+        Self(buf)
+    }
+}
+
+fn kind(k: &SpanKind) -> u64 {
+    match k {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+/// An `ExportTraceServiceRequest` with one resource and one scope, `scope`, whose spans `spans`
+/// writes; `spans_hint` of them are expected. The spans are written first, after room for what
+/// precedes them, which is filled in once their length is known: nothing is moved, however
+/// large the request.
+pub fn encode_request_with(resource: &[KeyValue], scope: &str, spans_hint: usize, spans: impl FnOnce(&mut SpanWriter<'_>)) -> bytes::Bytes {
+    let mut resource_field = Vec::new();
+    message(&mut resource_field, 1, |buf| attributes(buf, 1, resource));
+    let mut scope_field = Vec::new();
+    message(&mut scope_field, 1, |buf| bytes_field(buf, 1, scope.as_bytes()));
+    // Two keys and two lengths of at most 10 bytes each, besides the two fields.
+    let room = 2 * 11 + resource_field.len() + scope_field.len();
+    let mut buf = Vec::with_capacity(room + spans_hint * 400);
+    buf.resize(room, 0);
+    spans(&mut SpanWriter { buf: &mut buf });
+    let scope_spans = scope_field.len() + buf.len() - room;
+    let mut head = Vec::with_capacity(room);
+    key(&mut head, 1, LEN);
+    varint(&mut head, (resource_field.len() + 1 + varint_len(scope_spans as u64) + scope_spans) as u64);
+    head.extend_from_slice(&resource_field);
+    key(&mut head, 2, LEN);
+    varint(&mut head, scope_spans as u64);
+    head.extend_from_slice(&scope_field);
+    let start = room - head.len();
+    buf[start..room].copy_from_slice(&head);
+    bytes::Bytes::from(buf).slice(start..)
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
 
-    use opentelemetry::trace::{Event, Link, TraceFlags, TraceId};
+    use opentelemetry::trace::{Event, Link};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
@@ -440,6 +674,99 @@ mod tests {
         assert_eq!(ours, theirs);
         // Byte for byte too: same fields, same order.
         assert_eq!(buf, theirs.encode_to_vec());
+    }
+
+    /// The same span as the SDK hands it to the exporter, and written directly.
+    struct Both {
+        sdk: SpanData,
+        direct: Box<dyn Fn(&mut SpanWriter<'_>)>,
+    }
+
+    fn both(i: u64, parent: Option<(SpanId, bool)>, long: usize, error: bool) -> Both {
+        let state = if i.is_multiple_of(2) { TraceState::from_key_value([("vendor", "x")]).unwrap() } else { TraceState::NONE };
+        let sc = SpanContext::new(TraceId::from(u128::from(i) * 7919 + 1), SpanId::from(i + 1), TraceFlags::SAMPLED, false, state);
+        let batch = SpanContext::new(TraceId::from(99), SpanId::from(98), TraceFlags::SAMPLED, false, TraceState::NONE);
+        let (start, end) = (1_764_000_000_000_000_000 + i, 1_764_000_000_100_000_000 + i);
+        let mut links = SpanLinks::default();
+        links.links.push(Link::new(batch.clone(), vec![KeyValue::new("fraudstream.link", "batch")], 0));
+        let sdk = SpanData {
+            span_context: sc.clone(),
+            parent_span_id: parent.map_or(SpanId::INVALID, |(p, _)| p),
+            parent_span_is_remote: parent.is_some_and(|(_, remote)| remote),
+            span_kind: SpanKind::Consumer,
+            name: Cow::Borrowed("process transactions"),
+            start_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(start),
+            end_time: SystemTime::UNIX_EPOCH + Duration::from_nanos(end),
+            attributes: vec![
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.destination.name", "transactions"),
+                KeyValue::new("messaging.kafka.offset", i as i64 * 1000 - 5),
+                KeyValue::new("fraudstream.fraud_probability", 0.25),
+                KeyValue::new("fraudstream.degraded", i.is_multiple_of(3)),
+                KeyValue::new("long", "x".repeat(long)),
+                KeyValue::new("empty", ""),
+            ],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links,
+            status: if error { Status::error("rolled back") } else { Status::Unset },
+            instrumentation_scope: InstrumentationScope::builder("scorer").build(),
+        };
+        let direct = Box::new(move |w: &mut SpanWriter<'_>| {
+            let head = SpanHead {
+                trace_id: sc.trace_id(),
+                span_id: sc.span_id(),
+                parent,
+                trace_state: sc.trace_state(),
+                name: "process transactions",
+                kind: SpanKind::Consumer,
+                start,
+                end,
+            };
+            let shared = EncodedAttributes::new(|a| {
+                a.str("messaging.system", "kafka").str("messaging.destination.name", "transactions");
+            });
+            w.span(&head, |b| {
+                b.encoded(&shared);
+                b.attributes()
+                    .i64("messaging.kafka.offset", i as i64 * 1000 - 5)
+                    .f64("fraudstream.fraud_probability", 0.25)
+                    .bool("fraudstream.degraded", i.is_multiple_of(3))
+                    .str("long", &"x".repeat(long))
+                    .str("empty", "");
+                b.link(batch.trace_id(), batch.span_id(), false, |a| {
+                    a.str("fraudstream.link", "batch");
+                });
+                if error {
+                    b.error("rolled back");
+                }
+            });
+        });
+        Both { sdk, direct }
+    }
+
+    #[test]
+    fn spans_written_directly_are_the_bytes_the_sdk_path_writes() {
+        // Lengths of one, two and three bytes (the span's length is given two bytes up front),
+        // with and without a parent, remote or not, an error status and a trace state.
+        let spans =
+            [both(1, None, 0, false), both(2, Some((SpanId::from(7), true)), 300, true), both(3, Some((SpanId::from(8), false)), 20_000, false), both(4, None, 0, true)];
+        let resource = Resource::builder_empty().with_service_name("scorer").with_attribute(KeyValue::new("service.version", "0.1.0")).build();
+        let resource_kvs: Vec<KeyValue> = resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        let sdk: Vec<SpanData> = spans.iter().map(|b| b.sdk.clone()).collect();
+        let mut theirs = Vec::new();
+        encode_request(&mut theirs, &resource_kvs, &sdk);
+        let ours = encode_request_with(&resource_kvs, "scorer", 1, |w| {
+            for b in &spans {
+                (b.direct)(w);
+            }
+        });
+        assert_eq!(ExportTraceServiceRequest::decode(ours.as_ref()).expect("valid protobuf"), ExportTraceServiceRequest::decode(theirs.as_slice()).unwrap());
+        assert_eq!(ours.as_ref(), theirs.as_slice());
+        // An empty request is still a request with its resource and scope.
+        let empty = encode_request_with(&resource_kvs, "scorer", 0, |_| {});
+        let decoded = ExportTraceServiceRequest::decode(empty.as_ref()).unwrap();
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].scope.as_ref().map(|s| s.name.as_str()), Some("scorer"));
     }
 
     #[test]

@@ -3,21 +3,24 @@
 //! rather than ever slowing the caller, and W3C trace context carried in Kafka record headers
 //! and HTTP headers.
 //!
-//! Spans are made with the OpenTelemetry API directly (not through `tracing` spans), so the
-//! scorer's hot path builds a full span only for sampled records; log lines carry the ids of
-//! the span they belong to as fields (see [`SpanIds`]).
+//! Spans are made with the OpenTelemetry API directly (not through `tracing` spans); log lines
+//! carry the ids of the span they belong to as fields (see [`SpanIds`]). The scorer's hot path
+//! goes further: for its five spans per sampled record it keeps only their values and hands a
+//! batch's worth to [`submit_spans`], and the export thread writes them into the OTLP request
+//! ([`crate::otlp::EncodeSpans`]) — same sampler, queue, counters and collector as the SDK's
+//! spans, at a third of the cost (BENCHMARKS.md).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{Link, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample, SpanData,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SamplingResult, SdkTracer, SdkTracerProvider, ShouldSample, SpanData,
     SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
@@ -41,6 +44,7 @@ pub enum TraceConfigError {
 }
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static SAMPLER: OnceLock<LinkedSampler> = OnceLock::new();
 
 /// What the export path shares: the processor's gate, the exporter's pause, the hot paths'
 /// "should I build spans" question and the counters.
@@ -89,6 +93,36 @@ impl Breaker {
     }
 }
 
+impl ExportState {
+    /// Takes `n` spans off the queue for export; true (and counted as failed) while the
+    /// collector is given a pause after a failure.
+    fn paused(&self, n: usize) -> bool {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        let paused = self.breaker.is_open();
+        if paused {
+            self.counters.export_failed.inc_by(n as u64);
+        }
+        paused
+    }
+
+    /// Counts an export of `n` spans; a failure pauses exports and is logged (throttled).
+    fn settle(&self, n: usize, result: Result<(), String>, warnings: &crate::logs::Throttle) {
+        match result {
+            Ok(()) => {
+                self.breaker.succeeded();
+                self.counters.exported.inc_by(n as u64);
+            }
+            Err(e) => {
+                let pause = self.breaker.failed();
+                self.counters.export_failed.inc_by(n as u64);
+                if let Some(suppressed) = warnings.allow() {
+                    tracing::warn!(error = %e, spans = n, pause_ms = pause.as_millis() as u64, suppressed, "span export failed; spans are dropped until the collector answers");
+                }
+            }
+        }
+    }
+}
+
 /// The export state of the configured exporter, for the hot paths.
 static EXPORT: OnceLock<Arc<ExportState>> = OnceLock::new();
 
@@ -120,6 +154,134 @@ pub fn count_unbuilt_spans(n: u64) {
     }
 }
 
+/// Whether a span named `name` of `kind` is recorded and exported, as the configured sampler
+/// decides for it as a child of `parent` (an empty context: a new trace, `trace_id`); for hot
+/// paths that build their spans themselves ([`submit_spans`]). Without [`init_tracing`],
+/// nothing new is recorded and a parent's decision is followed.
+pub fn should_record(parent: &Context, trace_id: TraceId, name: &str, kind: SpanKind) -> bool {
+    let span = parent.span();
+    let parent_sc = span.span_context();
+    match SAMPLER.get() {
+        // What a parent-based sampler answers for a span with a parent, without asking it.
+        Some(LinkedSampler(s)) if parent_sc.is_valid() && matches!(**s, Sampler::ParentBased(_)) => parent_sc.is_sampled(),
+        Some(s) => s.should_sample(Some(parent), trace_id, name, &kind, &[], &[]).decision == SamplingDecision::RecordAndSample,
+        None => parent_sc.is_sampled(),
+    }
+}
+
+/// A new random trace id, for a span built without the SDK.
+pub fn new_trace_id() -> TraceId {
+    RandomIdGenerator::default().new_trace_id()
+}
+
+/// A new random span id, for a span built without the SDK.
+pub fn new_span_id() -> SpanId {
+    RandomIdGenerator::default().new_span_id()
+}
+
+/// Hands a batch of spans built without the SDK to the exporter. They share the SDK spans'
+/// bounded queue and are dropped and counted (`telemetry_spans_dropped_total{reason="queue_full"}`)
+/// when it is full; nothing happens when spans are not exported. A batch is admitted while the
+/// queue has room, so one larger than the whole queue (every record sampled) still goes.
+pub fn submit_spans(batch: Box<dyn crate::otlp::EncodeSpans>) {
+    let (Some(state), Some(tx)) = (EXPORT.get(), direct::sender()) else { return };
+    let n = batch.spans();
+    if n == 0 {
+        return;
+    }
+    if state.queued.fetch_add(n, Ordering::AcqRel) >= state.capacity || tx.try_send(direct::Message::Spans(batch)).is_err() {
+        state.queued.fetch_sub(n, Ordering::AcqRel);
+        state.counters.queue_full.inc_by(n as u64);
+    }
+}
+
+/// The export thread of spans built without the SDK: batches are gathered up to
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (default 512) or for `OTEL_BSP_SCHEDULE_DELAY` ms
+/// (default 5,000), whichever comes first, and sent as one request.
+mod direct {
+    use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+    use std::sync::{Arc, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use super::{ExportState, TraceConfigError};
+    use crate::otlp::{EncodeSpans, OtlpHttpExporter};
+
+    pub(super) enum Message {
+        Spans(Box<dyn EncodeSpans>),
+        /// Export what is gathered now, then answer.
+        Flush(mpsc::Sender<()>),
+    }
+
+    static SENDER: OnceLock<SyncSender<Message>> = OnceLock::new();
+
+    pub(super) fn sender() -> Option<&'static SyncSender<Message>> {
+        SENDER.get()
+    }
+
+    /// Starts the thread (once per process: a second call keeps the first).
+    pub(super) fn start(exporter: OtlpHttpExporter, scope: &'static str, state: Arc<ExportState>) -> Result<(), TraceConfigError> {
+        let (tx, rx) = mpsc::sync_channel(4096);
+        if SENDER.set(tx).is_err() {
+            return Ok(());
+        }
+        let setting = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default);
+        let max_batch = setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).max(1) as usize;
+        let delay = Duration::from_millis(setting("OTEL_BSP_SCHEDULE_DELAY", 5_000));
+        let warnings = crate::logs::Throttle::new(Duration::from_secs(30));
+        let export = move |pending: &mut Vec<Box<dyn EncodeSpans>>| {
+            let n: usize = pending.iter().map(|b| b.spans()).sum();
+            if n > 0 && !state.paused(n) {
+                state.settle(n, exporter.export_encoded(scope, pending), &warnings);
+            }
+            pending.clear();
+        };
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || {
+                let mut pending: Vec<Box<dyn EncodeSpans>> = Vec::new();
+                let (mut gathered, mut since) = (0usize, Instant::now());
+                loop {
+                    let wait = if gathered == 0 { Duration::from_secs(3600) } else { delay.saturating_sub(since.elapsed()) };
+                    match rx.recv_timeout(wait) {
+                        Ok(Message::Spans(b)) => {
+                            if gathered == 0 {
+                                since = Instant::now();
+                            }
+                            gathered += b.spans();
+                            pending.push(b);
+                            if gathered >= max_batch {
+                                export(&mut pending);
+                                gathered = 0;
+                            }
+                        }
+                        Ok(Message::Flush(done)) => {
+                            export(&mut pending);
+                            gathered = 0;
+                            let _ = done.send(());
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            export(&mut pending);
+                            gathered = 0;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return export(&mut pending),
+                    }
+                }
+            })
+            .map_err(|e| TraceConfigError::Exporter(format!("starting the export thread: {e}")))?;
+        Ok(())
+    }
+
+    /// Exports what is gathered, waiting at most `timeout` (a dead collector cannot hold up a
+    /// shutdown).
+    pub(super) fn flush(timeout: Duration) {
+        let Some(tx) = SENDER.get() else { return };
+        let (done, answered) = mpsc::channel();
+        if tx.try_send(Message::Flush(done)).is_ok() {
+            let _ = answered.recv_timeout(timeout);
+        }
+    }
+}
+
 /// The service's tracer: the one [`init_tracing`] configured, or one that records nothing (for
 /// code run without it, such as benchmarks and unit tests).
 pub fn tracer() -> &'static SdkTracer {
@@ -135,6 +297,7 @@ pub struct TracingGuard {
 
 impl Drop for TracingGuard {
     fn drop(&mut self) {
+        direct::flush(Duration::from_secs(2));
         if let Some(p) = self.provider.take() {
             let _ = p.shutdown_with_timeout(Duration::from_secs(2));
         }
@@ -232,16 +395,20 @@ pub fn init_tracing(service: &'static str, registry: &Registry) -> Result<(Traci
     if !env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.instance.id=")) {
         resource = resource.with_attribute(KeyValue::new("service.instance.id", format!("{}-{}", crate::config::hostname(), std::process::id())));
     }
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_sampler(LinkedSampler(Box::new(sampler)));
+    let resource = resource.build();
+    let sampler = LinkedSampler(Box::new(sampler));
+    let _ = SAMPLER.set(sampler.clone());
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.clone()).with_sampler(sampler);
     let mut exporting_to = None;
     if export {
         let otlp = crate::otlp::OtlpSettings::from_env(env)?;
         exporting_to = Some(otlp.url.clone());
         let exporter = crate::otlp::OtlpHttpExporter::new(otlp)?;
-        let processor = DroppingProcessor::new(exporter, counters);
+        let processor = DroppingProcessor::new(exporter.clone(), counters);
         processor.publish();
+        if let Some(state) = EXPORT.get() {
+            direct::start(exporter.with_resource(&resource), service, state.clone())?;
+        }
         builder = builder.with_span_processor(processor);
     }
     let provider = builder.build();
@@ -387,26 +554,11 @@ struct CountingExporter<E> {
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let n = batch.len();
-        let s = &self.state;
-        s.queued.fetch_sub(n, Ordering::AcqRel);
-        if s.breaker.is_open() {
-            s.counters.export_failed.inc_by(n as u64);
+        if self.state.paused(n) {
             return Err(OTelSdkError::InternalFailure("collector paused after a failed export".into()));
         }
         let result = self.inner.export(batch).await;
-        match &result {
-            Ok(()) => {
-                s.breaker.succeeded();
-                s.counters.exported.inc_by(n as u64);
-            }
-            Err(e) => {
-                let pause = s.breaker.failed();
-                s.counters.export_failed.inc_by(n as u64);
-                if let Some(suppressed) = self.warnings.allow() {
-                    tracing::warn!(error = %e, spans = n, pause_ms = pause.as_millis() as u64, suppressed, "span export failed; spans are dropped until the collector answers");
-                }
-            }
-        }
+        self.state.settle(n, result.as_ref().copied().map_err(ToString::to_string), &self.warnings);
         result
     }
 

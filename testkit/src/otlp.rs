@@ -112,9 +112,16 @@ impl Drop for Receiver {
 }
 
 async fn receive(State(spans): State<Arc<Mutex<Vec<ReceivedSpan>>>>, body: Bytes) -> impl IntoResponse {
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+    let Some(received) = decode(&body) else {
         return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], b"not an ExportTraceServiceRequest".to_vec());
     };
+    spans.lock().unwrap_or_else(|p| p.into_inner()).extend(received);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+/// The spans of an OTLP `ExportTraceServiceRequest`; `None` when `body` is not one.
+pub fn decode(body: &[u8]) -> Option<Vec<ReceivedSpan>> {
+    let request = ExportTraceServiceRequest::decode(body).ok()?;
     let mut received = Vec::new();
     for rs in request.resource_spans {
         let resource: HashMap<String, String> = rs.resource.map(|r| flatten(&r.attributes)).unwrap_or_default();
@@ -137,8 +144,7 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<ReceivedSpan>>>>, body: Bytes
             }
         }
     }
-    spans.lock().unwrap_or_else(|p| p.into_inner()).extend(received);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], ExportTraceServiceResponse::default().encode_to_vec())
+    Some(received)
 }
 
 fn flatten(attributes: &[KeyValue]) -> HashMap<String, String> {
