@@ -17,12 +17,37 @@ use fraudctl::synth::{Drift, Generator};
 use scorer::spans::{BatchSpans, RecordSource, SpanNaming};
 use scorer::{ModelCard, Scorer, UserLookup};
 
+// The scorer's allocator, so that allocation costs are the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CHILD: &str = "FRAUDSTREAM_TRACE_BENCH_MODE";
 const BATCH: usize = 500;
 const RATE: f64 = 40_000.0;
 
 fn cpu_seconds() -> f64 {
     fraudctl::stack::cpu_seconds("self").expect("/proc/self/stat")
+}
+
+/// CPU seconds so far by thread role: the calling (scoring) thread, span export, the HTTP client.
+fn cpu_by_role() -> [f64; 3] {
+    let mut by_role = [0.0; 3];
+    let me = std::fs::read_link("/proc/thread-self").ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_default();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let role = if tid == me {
+            0
+        } else if comm.starts_with("reqwest") {
+            2
+        } else if comm.starts_with("otlp") || comm.starts_with("OpenTelemetry") {
+            1
+        } else {
+            continue;
+        };
+        by_role[role] += fraudctl::stack::cpu_seconds(&format!("self/task/{tid}")).unwrap_or(0.0);
+    }
+    by_role
 }
 
 fn rss_mib() -> f64 {
@@ -61,7 +86,7 @@ fn child(batches: usize) {
 
     // Paced like a scorer decoding 40,000 records a second, so the exporter sees a real load.
     let every = std::time::Duration::from_secs_f64(BATCH as f64 / RATE);
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let (cpu0, roles0, t0) = (cpu_seconds(), cpu_by_role(), Instant::now());
     let mut header_bytes = 0usize;
     for b in 0..batches {
         let due = t0 + every * b as u32;
@@ -83,18 +108,20 @@ fn child(batches: usize) {
     }
     let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
     let records = (batches * BATCH) as f64;
+    let roles: Vec<String> = cpu_by_role().iter().zip(roles0).map(|(now, then)| format!("{:.2}", (now - then) / records * 1e6)).collect();
     let text = telemetry::metrics::render(&registry);
     let value = |name: &str| -> f64 {
         text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     };
     println!(
-        "{:.3} {:.3} {:.1} {:.0} {:.0} {}",
+        "{:.3} {:.3} {:.1} {:.0} {:.0} {} {}",
         cpu / records * 1e6,
         cpu / wall * 100.0,
         rss_mib(),
         value("telemetry_spans_exported_total"),
         value("telemetry_spans_dropped_total"),
-        header_bytes
+        header_bytes,
+        roles.join("/")
     );
 }
 
@@ -108,8 +135,8 @@ fn main() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port(); // closed again: refused
     let exe = std::env::current_exe().expect("exe");
     println!("{batches} batches of {BATCH} records at {RATE} records/s");
-    println!("| records from | tracing | CPU µs per record | CPU % of a core | resident MiB | spans exported | spans dropped |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| records from | tracing | CPU µs per record | of which scoring / export / HTTP threads | CPU % of a core | resident MiB | spans exported | spans dropped |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for path in ["gateway", "direct"] {
     for (label, endpoint) in [
         ("none (no exporter)", None),
@@ -124,11 +151,11 @@ fn main() {
         let out = cmd.output().expect("child");
         let line = String::from_utf8_lossy(&out.stdout);
         let v: Vec<&str> = line.split_whitespace().collect();
-        if v.len() < 5 {
+        if v.len() < 7 {
             println!("| {path} | {label} | failed: {} |", String::from_utf8_lossy(&out.stderr));
             continue;
         }
-        println!("| {path} | {label} | {} | {} | {} | {} | {} |", v[0], v[1], v[2], v[3], v[4]);
+        println!("| {path} | {label} | {} | {} | {} | {} | {} | {} |", v[0], v[6], v[1], v[2], v[3], v[4]);
     }
     }
 }
