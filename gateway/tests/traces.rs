@@ -178,10 +178,10 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted() {
-    let silent = BlackHole::start();
-    let refused = format!("http://127.0.0.1:{}", free_port());
+/// What a collector that fails does to the services: requests are all answered, nothing is
+/// exported, and the spans lost are counted under the reason (`gateway_reason` for the gateway's
+/// SDK spans, `scorer_reason` for the scorer's own).
+async fn failing_collectors_cost_no_request(gateway_collector: String, gateway_reason: &str, scorer_collector: String, scorer_reason: &str) {
     let stack = Stack::start();
     let with = |endpoint: String| {
         let mut env = otel_env(endpoint);
@@ -189,8 +189,8 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
         env
     };
     let scorer_port = free_port();
-    let _scorer = stack.scorer_with(&with(refused), scorer_port);
-    let gw = stack.gateway_with(&["--decision-deadline-ms", "5000"], &with(silent.endpoint()));
+    let _scorer = stack.scorer_with(&with(scorer_collector), scorer_port);
+    let gw = stack.gateway_with(&["--decision-deadline-ms", "5000"], &with(gateway_collector));
     gw.wait_ready().await;
 
     let mut g = Generator::new(SEED, Drift::None, unique("nocollector"));
@@ -201,23 +201,39 @@ async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted()
     }
     assert_eq!(answers.get(&StatusCode::OK), Some(&120), "{answers:?}");
 
-    // The gateway's exporter hangs on the silent collector, so its queue fills; the scorer's is
-    // refused, so its batches fail. Both count every span they lose.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let gateway_metrics = gw.metrics().await;
         let scorer_metrics = gw.http.get(format!("http://127.0.0.1:{scorer_port}/metrics")).send().await.unwrap().text().await.unwrap();
-        let gateway_full = sample(&gateway_metrics, r#"telemetry_spans_dropped_total{reason="queue_full"}"#);
-        let scorer_failed = sample(&scorer_metrics, r#"telemetry_spans_dropped_total{reason="export_failed"}"#);
-        if gateway_full > 0.0 && scorer_failed > 0.0 {
+        let gateway_dropped = sample(&gateway_metrics, &format!(r#"telemetry_spans_dropped_total{{reason="{gateway_reason}"}}"#));
+        let scorer_dropped = sample(&scorer_metrics, &format!(r#"telemetry_spans_dropped_total{{reason="{scorer_reason}"}}"#));
+        if gateway_dropped > 0.0 && scorer_dropped > 0.0 {
             assert_eq!(sample(&gateway_metrics, "telemetry_spans_exported_total"), 0.0);
             assert_eq!(sample(&scorer_metrics, "telemetry_spans_exported_total"), 0.0);
-            println!("dead collectors: gateway dropped {gateway_full} spans (queue full), scorer {scorer_failed} (export failed)");
+            println!("failing collectors: gateway dropped {gateway_dropped} spans ({gateway_reason}), scorer {scorer_dropped} ({scorer_reason})");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "drops not counted:\n{gateway_metrics}\n{scorer_metrics}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The gateway's exporter hangs on a silent collector, so its queue fills; the scorer's is
+/// refused, so its batches fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_or_silent_collector_costs_no_request_and_its_drops_are_counted() {
+    let silent = BlackHole::start();
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    failing_collectors_cost_no_request(silent.endpoint(), "queue_full", refused, "export_failed").await;
+}
+
+/// The other way round: the scorer's spans (written without the SDK) fill their queue while a
+/// silent collector holds the export, and the gateway's fail against a refusing one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_collector_fills_the_scorers_queue_and_a_refusing_one_fails_the_gateways_exports() {
+    let silent = BlackHole::start();
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    failing_collectors_cost_no_request(refused, "export_failed", silent.endpoint(), "queue_full").await;
 }
 
 /// A collector reached over HTTPS, its certificate signed by a private CA: with that CA in
