@@ -1,5 +1,7 @@
 //! The OTLP/HTTP span exporter: a batch of spans written straight into the protobuf bytes of an
-//! `ExportTraceServiceRequest` and POSTed to the collector's `/v1/traces`.
+//! `ExportTraceServiceRequest` and POSTed to the collector's `/v1/traces` — the SDK's spans
+//! (`SpanData`, [`encode_request`]) and spans a hot path keeps without the SDK
+//! ([`EncodeSpans`], written with [`SpanWriter`]; byte for byte what the SDK path writes).
 //!
 //! Written by hand rather than through opentelemetry-otlp's conversion into generated message
 //! structs: that conversion allocates a string for every attribute key and value and costs
