@@ -1,6 +1,7 @@
 //! What tracing costs the scorer per record: the spans of batches of 500 records (start, output
 //! headers, finish — exactly what the pipeline does) at 40,000 records a second, measured as
-//! process CPU time (all threads, the exporter's included), with no
+//! process CPU time (all threads, the exporter's included; also split into the scoring thread,
+//! the export threads and the HTTP client's thread), with no
 //! exporter, with the default 10 % sampling exported to a collector that accepts everything, and
 //! with the same sampling exported to a port where nothing listens. Also the resident memory at
 //! the end (a dead collector must not make it grow). Prints numbers; asserts nothing.
