@@ -77,11 +77,10 @@ struct Naming {
 pub struct BatchSpans {
     process: Vec<RecordSpan>,
     traced: Vec<Traced>,
-    /// The `score batch` span, when any record is sampled.
-    batch: Option<SpanContext>,
+    /// The `score batch` span and the names the spans carry, when any record is sampled.
+    batch: Option<(SpanContext, Naming)>,
     started: u64,
     records: usize,
-    naming: Naming,
 }
 
 impl BatchSpans {
@@ -132,16 +131,18 @@ impl BatchSpans {
             telemetry::trace::count_unbuilt_spans(unbuilt);
         }
         // Kept whenever a record it links to is: the links from their traces lead somewhere.
-        let batch = (!traced.is_empty())
-            .then(|| SpanContext::new(telemetry::trace::new_trace_id(), telemetry::trace::new_span_id(), TraceFlags::SAMPLED, false, TraceState::NONE));
-        let naming = Naming {
-            input_topic: naming.input_topic.to_string(),
-            output_topic: naming.output_topic.to_string(),
-            group: naming.group.to_string(),
-            process: process_name,
-            send: operation_name("send", naming.output_topic),
-        };
-        Self { process, traced, batch, started: nanos(started), records: sources.len(), naming }
+        let batch = (!traced.is_empty()).then(|| {
+            let cx = SpanContext::new(telemetry::trace::new_trace_id(), telemetry::trace::new_span_id(), TraceFlags::SAMPLED, false, TraceState::NONE);
+            let names = Naming {
+                input_topic: naming.input_topic.to_string(),
+                output_topic: naming.output_topic.to_string(),
+                group: naming.group.to_string(),
+                process: process_name,
+                send: operation_name("send", naming.output_topic),
+            };
+            (cx, names)
+        });
+        Self { process, traced, batch, started: nanos(started), records: sources.len() }
     }
 
     /// The trace headers for record i's outputs: the `send decisions` span's context when the
@@ -176,6 +177,9 @@ impl BatchSpans {
     /// Ends every span after the batch committed at `ended`: stage children with the batch's
     /// stage times, decision attributes on each record's span.
     pub fn finish(self, decisions: &[Decision], fetch: (SystemTime, SystemTime), stages: StageTimes, ended: SystemTime) {
+        if self.batch.is_none() {
+            return; // no record sampled: nothing to end
+        }
         let outcomes = self
             .process
             .iter()
@@ -197,12 +201,15 @@ impl BatchSpans {
 
     /// Ends every span with an error: the batch was rolled back and will be processed again.
     pub fn fail(self, reason: &str) {
+        if self.batch.is_none() {
+            return;
+        }
         self.submit(Ending::Failed { reason: reason.to_string(), ended: nanos(SystemTime::now()) });
     }
 
     fn submit(self, ending: Ending) {
-        let Some(batch) = self.batch else { return };
-        telemetry::trace::submit_spans(Box::new(Ended { traced: self.traced, batch, started: self.started, records: self.records, naming: self.naming, ending }));
+        let Some((batch, naming)) = self.batch else { return };
+        telemetry::trace::submit_spans(Box::new(Ended { traced: self.traced, batch, started: self.started, records: self.records, naming, ending }));
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -127,24 +127,10 @@ impl OtlpHttpExporter {
             .map_err(|e| TraceConfigError::Exporter(e.to_string()))?;
         Ok(Self { settings, client, resource: Vec::new() })
     }
-}
 
-/// The CA certificates in the PEM file `path` (named by the variable `var`); an error naming the
-/// setting when it cannot be read or holds none.
-fn trusted_certificates(var: &'static str, path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TraceConfigError> {
-    let unusable = |reason: String| TraceConfigError::File { var, path: path.display().to_string(), reason };
-    let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
-    if certificates.is_empty() {
-        return Err(unusable("holds no PEM certificate".into()));
-    }
-    Ok(certificates)
-}
-
-impl OtlpHttpExporter {
     /// The resource attributes every request carries.
     pub fn with_resource(mut self, resource: &Resource) -> Self {
-        self.resource = resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        self.resource = resource_attributes(resource);
         self
     }
 
@@ -174,6 +160,18 @@ impl OtlpHttpExporter {
     }
 }
 
+/// The CA certificates in the PEM file `path` (named by the variable `var`); an error naming the
+/// setting when it cannot be read or holds none.
+fn trusted_certificates(var: &'static str, path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, TraceConfigError> {
+    let unusable = |reason: String| TraceConfigError::File { var, path: path.display().to_string(), reason };
+    let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(unusable("holds no PEM certificate".into()));
+    }
+    Ok(certificates)
+}
+
 impl SpanExporter for OtlpHttpExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut body = Vec::with_capacity(batch.len() * 320);
@@ -183,8 +181,12 @@ impl SpanExporter for OtlpHttpExporter {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+        self.resource = resource_attributes(resource);
     }
+}
+
+fn resource_attributes(resource: &Resource) -> Vec<KeyValue> {
+    resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect()
 }
 
 // Protobuf wire format.
@@ -254,14 +256,7 @@ fn message_reserving(buf: &mut Vec<u8>, field: u32, reserved: usize, body: impl 
     buf.resize(at + reserved, 0);
     body(buf);
     let len = buf.len() - at - reserved;
-    let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len as u64);
-    while v >= 0x80 {
-        prefix[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    prefix[n] = v as u8;
-    n += 1;
+    let (prefix, n) = varint_bytes(len as u64);
     if n > reserved {
         buf.resize(buf.len() + n - reserved, 0);
         buf.copy_within(at + reserved..at + reserved + len, at + n);
@@ -272,9 +267,9 @@ fn message_reserving(buf: &mut Vec<u8>, field: u32, reserved: usize, body: impl 
     buf[at..at + n].copy_from_slice(&prefix[..n]);
 }
 
-fn trace_state(buf: &mut Vec<u8>, field: u32, sc: &SpanContext) {
-    if *sc.trace_state() != TraceState::NONE {
-        bytes_field(buf, field, sc.trace_state().header().as_bytes());
+fn trace_state(buf: &mut Vec<u8>, field: u32, state: &TraceState) {
+    if *state != TraceState::NONE {
+        bytes_field(buf, field, state.header().as_bytes());
     }
 }
 
@@ -327,14 +322,14 @@ fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
 }
 
 /// W3C flags plus OTLP's "is the parent remote" bits.
-fn flags(sc: &SpanContext, parent_is_remote: bool) -> u32 {
-    u32::from(sc.trace_flags().to_u8()) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
+fn flags(trace_flags: TraceFlags, parent_is_remote: bool) -> u32 {
+    u32::from(trace_flags.to_u8()) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
 }
 
 fn span(buf: &mut Vec<u8>, s: &SpanData) {
     bytes_field(buf, 1, &s.span_context.trace_id().to_bytes());
     bytes_field(buf, 2, &s.span_context.span_id().to_bytes());
-    trace_state(buf, 3, &s.span_context);
+    trace_state(buf, 3, s.span_context.trace_state());
     if s.parent_span_id != SpanId::INVALID {
         bytes_field(buf, 4, &s.parent_span_id.to_bytes());
     }
@@ -357,10 +352,10 @@ fn span(buf: &mut Vec<u8>, s: &SpanData) {
         message(buf, 13, |buf| {
             bytes_field(buf, 1, &l.span_context.trace_id().to_bytes());
             bytes_field(buf, 2, &l.span_context.span_id().to_bytes());
-            trace_state(buf, 3, &l.span_context);
+            trace_state(buf, 3, l.span_context.trace_state());
             attributes(buf, 4, &l.attributes);
             varint_field(buf, 5, u64::from(l.dropped_attributes_count));
-            fixed32_field(buf, 6, flags(&l.span_context, l.span_context.is_remote()));
+            fixed32_field(buf, 6, flags(l.span_context.trace_flags(), l.span_context.is_remote()));
         });
     }
     varint_field(buf, 14, u64::from(s.links.dropped_count));
@@ -373,7 +368,7 @@ fn span(buf: &mut Vec<u8>, s: &SpanData) {
         bytes_field(buf, 2, text.as_bytes());
         varint_field(buf, 3, code);
     });
-    fixed32_field(buf, 16, flags(&s.span_context, s.parent_span_is_remote));
+    fixed32_field(buf, 16, flags(s.span_context.trace_flags(), s.parent_span_is_remote));
 }
 
 fn scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
@@ -443,9 +438,7 @@ impl SpanWriter<'_> {
         message_reserving(self.buf, 2, 2, |buf| {
             bytes_field(buf, 1, &head.trace_id.to_bytes());
             bytes_field(buf, 2, &head.span_id.to_bytes());
-            if *head.trace_state != TraceState::NONE {
-                bytes_field(buf, 3, head.trace_state.header().as_bytes());
-            }
+            trace_state(buf, 3, head.trace_state);
             if let Some((parent, _)) = head.parent {
                 bytes_field(buf, 4, &parent.to_bytes());
             }
@@ -459,7 +452,7 @@ impl SpanWriter<'_> {
                 message(buf, 15, |_| {});
             }
             let remote = head.parent.is_some_and(|(_, remote)| remote);
-            fixed32_field(buf, 16, u32::from(TraceFlags::SAMPLED.to_u8()) | 0x100 | if remote { 0x200 } else { 0 });
+            fixed32_field(buf, 16, flags(TraceFlags::SAMPLED, remote));
         });
     }
 }
@@ -486,7 +479,7 @@ impl SpanBody<'_> {
             bytes_field(buf, 1, &trace_id.to_bytes());
             bytes_field(buf, 2, &span_id.to_bytes());
             attributes(&mut Attributes { buf, field: 4 });
-            fixed32_field(buf, 6, u32::from(TraceFlags::SAMPLED.to_u8()) | 0x100 | if remote { 0x200 } else { 0 });
+            fixed32_field(buf, 6, flags(TraceFlags::SAMPLED, remote));
         });
     }
 
@@ -589,7 +582,7 @@ pub fn encode_request_with(resource: &[KeyValue], scope: &str, spans_hint: usize
     let scope_spans = scope_field.len() + buf.len() - room;
     let mut head = Vec::with_capacity(room);
     key(&mut head, 1, LEN);
-    varint(&mut head, (resource_field.len() + 1 + varint_len(scope_spans as u64) + scope_spans) as u64);
+    varint(&mut head, (resource_field.len() + 1 + varint_bytes(scope_spans as u64).1 + scope_spans) as u64);
     head.extend_from_slice(&resource_field);
     key(&mut head, 2, LEN);
     varint(&mut head, scope_spans as u64);
@@ -599,20 +592,23 @@ pub fn encode_request_with(resource: &[KeyValue], scope: &str, spans_hint: usize
     bytes::Bytes::from(buf).slice(start..)
 }
 
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
+/// `v` as a varint: its bytes and how many of them there are.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let (mut bytes, mut n) = ([0u8; 10], 0);
     while v >= 0x80 {
+        bytes[n] = (v as u8) | 0x80;
         v >>= 7;
         n += 1;
     }
-    n
+    bytes[n] = v as u8;
+    (bytes, n + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
 
-    use opentelemetry::trace::{Event, Link};
+    use opentelemetry::trace::{Event, Link, SpanContext};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;

@@ -224,9 +224,8 @@ mod direct {
         if SENDER.set(tx).is_err() {
             return Ok(());
         }
-        let setting = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default);
-        let max_batch = setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).max(1) as usize;
-        let delay = Duration::from_millis(setting("OTEL_BSP_SCHEDULE_DELAY", 5_000));
+        let max_batch = super::bsp_setting("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).max(1) as usize;
+        let delay = Duration::from_millis(super::bsp_setting("OTEL_BSP_SCHEDULE_DELAY", 5_000));
         let warnings = crate::logs::Throttle::new(Duration::from_secs(30));
         let export = move |pending: &mut Vec<Box<dyn EncodeSpans>>| {
             let n: usize = pending.iter().map(|b| b.spans()).sum();
@@ -239,31 +238,28 @@ mod direct {
             .name("otlp-export".into())
             .spawn(move || {
                 let mut pending: Vec<Box<dyn EncodeSpans>> = Vec::new();
-                let (mut gathered, mut since) = (0usize, Instant::now());
+                // When the first of the pending batches came.
+                let mut since = Instant::now();
                 loop {
-                    let wait = if gathered == 0 { Duration::from_secs(3600) } else { delay.saturating_sub(since.elapsed()) };
-                    match rx.recv_timeout(wait) {
+                    let wait = if pending.is_empty() { Duration::from_secs(3600) } else { delay.saturating_sub(since.elapsed()) };
+                    let due = match rx.recv_timeout(wait) {
                         Ok(Message::Spans(b)) => {
-                            if gathered == 0 {
+                            if pending.is_empty() {
                                 since = Instant::now();
                             }
-                            gathered += b.spans();
                             pending.push(b);
-                            if gathered >= max_batch {
-                                export(&mut pending);
-                                gathered = 0;
-                            }
+                            pending.iter().map(|b| b.spans()).sum::<usize>() >= max_batch
                         }
                         Ok(Message::Flush(done)) => {
                             export(&mut pending);
-                            gathered = 0;
                             let _ = done.send(());
+                            false
                         }
-                        Err(RecvTimeoutError::Timeout) => {
-                            export(&mut pending);
-                            gathered = 0;
-                        }
+                        Err(RecvTimeoutError::Timeout) => true,
                         Err(RecvTimeoutError::Disconnected) => return export(&mut pending),
+                    };
+                    if due {
+                        export(&mut pending);
                     }
                 }
             })
@@ -280,6 +276,11 @@ mod direct {
             let _ = answered.recv_timeout(timeout);
         }
     }
+}
+
+/// A batch processor setting (`OTEL_BSP_*`), `default` when unset or not a number.
+fn bsp_setting(var: &str, default: u64) -> u64 {
+    std::env::var(var).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
 }
 
 /// The service's tracer: the one [`init_tracing`] configured, or one that records nothing (for
@@ -502,7 +503,7 @@ impl std::fmt::Debug for ExportCounters {
 
 impl DroppingProcessor {
     fn new<E: SpanExporter + 'static>(exporter: E, counters: ExportCounters) -> Self {
-        let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(2048usize).max(1);
+        let capacity = bsp_setting("OTEL_BSP_MAX_QUEUE_SIZE", 2048).max(1) as usize;
         let state = Arc::new(ExportState { queued: AtomicUsize::new(0), capacity, breaker: Breaker::new(), counters });
         let exporter = CountingExporter { inner: exporter, state: state.clone(), warnings: crate::logs::Throttle::new(Duration::from_secs(30)) };
         // The gate admits at most `capacity` spans, so the SDK's own queue never overflows.
