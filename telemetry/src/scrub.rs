@@ -58,6 +58,18 @@ fn luhn(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// Whether a run of digits and separators is an IPv4 address (four dot-separated groups of one
+/// to three digits, as in a broker's address) or starts with a date (`2026-11-25 10:00`): both
+/// have a phone number's digit count and separators, and neither is personal data.
+fn address_or_date(run: &str) -> bool {
+    let groups: Vec<&str> = run.split(|c: char| !c.is_ascii_digit()).collect();
+    let dotted = run.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let ipv4 = dotted && groups.len() == 4 && groups.iter().all(|g| (1..=3).contains(&g.len()));
+    let b = run.as_bytes();
+    let date = b.len() >= 10 && groups.len() >= 3 && [groups[0].len(), groups[1].len(), groups[2].len()] == [4, 2, 2] && b[4] == b'-' && b[7] == b'-';
+    ipv4 || date
+}
+
 /// Finds runs of digits with separators and replaces the ones that look like cards or phones.
 fn replace_numbers(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -93,7 +105,7 @@ fn replace_numbers(text: &str) -> String {
             None
         } else if (13..=19).contains(&digits.len()) && luhn(&digits) {
             Some("[card]")
-        } else if (9..=15).contains(&digits.len()) && (separated || run.starts_with('+')) {
+        } else if (9..=15).contains(&digits.len()) && (separated || run.starts_with('+')) && !address_or_date(run) {
             // Unseparated digit runs are ids and amounts far more often than phone numbers.
             Some("[phone]")
         } else {
@@ -137,5 +149,17 @@ mod tests {
             assert_eq!(scrub(s), s);
         }
         assert!(matches!(scrub("no digits here"), std::borrow::Cow::Borrowed(_)));
+        // Addresses and timestamps in operational messages have a phone number's digit count.
+        for s in [
+            "broker 192.168.100.200:9092 unreachable",
+            "collector at 10.120.130.140 refused",
+            "started 2026-11-25 10:00:00.123",
+            "window 2026-11-25 10 to 2026-11-25 11",
+        ] {
+            assert_eq!(scrub(s), s);
+        }
+        // Dotted phone numbers are still phone numbers.
+        assert_eq!(scrub("call 415.555.2671"), "call [phone]");
+        assert_eq!(scrub("tel +44 20 7946 0958."), "tel [phone].");
     }
 }
