@@ -278,7 +278,12 @@ impl EncodeSpans for Ended {
                 .str("messaging.destination.name", &n.output_topic);
         });
         let batch = &self.batch;
+        // A batch's records come from a partition or two: each one's number is written once.
+        let mut partition = (None, String::new());
         for (i, t) in self.traced.iter().enumerate() {
+            if partition.0 != Some(t.partition) {
+                partition = (Some(t.partition), t.partition.to_string());
+            }
             let outcome = outcomes.get(i);
             let head = |span_id, parent, name, kind, (start, end)| SpanHead {
                 trace_id: t.cx.trace_id(),
@@ -293,7 +298,7 @@ impl EncodeSpans for Ended {
             w.span(&head(t.cx.span_id(), t.parent.map(|p| (p, true)), &n.process, SpanKind::Consumer, (self.started, ended)), |b| {
                 b.encoded(&process);
                 let mut a = b.attributes();
-                a.str("messaging.destination.partition.id", &t.partition.to_string())
+                a.str("messaging.destination.partition.id", &partition.1)
                     .i64("messaging.kafka.offset", t.offset)
                     .str("messaging.kafka.message.key", &t.key)
                     .str("fraudstream.transaction_id", &t.transaction_id);

@@ -279,23 +279,10 @@ fn nanos(t: SystemTime) -> u64 {
 
 fn any_value(buf: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::Bool(b) => {
-            key(buf, 2, VARINT);
-            varint(buf, u64::from(*b));
-        }
-        Value::I64(i) => {
-            key(buf, 3, VARINT);
-            varint(buf, *i as u64);
-        }
-        Value::F64(f) => {
-            key(buf, 4, FIXED64);
-            buf.extend_from_slice(&f.to_le_bytes());
-        }
-        Value::String(s) => {
-            key(buf, 1, LEN);
-            varint(buf, s.as_str().len() as u64);
-            buf.extend_from_slice(s.as_str().as_bytes());
-        }
+        Value::Bool(b) => Scalar::Bool(*b).write(buf),
+        Value::I64(i) => Scalar::I64(*i).write(buf),
+        Value::F64(f) => Scalar::F64(*f).write(buf),
+        Value::String(s) => Scalar::Str(s.as_str()).write(buf),
         Value::Array(a) => message(buf, 5, |buf| {
             let items: Vec<Value> = match a {
                 Array::Bool(v) => v.iter().map(|x| Value::Bool(*x)).collect(),
@@ -312,12 +299,80 @@ fn any_value(buf: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// A scalar attribute value: an `AnyValue` whose length is known before it is written.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Str(&'a str),
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+}
+
+impl Scalar<'_> {
+    /// Bytes of the `AnyValue` message's body.
+    #[inline]
+    fn len(self) -> usize {
+        match self {
+            Scalar::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+            Scalar::Bool(_) => 2,
+            Scalar::I64(i) => 1 + varint_len(i as u64),
+            Scalar::F64(_) => 9,
+        }
+    }
+
+    #[inline]
+    fn write(self, buf: &mut Vec<u8>) {
+        match self {
+            Scalar::Str(s) => {
+                key(buf, 1, LEN);
+                varint(buf, s.len() as u64);
+                buf.extend_from_slice(s.as_bytes());
+            }
+            Scalar::Bool(b) => {
+                key(buf, 2, VARINT);
+                buf.push(u8::from(b));
+            }
+            Scalar::I64(i) => {
+                key(buf, 3, VARINT);
+                varint(buf, i as u64);
+            }
+            Scalar::F64(f) => {
+                key(buf, 4, FIXED64);
+                buf.extend_from_slice(&f.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// One `KeyValue` with a scalar value as field `field`, its lengths worked out first rather than
+/// filled in afterwards (attributes are most of a span's bytes).
+#[inline]
+fn scalar_attribute(buf: &mut Vec<u8>, field: u32, name: &str, value: Scalar<'_>) {
+    let value_len = value.len();
+    let name_part = if name.is_empty() { 0 } else { 1 + varint_len(name.len() as u64) + name.len() };
+    let body = name_part + 1 + varint_len(value_len as u64) + value_len;
+    buf.reserve(2 + varint_len(body as u64) + body);
+    key(buf, field, LEN);
+    varint(buf, body as u64);
+    bytes_field(buf, 1, name.as_bytes());
+    key(buf, 2, LEN);
+    varint(buf, value_len as u64);
+    value.write(buf);
+}
+
 fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
     for kv in attrs {
-        message(buf, field, |buf| {
-            bytes_field(buf, 1, kv.key.as_str().as_bytes());
-            message(buf, 2, |buf| any_value(buf, &kv.value));
-        });
+        let name = kv.key.as_str();
+        match &kv.value {
+            Value::Bool(b) => scalar_attribute(buf, field, name, Scalar::Bool(*b)),
+            Value::I64(i) => scalar_attribute(buf, field, name, Scalar::I64(*i)),
+            Value::F64(f) => scalar_attribute(buf, field, name, Scalar::F64(*f)),
+            Value::String(s) => scalar_attribute(buf, field, name, Scalar::Str(s.as_str())),
+            value => message(buf, field, |buf| {
+                bytes_field(buf, 1, name.as_bytes());
+                message(buf, 2, |buf| any_value(buf, value));
+            }),
+        }
     }
 }
 
@@ -501,45 +556,27 @@ pub struct Attributes<'a> {
 
 impl Attributes<'_> {
     #[inline]
-    fn put(&mut self, name: &str, value: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
-        message(self.buf, self.field, |buf| {
-            bytes_field(buf, 1, name.as_bytes());
-            message(buf, 2, value);
-        });
+    pub fn str(&mut self, name: &str, value: &str) -> &mut Self {
+        scalar_attribute(self.buf, self.field, name, Scalar::Str(value));
         self
     }
 
     #[inline]
-    pub fn str(&mut self, name: &str, value: &str) -> &mut Self {
-        self.put(name, |buf| {
-            key(buf, 1, LEN);
-            varint(buf, value.len() as u64);
-            buf.extend_from_slice(value.as_bytes());
-        })
-    }
-
-    #[inline]
     pub fn i64(&mut self, name: &str, value: i64) -> &mut Self {
-        self.put(name, |buf| {
-            key(buf, 3, VARINT);
-            varint(buf, value as u64);
-        })
+        scalar_attribute(self.buf, self.field, name, Scalar::I64(value));
+        self
     }
 
     #[inline]
     pub fn f64(&mut self, name: &str, value: f64) -> &mut Self {
-        self.put(name, |buf| {
-            key(buf, 4, FIXED64);
-            buf.extend_from_slice(&value.to_le_bytes());
-        })
+        scalar_attribute(self.buf, self.field, name, Scalar::F64(value));
+        self
     }
 
     #[inline]
     pub fn bool(&mut self, name: &str, value: bool) -> &mut Self {
-        self.put(name, |buf| {
-            key(buf, 2, VARINT);
-            varint(buf, u64::from(value));
-        })
+        scalar_attribute(self.buf, self.field, name, Scalar::Bool(value));
+        self
     }
 }
 
@@ -582,7 +619,7 @@ pub fn encode_request_with(resource: &[KeyValue], scope: &str, spans_hint: usize
     let scope_spans = scope_field.len() + buf.len() - room;
     let mut head = Vec::with_capacity(room);
     key(&mut head, 1, LEN);
-    varint(&mut head, (resource_field.len() + 1 + varint_bytes(scope_spans as u64).1 + scope_spans) as u64);
+    varint(&mut head, (resource_field.len() + 1 + varint_len(scope_spans as u64) + scope_spans) as u64);
     head.extend_from_slice(&resource_field);
     key(&mut head, 2, LEN);
     varint(&mut head, scope_spans as u64);
@@ -590,6 +627,12 @@ pub fn encode_request_with(resource: &[KeyValue], scope: &str, spans_hint: usize
     let start = room - head.len();
     buf[start..room].copy_from_slice(&head);
     bytes::Bytes::from(buf).slice(start..)
+}
+
+/// How many bytes `v` takes as a varint.
+#[inline]
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// `v` as a varint: its bytes and how many of them there are.
@@ -637,6 +680,9 @@ mod tests {
                 KeyValue::new("fraudstream.fraud_probability", 0.25),
                 KeyValue::new("fraudstream.degraded", i.is_multiple_of(2)),
                 KeyValue::new("long", "x".repeat(300)),
+                KeyValue::new("longer", "y".repeat(20_000)),
+                KeyValue::new("", "no name"),
+                KeyValue::new("empty", ""),
                 KeyValue::new("list", Value::Array(Array::I64(vec![1, 2, 3]))),
             ],
             dropped_attributes_count: u32::from(i == 3),
@@ -672,6 +718,18 @@ mod tests {
         assert_eq!(ours, theirs);
         // Byte for byte too: same fields, same order.
         assert_eq!(buf, theirs.encode_to_vec());
+    }
+
+    #[test]
+    fn varint_lengths_match_the_varints_written() {
+        for shift in 0..64 {
+            for v in [(1u64 << shift) - 1, 1u64 << shift, (1u64 << shift) + 1, 0, u64::MAX] {
+                let mut buf = Vec::new();
+                varint(&mut buf, v);
+                assert_eq!(varint_len(v), buf.len(), "{v}");
+                assert_eq!(varint_bytes(v).1, buf.len(), "{v}");
+            }
+        }
     }
 
     /// The same span as the SDK hands it to the exporter, and written directly.
