@@ -37,12 +37,47 @@ pub const COUNTRIES: &[&str] = &[
 
 /// Whether `code` is one of [`CURRENCIES`].
 pub fn is_currency(code: &str) -> bool {
-    CURRENCIES.binary_search(&code).is_ok()
+    contains(&CURRENCY_SET, 3, code)
 }
 
 /// Whether `code` is one of [`COUNTRIES`].
 pub fn is_country(code: &str) -> bool {
-    COUNTRIES.binary_search(&code).is_ok()
+    contains(&COUNTRY_SET, 2, code)
+}
+
+// Every record is checked against both lists: each is also kept as a set of bits, one per
+// possible code of its length (26 letters per place), built when the project is compiled.
+const CURRENCY_SET: [u64; 26 * 26 * 26 / 64 + 1] = code_set(CURRENCIES, 3);
+const COUNTRY_SET: [u64; 26 * 26 / 64 + 1] = code_set(COUNTRIES, 2);
+
+/// The position of a code of uppercase ASCII letters among all codes of its length.
+const fn letters_index(code: &[u8]) -> Option<usize> {
+    let (mut i, mut index) = (0, 0);
+    while i < code.len() {
+        if !code[i].is_ascii_uppercase() {
+            return None;
+        }
+        index = index * 26 + (code[i] - b'A') as usize;
+        i += 1;
+    }
+    Some(index)
+}
+
+const fn code_set<const WORDS: usize>(codes: &[&str], len: usize) -> [u64; WORDS] {
+    let mut bits = [0u64; WORDS];
+    let mut i = 0;
+    while i < codes.len() {
+        let code = codes[i].as_bytes();
+        let Some(index) = letters_index(code) else { panic!("a code that is not uppercase letters") };
+        assert!(code.len() == len, "a code of another length");
+        bits[index / 64] |= 1 << (index % 64);
+        i += 1;
+    }
+    bits
+}
+
+fn contains(set: &[u64], len: usize, code: &str) -> bool {
+    code.len() == len && letters_index(code.as_bytes()).is_some_and(|i| set[i / 64] >> (i % 64) & 1 == 1)
 }
 
 #[cfg(test)]
@@ -60,6 +95,22 @@ mod tests {
         assert_eq!(COUNTRIES.len(), 249 + 1, "ISO 3166-1 assigns 249 codes; XK besides");
     }
 
+    /// Every code of two and three letters: in the set exactly when in the list.
+    #[test]
+    fn the_sets_hold_exactly_the_listed_codes() {
+        let letters = b'A'..=b'Z';
+        for a in letters.clone() {
+            for b in letters.clone() {
+                let two = String::from_utf8(vec![a, b]).unwrap();
+                assert_eq!(is_country(&two), COUNTRIES.binary_search(&two.as_str()).is_ok(), "{two}");
+                for c in letters.clone() {
+                    let three = String::from_utf8(vec![a, b, c]).unwrap();
+                    assert_eq!(is_currency(&three), CURRENCIES.binary_search(&three.as_str()).is_ok(), "{three}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn real_codes_pass_and_lookalikes_do_not() {
         for c in ["USD", "EUR", "GBP", "JPY", "CHF", "BRL", "INR", "MXN", "CAD", "AUD"] {
@@ -71,7 +122,7 @@ mod tests {
         for c in ["US", "GB", "DE", "FR", "NL", "ES", "IT", "CA", "BR", "IN", "XK"] {
             assert!(is_country(c), "{c}");
         }
-        for c in ["XX", "UK", "EU", "us", "USA", ""] {
+        for c in ["XX", "UK", "EU", "us", "USA", "", "U", "É", "U\u{0}", "[S"] {
             assert!(!is_country(c), "{c}");
         }
     }

@@ -70,11 +70,26 @@ impl Transaction {
 }
 
 fn check_id(errors: &mut Vec<FieldError>, field: &str, value: &str) {
-    if value.trim().is_empty() {
+    // One pass over the characters (ids are checked on every record the scorer reads).
+    let (mut chars, mut blank, mut control) = (0usize, true, false);
+    if value.is_ascii() {
+        for &b in value.as_bytes() {
+            blank &= matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+            control |= b < 0x20 || b == 0x7f;
+        }
+        chars = value.len();
+    } else {
+        for c in value.chars() {
+            chars += 1;
+            blank &= c.is_whitespace();
+            control |= c.is_control();
+        }
+    }
+    if blank {
         errors.push(FieldError::new(field, "must not be empty"));
-    } else if value.chars().count() > MAX_ID_LEN {
+    } else if chars > MAX_ID_LEN {
         errors.push(FieldError::new(field, format!("must be at most {MAX_ID_LEN} characters")));
-    } else if value.chars().any(char::is_control) {
+    } else if control {
         errors.push(FieldError::new(field, "must not contain control characters"));
     }
 }
@@ -134,6 +149,30 @@ mod tests {
             fields(bad),
             ["transaction_id", "user_id", "merchant_id", "currency", "country", "timestamp"]
         );
+    }
+
+    /// The one-pass check gives the reasons the plain definitions give: empty after `trim`,
+    /// more than 128 `chars`, any `char::is_control`.
+    #[test]
+    fn id_checks_match_their_definitions() {
+        let samples = [
+            "", " ", "\t\n\x0b\x0c\r ", "\u{a0}\u{2003}", "\x0b", "a\x0b", "a\x7f", "a\u{85}", "\u{85}", "ok-id_1", "é", "\u{1f600}",
+        ];
+        let long = ["x".repeat(128), "x".repeat(129), "é".repeat(129), format!("{}\n", "x".repeat(128))];
+        for v in samples.iter().map(|s| s.to_string()).chain(long) {
+            let want = if v.trim().is_empty() {
+                Some("must not be empty".to_string())
+            } else if v.chars().count() > MAX_ID_LEN {
+                Some(format!("must be at most {MAX_ID_LEN} characters"))
+            } else if v.chars().any(char::is_control) {
+                Some("must not contain control characters".to_string())
+            } else {
+                None
+            };
+            let mut errors = Vec::new();
+            check_id(&mut errors, "user_id", &v);
+            assert_eq!(errors.pop().map(|e| e.reason), want, "{v:?}");
+        }
     }
 
     #[test]
