@@ -10,7 +10,7 @@ mod records;
 mod validate;
 
 pub use codec::{Record, SchemaId, decode, encode, encode_into, peek_schema_id, schema_text};
-pub use first_seen::{FirstSeen, RecentMap};
+pub use first_seen::{FirstSeen, PrehashedState, RecentMap};
 pub use payment::Payment;
 pub use records::{
     BusinessEvent, BusinessEventKind, Decision, DriftBin, DriftReport, DriftSeverity,

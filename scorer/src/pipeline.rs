@@ -27,7 +27,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use telemetry::metrics::LATENCY_BUCKETS;
 use telemetry::trace::SpanIds;
 
-use schemas::{BusinessEvent, BusinessEventKind, Decision, Transaction, TransactionLimits, headers, topics};
+use schemas::{BusinessEvent, BusinessEventKind, Decision, PrehashedState, Transaction, TransactionLimits, headers, topics};
 
 use crate::commit::{CommitFailure, CommitGate, CommitJob, Committed, Committer, DeliveryContext};
 use crate::features::UserLookup;
@@ -184,12 +184,15 @@ enum IncomingKind {
 /// repeated transaction from a new one, and a retry from another payment under a reused id.
 type Fingerprint = (u64, u64);
 
-fn fingerprint(tx: &Transaction) -> Fingerprint {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut id = DefaultHasher::new();
-    tx.transaction_id.hash(&mut id);
-    (id.finish(), tx.payment_hash())
+/// `keys`: this scorer's random hash keys, so that nobody can choose ids whose hashes collide in
+/// the maps below, which take the hashes as they are.
+fn fingerprint(keys: &std::hash::RandomState, tx: &Transaction) -> Fingerprint {
+    use std::hash::BuildHasher;
+    (keys.hash_one(&tx.transaction_id), tx.payment_hash())
 }
+
+/// Transaction ids' fingerprints and their payments' (`fingerprint`), hashed as they are.
+type Fingerprints = HashMap<u64, u64, PrehashedState>;
 
 /// Whether a record's transaction id was decided before, and with which payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +241,8 @@ pub struct Pipeline {
     /// The last batch's encoded outputs, kept for their buffers' capacity.
     encoded: Encoded,
     /// Transactions whose decisions committed: id hash → payment hash.
-    decided: schemas::RecentMap<u64, u64>,
+    decided: schemas::RecentMap<u64, u64, PrehashedState>,
+    fingerprint_keys: std::hash::RandomState,
     repeat_warnings: telemetry::logs::Throttle,
     consume_warnings: telemetry::logs::Throttle,
 }
@@ -259,7 +263,7 @@ struct InFlight {
     rewind: HashMap<i32, i64>,
     scored: Option<Scored>,
     /// The transactions it decides first (id hash → payment hash); decided once it commits.
-    deciding: HashMap<u64, u64>,
+    deciding: Fingerprints,
 }
 
 /// A scored batch's decisions and spans, kept until its commit settles.
@@ -337,8 +341,9 @@ impl Pipeline {
         consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
         let (consumer, producer) = (Arc::new(consumer), Arc::new(producer));
         let committer = Committer::start(Arc::clone(&producer), Arc::clone(&consumer), gate)?;
-        let decided = schemas::RecentMap::new(cfg.repeat_window);
+        let decided = schemas::RecentMap::with_hasher(cfg.repeat_window, PrehashedState::default());
         Ok(Self {
+            fingerprint_keys: std::hash::RandomState::new(),
             store_warnings: telemetry::logs::Throttle::per_second(),
             dlq_warnings: telemetry::logs::Throttle::per_second(),
             cfg,
@@ -544,7 +549,7 @@ impl Pipeline {
         }
         let n = messages.len();
         drop(messages);
-        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None, deciding: HashMap::new() })?;
+        self.start_commit(bounds.to_commit(&self.cfg.input_topic), InFlight { records: n, rewind, scored: None, deciding: Fingerprints::default() })?;
         Ok(settled)
     }
 
@@ -601,13 +606,13 @@ impl Pipeline {
     /// For each of the batch's transactions, whether this scorer decided its id before —
     /// committed, in the batch committing now (if that one fails, the batch in hand is dropped and
     /// both are read again), or earlier in this batch — and the ids this batch decides first.
-    fn seen_before(&self, txs: &[Transaction]) -> (Vec<Seen>, HashMap<u64, u64>) {
+    fn seen_before(&self, txs: &[Transaction]) -> (Vec<Seen>, Fingerprints) {
         let committing = self.in_flight.as_ref().map(|f| &f.deciding);
-        let mut deciding = HashMap::with_capacity(txs.len());
+        let mut deciding = Fingerprints::with_capacity_and_hasher(txs.len(), PrehashedState::default());
         let seen = txs
             .iter()
             .map(|tx| {
-                let (id, payment) = fingerprint(tx);
+                let (id, payment) = fingerprint(&self.fingerprint_keys, tx);
                 let known = deciding.get(&id).or_else(|| committing.and_then(|c| c.get(&id))).or_else(|| self.decided.get(&id));
                 match known {
                     None => {
@@ -683,7 +688,7 @@ impl Pipeline {
     }
 
     /// Transactions whose decisions and business events are out.
-    fn remember(&mut self, decided: HashMap<u64, u64>) {
+    fn remember(&mut self, decided: Fingerprints) {
         for (id, payment) in decided {
             self.decided.insert_first(id, payment);
         }

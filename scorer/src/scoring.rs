@@ -144,10 +144,22 @@ impl Scorer {
 /// The `TOP_FEATURES` largest contributions to the logit, largest first: what pushed the score
 /// up the most.
 pub fn top_contributions(features: &[f32], contributions: &[f32]) -> Vec<FeatureContribution> {
-    let mut idx: [usize; N_FEATURES] = std::array::from_fn(|i| i);
-    idx.sort_unstable_by(|&a, &b| contributions[b].total_cmp(&contributions[a]).then(a.cmp(&b)));
-    idx[..TOP_FEATURES]
-        .iter()
+    // One pass keeping the best few in order (this runs for every record); ties go to the
+    // feature listed first.
+    let better = |a: usize, b: usize| contributions[a].total_cmp(&contributions[b]).then(b.cmp(&a)).is_gt();
+    let (mut top, mut len) = ([0usize; TOP_FEATURES], 0);
+    for i in 0..N_FEATURES {
+        let mut at = len;
+        while at > 0 && better(i, top[at - 1]) {
+            at -= 1;
+        }
+        if at < TOP_FEATURES {
+            top.copy_within(at..len.min(TOP_FEATURES - 1), at + 1);
+            top[at] = i;
+            len = (len + 1).min(TOP_FEATURES);
+        }
+    }
+    top.iter()
         .map(|&i| FeatureContribution {
             name: std::borrow::Cow::Borrowed(FEATURE_NAMES[i]),
             value: features[i].into(),
@@ -174,5 +186,29 @@ mod tests {
         assert_eq!(names, [FEATURE_NAMES[9], FEATURE_NAMES[1], FEATURE_NAMES[4]]);
         assert_eq!(top[0].value, 9.0);
         assert_eq!(top[0].contribution, 3.0);
+    }
+
+    /// The same features as sorting all of them would give, ties and NaN included.
+    #[test]
+    fn top_contributions_are_those_a_full_sort_gives() {
+        let features: Vec<f32> = (0..N_FEATURES).map(|i| i as f32).collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..5_000 {
+            let c: Vec<f32> = (0..N_FEATURES)
+                .map(|_| {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    match (state >> 60, round % 3) {
+                        (0, _) => f32::NAN,
+                        (_, 0) => ((state >> 40) % 5) as f32 - 2.0, // many ties
+                        _ => ((state >> 33) as f32 / 1e9) - 2.0,
+                    }
+                })
+                .collect();
+            let mut idx: Vec<usize> = (0..N_FEATURES).collect();
+            idx.sort_by(|&a, &b| c[b].total_cmp(&c[a]).then(a.cmp(&b)));
+            let want: Vec<&str> = idx[..TOP_FEATURES].iter().map(|&i| FEATURE_NAMES[i]).collect();
+            let got = top_contributions(&features, &c);
+            assert_eq!(got.iter().map(|t| &*t.name).collect::<Vec<_>>(), want, "{c:?}");
+        }
     }
 }
