@@ -17,7 +17,9 @@ use telemetry::ops::Readiness;
 
 /// The scoring loop allocates and frees a batch's records, features and outputs every few
 /// milliseconds; mimalloc's thread-local free lists make that markedly cheaper than glibc's malloc
-/// (BENCHMARKS.md).
+/// (BENCHMARKS.md). With the crate's `override` feature (Cargo.toml) mimalloc is also the C
+/// `malloc` of the process, so librdkafka's messages — allocated on this thread, freed on its
+/// broker threads, the worst case for glibc's arenas — get it too.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
