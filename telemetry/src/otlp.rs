@@ -278,21 +278,18 @@ fn nanos(t: SystemTime) -> u64 {
 }
 
 fn any_value(buf: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Bool(b) => Scalar::Bool(*b).write(buf),
-        Value::I64(i) => Scalar::I64(*i).write(buf),
-        Value::F64(f) => Scalar::F64(*f).write(buf),
-        Value::String(s) => Scalar::Str(s.as_str()).write(buf),
-        Value::Array(a) => message(buf, 5, |buf| {
-            let items: Vec<Value> = match a {
-                Array::Bool(v) => v.iter().map(|x| Value::Bool(*x)).collect(),
-                Array::I64(v) => v.iter().map(|x| Value::I64(*x)).collect(),
-                Array::F64(v) => v.iter().map(|x| Value::F64(*x)).collect(),
-                Array::String(v) => v.iter().map(|x| Value::String(x.clone())).collect(),
+    match (Scalar::of(v), v) {
+        (Some(scalar), _) => scalar.write(buf),
+        (None, Value::Array(a)) => message(buf, 5, |buf| {
+            let items: Vec<Scalar<'_>> = match a {
+                Array::Bool(v) => v.iter().map(|x| Scalar::Bool(*x)).collect(),
+                Array::I64(v) => v.iter().map(|x| Scalar::I64(*x)).collect(),
+                Array::F64(v) => v.iter().map(|x| Scalar::F64(*x)).collect(),
+                Array::String(v) => v.iter().map(|x| Scalar::Str(x.as_str())).collect(),
                 _ => Vec::new(),
             };
-            for item in &items {
-                message(buf, 1, |buf| any_value(buf, item));
+            for item in items {
+                message(buf, 1, |buf| item.write(buf));
             }
         }),
         _ => {}
@@ -308,7 +305,18 @@ enum Scalar<'a> {
     F64(f64),
 }
 
-impl Scalar<'_> {
+impl<'a> Scalar<'a> {
+    /// `v` when it is a scalar (not an array).
+    fn of(v: &'a Value) -> Option<Self> {
+        match v {
+            Value::Bool(b) => Some(Scalar::Bool(*b)),
+            Value::I64(i) => Some(Scalar::I64(*i)),
+            Value::F64(f) => Some(Scalar::F64(*f)),
+            Value::String(s) => Some(Scalar::Str(s.as_str())),
+            _ => None,
+        }
+    }
+
     /// Bytes of the `AnyValue` message's body.
     #[inline]
     fn len(self) -> usize {
@@ -363,14 +371,11 @@ fn scalar_attribute(buf: &mut Vec<u8>, field: u32, name: &str, value: Scalar<'_>
 fn attributes(buf: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
     for kv in attrs {
         let name = kv.key.as_str();
-        match &kv.value {
-            Value::Bool(b) => scalar_attribute(buf, field, name, Scalar::Bool(*b)),
-            Value::I64(i) => scalar_attribute(buf, field, name, Scalar::I64(*i)),
-            Value::F64(f) => scalar_attribute(buf, field, name, Scalar::F64(*f)),
-            Value::String(s) => scalar_attribute(buf, field, name, Scalar::Str(s.as_str())),
-            value => message(buf, field, |buf| {
+        match Scalar::of(&kv.value) {
+            Some(scalar) => scalar_attribute(buf, field, name, scalar),
+            None => message(buf, field, |buf| {
                 bytes_field(buf, 1, name.as_bytes());
-                message(buf, 2, |buf| any_value(buf, value));
+                message(buf, 2, |buf| any_value(buf, &kv.value));
             }),
         }
     }
@@ -381,17 +386,35 @@ fn flags(trace_flags: TraceFlags, parent_is_remote: bool) -> u32 {
     u32::from(trace_flags.to_u8()) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
 }
 
-fn span(buf: &mut Vec<u8>, s: &SpanData) {
-    bytes_field(buf, 1, &s.span_context.trace_id().to_bytes());
-    bytes_field(buf, 2, &s.span_context.span_id().to_bytes());
-    trace_state(buf, 3, s.span_context.trace_state());
-    if s.parent_span_id != SpanId::INVALID {
-        bytes_field(buf, 4, &s.parent_span_id.to_bytes());
+/// A span's fields 1 to 8 (ids, trace state, parent, name, kind, times), for SDK spans and
+/// spans written directly alike.
+fn span_head(buf: &mut Vec<u8>, head: &SpanHead<'_>) {
+    bytes_field(buf, 1, &head.trace_id.to_bytes());
+    bytes_field(buf, 2, &head.span_id.to_bytes());
+    trace_state(buf, 3, head.trace_state);
+    if let Some((parent, _)) = head.parent {
+        bytes_field(buf, 4, &parent.to_bytes());
     }
-    bytes_field(buf, 5, s.name.as_bytes());
-    varint_field(buf, 6, kind(&s.span_kind));
-    fixed64_field(buf, 7, nanos(s.start_time));
-    fixed64_field(buf, 8, nanos(s.end_time));
+    bytes_field(buf, 5, head.name.as_bytes());
+    varint_field(buf, 6, kind(&head.kind));
+    fixed64_field(buf, 7, head.start);
+    fixed64_field(buf, 8, head.end);
+}
+
+fn span(buf: &mut Vec<u8>, s: &SpanData) {
+    span_head(
+        buf,
+        &SpanHead {
+            trace_id: s.span_context.trace_id(),
+            span_id: s.span_context.span_id(),
+            parent: (s.parent_span_id != SpanId::INVALID).then_some((s.parent_span_id, s.parent_span_is_remote)),
+            trace_state: s.span_context.trace_state(),
+            name: &s.name,
+            kind: s.span_kind.clone(),
+            start: nanos(s.start_time),
+            end: nanos(s.end_time),
+        },
+    );
     attributes(buf, 9, &s.attributes);
     varint_field(buf, 10, u64::from(s.dropped_attributes_count));
     for e in s.events.iter() {
@@ -491,16 +514,7 @@ impl SpanWriter<'_> {
     pub fn span(&mut self, head: &SpanHead<'_>, body: impl FnOnce(&mut SpanBody<'_>)) {
         // A span takes 128 bytes or more (ids, name, times, a few attributes): two for its length.
         message_reserving(self.buf, 2, 2, |buf| {
-            bytes_field(buf, 1, &head.trace_id.to_bytes());
-            bytes_field(buf, 2, &head.span_id.to_bytes());
-            trace_state(buf, 3, head.trace_state);
-            if let Some((parent, _)) = head.parent {
-                bytes_field(buf, 4, &parent.to_bytes());
-            }
-            bytes_field(buf, 5, head.name.as_bytes());
-            varint_field(buf, 6, kind(&head.kind));
-            fixed64_field(buf, 7, head.start);
-            fixed64_field(buf, 8, head.end);
+            span_head(buf, head);
             let mut b = SpanBody { buf, status: false };
             body(&mut b);
             if !b.status {
@@ -684,6 +698,9 @@ mod tests {
                 KeyValue::new("", "no name"),
                 KeyValue::new("empty", ""),
                 KeyValue::new("list", Value::Array(Array::I64(vec![1, 2, 3]))),
+                KeyValue::new("names", Value::Array(Array::String(vec!["a".into(), "".into(), "z".repeat(200).into()]))),
+                KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
+                KeyValue::new("ratios", Value::Array(Array::F64(vec![0.5, -1.0]))),
             ],
             dropped_attributes_count: u32::from(i == 3),
             events,
