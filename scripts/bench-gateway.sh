@@ -6,6 +6,9 @@
 # Prints oha's summary and each process's CPU use per rate. Not a test: no pass/fail.
 #
 #   scripts/bench-gateway.sh [RATE ...]     default rates: 500 1000 2000; DURATION=20s, PARTITIONS=2 by default
+#
+# With KAFKA_BROKERS set, `fraudctl run` uses that cluster instead of the embedded broker (its
+# topics are created when missing), so the same load can be measured on a broker off these cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/setup.sh run)"
