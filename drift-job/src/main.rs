@@ -118,18 +118,7 @@ fn main() -> Result<()> {
     let readiness = Readiness::default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let ops = telemetry::ops::router(registry, readiness.clone());
-    let listen = args.listen;
-    let http_stop = stop.clone();
-    runtime.spawn(async move {
-        if let Err(e) = telemetry::ops::serve(listen, ops, telemetry::ops::stopped(http_stop)).await {
-            tracing::error!(error = %e, "ops http server failed");
-        }
-    });
-    let signal_stop = stop.clone();
-    runtime.spawn(async move {
-        telemetry::ops::shutdown_signal().await;
-        signal_stop.store(true, Ordering::Relaxed);
-    });
+    telemetry::ops::serve_until_stopped(&runtime, args.listen, ops, stop.clone(), "shutdown requested");
 
     let mut consumer_cfg = ClientConfig::new();
     consumer_cfg

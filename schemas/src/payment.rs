@@ -57,16 +57,7 @@ mod tests {
     use super::*;
 
     fn tx() -> Transaction {
-        Transaction {
-            transaction_id: "t1".into(),
-            user_id: "12345".into(),
-            amount: 149.99,
-            currency: "USD".into(),
-            payment_method: PaymentMethod::Card,
-            merchant_id: Some("merchant_42".into()),
-            country: Some("US".into()),
-            timestamp: 0,
-        }
+        Transaction::example()
     }
 
     #[test]

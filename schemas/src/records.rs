@@ -45,6 +45,23 @@ pub struct Transaction {
     pub timestamp: i64,
 }
 
+/// A valid payment (the seed's example, paid by card in the US) for unit tests to vary.
+#[cfg(test)]
+impl Transaction {
+    pub(crate) fn example() -> Self {
+        Transaction {
+            transaction_id: "t1".into(),
+            user_id: "12345".into(),
+            amount: 149.99,
+            currency: "USD".into(),
+            payment_method: PaymentMethod::Card,
+            merchant_id: Some("merchant_42".into()),
+            country: Some("US".into()),
+            timestamp: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {

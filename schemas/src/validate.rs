@@ -97,19 +97,9 @@ fn check_id(errors: &mut Vec<FieldError>, field: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::PaymentMethod;
 
     fn valid() -> Transaction {
-        Transaction {
-            transaction_id: "t1".into(),
-            user_id: "12345".into(),
-            amount: 149.99,
-            currency: "USD".into(),
-            payment_method: PaymentMethod::Card,
-            merchant_id: Some("merchant_42".into()),
-            country: Some("US".into()),
-            timestamp: 0,
-        }
+        Transaction::example()
     }
 
     fn fields(t: Transaction) -> Vec<String> {

@@ -80,19 +80,7 @@ fn main() -> Result<()> {
         .build()
         .context("starting the ops runtime")?;
     let ops = telemetry::ops::router(registry, readiness.clone());
-    let listen = args.listen;
-    let http_stop = stop.clone();
-    runtime.spawn(async move {
-        if let Err(e) = telemetry::ops::serve(listen, ops, telemetry::ops::stopped(http_stop)).await {
-            tracing::error!(error = %e, %listen, "ops http server failed");
-        }
-    });
-    let signal_stop = stop.clone();
-    runtime.spawn(async move {
-        telemetry::ops::shutdown_signal().await;
-        tracing::info!("shutdown requested: finishing the batch in hand");
-        signal_stop.store(true, Ordering::Relaxed);
-    });
+    telemetry::ops::serve_until_stopped(&runtime, args.listen, ops, stop.clone(), "shutdown requested: finishing the batch in hand");
 
     let mut cfg = PipelineConfig::new(&args.kafka.brokers, &args.group_id, transactional_id);
     cfg.input_topic = args.topics.transactions_topic;

@@ -90,6 +90,22 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// For a service whose main loop is not async: serves `router` on `addr` from `runtime` until
+/// `stop` is set, and sets `stop` on the first SIGTERM or SIGINT, logging `on_signal`.
+pub fn serve_until_stopped(runtime: &tokio::runtime::Runtime, addr: SocketAddr, router: Router, stop: Arc<AtomicBool>, on_signal: &'static str) {
+    let http_stop = stop.clone();
+    runtime.spawn(async move {
+        if let Err(e) = serve(addr, router, stopped(http_stop)).await {
+            tracing::error!(error = %e, %addr, "ops http server failed");
+        }
+    });
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("{on_signal}");
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
 /// Resolves once `stop` is set (checked every 100 ms): a shutdown future for `serve` in services
 /// whose main loop is not async.
 pub async fn stopped(stop: Arc<AtomicBool>) {
