@@ -30,15 +30,28 @@ pub struct Found {
     pub undecodable: u64,
 }
 
+/// One window of one model version as `drift show` prints it.
+pub struct Window<'a> {
+    pub model: &'a str,
+    /// Start and end, ms since the epoch.
+    pub span: (i64, i64),
+    /// Largest PSI first.
+    pub reports: Vec<&'a DriftReport>,
+    /// The most features any window of this model version read has: the drift job writes a
+    /// window's reports one after the other, so a window read while they are written has fewer.
+    pub features: usize,
+}
+
 impl Found {
-    /// The selection's windows, each with its reports, largest PSI first.
-    pub fn latest(&self, windows: usize) -> Vec<(&str, (i64, i64), Vec<&DriftReport>)> {
+    /// The latest `windows` windows of each model version, oldest first.
+    pub fn latest(&self, windows: usize) -> Vec<Window<'_>> {
         let mut out = Vec::new();
         for (model, by_window) in &self.windows {
-            for (window, reports) in by_window.iter().rev().take(windows).rev() {
+            let features = by_window.values().map(Vec::len).max().unwrap_or(0);
+            for (span, reports) in by_window.iter().rev().take(windows).rev() {
                 let mut reports: Vec<&DriftReport> = reports.iter().collect();
                 reports.sort_by(|a, b| b.psi.total_cmp(&a.psi).then_with(|| a.feature.cmp(&b.feature)));
-                out.push((model.as_str(), *window, reports));
+                out.push(Window { model: model.as_str(), span: *span, reports, features });
             }
         }
         out
@@ -65,11 +78,17 @@ pub fn read(reader: &Reader, topic: &str, selection: &Selection) -> Result<Found
     Ok(found)
 }
 
-/// One window for a person: a line for the window, one per feature, and the bins of each feature
-/// that drifted (every feature's when `all_bins`).
-pub fn describe(model: &str, (start, end): (i64, i64), reports: &[&DriftReport], all_bins: bool) -> String {
+/// One window for a person: a line for the window (saying so when it has fewer features than
+/// other windows of its model), one per feature, and the bins of each feature that drifted
+/// (every feature's when `all_bins`).
+pub fn describe(window: &Window<'_>, all_bins: bool) -> String {
+    let (model, (start, end), reports) = (window.model, window.span, &window.reports);
     let samples = reports.first().map_or(0, |r| r.samples);
-    let mut out = format!("model {model}, window {} to {}, {samples} decisions\n", show_time(start), show_time(end));
+    let mut out = format!("model {model}, window {} to {}, {samples} decisions", show_time(start), show_time(end));
+    if reports.len() < window.features {
+        out += &format!(", {} of {} features reported (the drift job may still be writing this window)", reports.len(), window.features);
+    }
+    out.push('\n');
     let width = reports.iter().map(|r| r.feature.len()).max().unwrap_or(0);
     for r in reports {
         out += &format!("  {:<width$}  PSI {:>7.3}  {}\n", r.feature, r.psi, r.severity.as_str());
@@ -103,11 +122,15 @@ mod tests {
         }
     }
 
+    fn window(reports: Vec<&DriftReport>, features: usize) -> Window<'_> {
+        Window { model: "1.0.0", span: (reports[0].window_start, reports[0].window_end), reports, features }
+    }
+
     #[test]
     fn a_window_lists_every_feature_and_the_bins_of_those_that_drifted() {
         let amount = report("amount_log", 0.42, &[("(-inf, 3.2]", 0.5, 0.1, 120), ("(3.2, +inf)", 0.5, 0.9, 1080)]);
         let night = report("is_night", 0.01, &[("(-inf, 0.5]", 0.7, 0.69, 828), ("(0.5, +inf)", 0.3, 0.31, 372)]);
-        let text = describe("1.0.0", (amount.window_start, amount.window_end), &[&amount, &night], false);
+        let text = describe(&window(vec![&amount, &night], 2), false);
         assert_eq!(
             text,
             "model 1.0.0, window 2025-11-26T10:00:00Z to 2025-11-26T10:01:00Z, 1200 decisions\n\
@@ -117,7 +140,15 @@ mod tests {
              \x20   (-inf, 3.2]   50.0 %   10.0 %  ( -40.0 pts)  120\n\
              \x20   (3.2, +inf)   50.0 %   90.0 %  ( +40.0 pts)  1080\n"
         );
-        assert!(describe("1.0.0", (0, 1), &[&night], true).contains("is_night by bin"));
+        let alone = describe(&window(vec![&night], 1), true);
+        assert!(alone.contains("is_night by bin"), "{alone}");
+        assert!(!alone.contains("features reported"), "{alone}");
+        // Read while the drift job was still writing it: fewer features than the model's other windows.
+        let partial = describe(&window(vec![&night], 2), false);
+        assert!(
+            partial.starts_with("model 1.0.0, window 2025-11-26T10:00:00Z to 2025-11-26T10:01:00Z, 1200 decisions, 1 of 2 features reported (the drift job may still be writing this window)\n"),
+            "{partial}"
+        );
     }
 
     #[test]
@@ -131,8 +162,11 @@ mod tests {
             }
             found.windows.entry("1.0.0".into()).or_default().insert((start, start + 60), vec![a, b]);
         }
-        let latest = found.latest(2);
-        let shown: Vec<(i64, Vec<&str>)> = latest.iter().map(|(_, (start, _), rs)| (*start, rs.iter().map(|r| r.feature.as_str()).collect())).collect();
-        assert_eq!(shown, [(60, vec!["b", "a"]), (120, vec!["a", "b"])]);
+        // The newest window is being written: only one of its two reports is in yet.
+        found.windows.entry("1.0.0".into()).or_default().insert((180, 240), vec![report("b", 0.15, &[])]);
+        let latest = found.latest(3);
+        let shown: Vec<(i64, Vec<&str>, usize)> =
+            latest.iter().map(|w| (w.span.0, w.reports.iter().map(|r| r.feature.as_str()).collect(), w.features)).collect();
+        assert_eq!(shown, [(60, vec!["b", "a"], 2), (120, vec!["a", "b"], 2), (180, vec!["b"], 2)]);
     }
 }

@@ -374,13 +374,13 @@ fn main() -> Result<()> {
                 let none = format!("no drift reports in {topic} for this selection (the drift job writes one per feature and window of at least DRIFT_MIN_SAMPLES decisions)");
                 if json { eprintln!("{none}") } else { println!("{none}") }
             }
-            for (model, window, reports) in latest {
+            for window in latest {
                 if json {
-                    for r in reports {
+                    for r in &window.reports {
                         println!("{}", serde_json::to_string(r)?);
                     }
                 } else {
-                    print!("{}", fraudctl::drift::describe(model, window, &reports, all_bins));
+                    print!("{}", fraudctl::drift::describe(&window, all_bins));
                 }
             }
             if found.undecodable > 0 {
