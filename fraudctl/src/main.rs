@@ -486,11 +486,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// A flag set by the first Ctrl-C (or SIGTERM).
 fn ctrl_c_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    rt.spawn(async move {
-        telemetry::ops::shutdown_signal().await;
-        flag.store(true, Ordering::Relaxed);
-    });
+    telemetry::ops::stop_on_signal(rt, stop.clone(), None);
     stop
 }
 

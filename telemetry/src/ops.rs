@@ -99,9 +99,17 @@ pub fn serve_until_stopped(runtime: &tokio::runtime::Runtime, addr: SocketAddr, 
             tracing::error!(error = %e, %addr, "ops http server failed");
         }
     });
+    stop_on_signal(runtime, stop, Some(on_signal));
+}
+
+/// Sets `stop` on the first SIGTERM or SIGINT (Ctrl-C), from a task on `runtime`, logging
+/// `on_signal` when given.
+pub fn stop_on_signal(runtime: &tokio::runtime::Runtime, stop: Arc<AtomicBool>, on_signal: Option<&'static str>) {
     runtime.spawn(async move {
         shutdown_signal().await;
-        tracing::info!("{on_signal}");
+        if let Some(message) = on_signal {
+            tracing::info!("{message}");
+        }
         stop.store(true, Ordering::Relaxed);
     });
 }
