@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use schemas::{DriftReport, DriftSeverity};
+use scorer::card::ModelCard;
 use scorer::replay::{Reader, ReplayError, show_time};
 
 /// Which reports a command takes.
@@ -37,17 +38,22 @@ pub struct Window<'a> {
     pub span: (i64, i64),
     /// Largest PSI first.
     pub reports: Vec<&'a DriftReport>,
-    /// The most features any window of this model version read has: the drift job writes a
-    /// window's reports one after the other, so a window read while they are written has fewer.
+    /// The features a whole window of this model version has: as many as its model card monitors
+    /// when the card is known, and at least as many as any window of it read has. The drift job
+    /// writes a window's reports one after the other, so a window read while they are written
+    /// has fewer.
     pub features: usize,
 }
 
 impl Found {
-    /// The latest `windows` windows of each model version, oldest first.
-    pub fn latest(&self, windows: usize) -> Vec<Window<'_>> {
+    /// The latest `windows` windows of each model version, oldest first. `monitored` gives, per
+    /// model version whose card is known, how many of the selected features its drift job reports
+    /// ([`monitored`]).
+    pub fn latest(&self, windows: usize, monitored: &BTreeMap<String, usize>) -> Vec<Window<'_>> {
         let mut out = Vec::new();
         for (model, by_window) in &self.windows {
-            let features = by_window.values().map(Vec::len).max().unwrap_or(0);
+            let read = by_window.values().map(Vec::len).max().unwrap_or(0);
+            let features = monitored.get(model).map_or(read, |&m| m.max(read));
             for (span, reports) in by_window.iter().rev().take(windows).rev() {
                 let mut reports: Vec<&DriftReport> = reports.iter().collect();
                 reports.sort_by(|a, b| b.psi.total_cmp(&a.psi).then_with(|| a.feature.cmp(&b.feature)));
@@ -56,6 +62,19 @@ impl Found {
         }
         out
     }
+}
+
+/// For each model card, how many features the drift job reports per window for it (those of
+/// its PSI reference), counting only `feature` when one is selected.
+pub fn monitored<'a>(cards: impl IntoIterator<Item = &'a ModelCard>, feature: Option<&str>) -> BTreeMap<String, usize> {
+    cards
+        .into_iter()
+        .map(|card| {
+            let reference = &card.psi.reference;
+            let count = feature.map_or(reference.len(), |f| usize::from(reference.contains_key(f)));
+            (card.model_version.clone(), count)
+        })
+        .collect()
 }
 
 /// Reads the reports of `topic` the selection takes.
@@ -78,8 +97,8 @@ pub fn read(reader: &Reader, topic: &str, selection: &Selection) -> Result<Found
     Ok(found)
 }
 
-/// One window for a person: a line for the window (saying so when it has fewer features than
-/// other windows of its model), one per feature, and the bins of each feature that drifted
+/// One window for a person: a line for the window (saying so when it has fewer features than a
+/// whole window of its model, [`Window::features`]), one per feature, and the bins of each feature that drifted
 /// (every feature's when `all_bins`).
 pub fn describe(window: &Window<'_>, all_bins: bool) -> String {
     let (model, (start, end), reports) = (window.model, window.span, &window.reports);
@@ -164,9 +183,33 @@ mod tests {
         }
         // The newest window is being written: only one of its two reports is in yet.
         found.windows.entry("1.0.0".into()).or_default().insert((180, 240), vec![report("b", 0.15, &[])]);
-        let latest = found.latest(3);
+        let latest = found.latest(3, &BTreeMap::new());
         let shown: Vec<(i64, Vec<&str>, usize)> =
             latest.iter().map(|w| (w.span.0, w.reports.iter().map(|r| r.feature.as_str()).collect(), w.features)).collect();
         assert_eq!(shown, [(60, vec!["b", "a"], 2), (120, vec!["a", "b"], 2), (180, vec!["b"], 2)]);
+    }
+
+    #[test]
+    fn a_window_read_alone_is_complete_only_with_every_feature_its_card_monitors() {
+        let mut found = Found::default();
+        found.windows.entry("1.0.0".into()).or_default().insert((0, 60), vec![report("a", 0.2, &[]), report("b", 0.1, &[])]);
+        found.windows.entry("2.0.0".into()).or_default().insert((0, 60), vec![report("a", 0.2, &[])]);
+        // Card 1.0.0 monitors three features, of which two are in; 2.0.0's card is not known.
+        let monitored = BTreeMap::from([("1.0.0".to_string(), 3)]);
+        let latest = found.latest(1, &monitored);
+        let shown: Vec<(&str, usize, usize)> = latest.iter().map(|w| (w.model, w.reports.len(), w.features)).collect();
+        assert_eq!(shown, [("1.0.0", 2, 3), ("2.0.0", 1, 1)]);
+        assert!(describe(&latest[0], false).contains(", 2 of 3 features reported ("), "{}", describe(&latest[0], false));
+        assert!(!describe(&latest[1], false).contains("features reported"));
+    }
+
+    #[test]
+    fn the_bundled_card_monitors_its_psi_reference() {
+        let card = ModelCard::load(&ModelCard::bundled_path()).unwrap();
+        let all = monitored([&card], None);
+        assert_eq!(all.get(&card.model_version), Some(&card.psi.reference.len()));
+        assert!(card.psi.reference.len() > 1);
+        assert_eq!(monitored([&card], Some("amount_log")).get(&card.model_version), Some(&1));
+        assert_eq!(monitored([&card], Some("no_such_feature")).get(&card.model_version), Some(&0));
     }
 }

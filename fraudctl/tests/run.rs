@@ -284,6 +284,10 @@ fn drifted_traffic_is_told_as_the_drift_job_finds_it() {
     assert!(latest.starts_with("model 1.0.0, window "), "{latest}");
     let feature_lines: Vec<&str> = latest.lines().filter(|l| l.contains(" PSI ")).collect();
     assert_eq!(feature_lines.len(), features, "{latest}");
+    assert!(!latest.lines().next().unwrap_or_default().contains("features reported"), "a whole window is not called incomplete: {latest}");
+    let missing_card = Command::new(env!("CARGO_BIN_EXE_fraudctl")).args(["drift", "show", "--brokers", &brokers, "--model-card", "/nonexistent/model_card.json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&missing_card.stderr);
+    assert!(!missing_card.status.success() && stderr.contains("--model-card /nonexistent/model_card.json"), "{stderr}");
     assert!(latest.contains("\n  amount_log by bin: ") && !latest.contains("is_night by bin"), "{latest}");
     let night = show(&["--feature", "is_night"]);
     assert!(night.contains("  is_night  PSI ") && night.contains("is_night by bin") && !night.contains("amount_log"), "{night}");
