@@ -158,6 +158,11 @@ pub struct Measured {
     pub rss_bytes: f64,
     pub spans_exported: f64,
     pub spans_dropped: f64,
+    /// Poll batches the scorers took over the whole run, and the records in them.
+    pub batches: f64,
+    pub batched_records: f64,
+    /// The embedded broker's CPU while measured; `None` on a cluster.
+    pub broker_cpu_seconds: Option<f64>,
 }
 
 impl Measured {
@@ -167,6 +172,14 @@ impl Measured {
 
     pub fn cpu_per_100k(&self) -> f64 {
         self.cpu_seconds * 100_000.0 / self.records as f64
+    }
+
+    pub fn records_per_batch(&self) -> f64 {
+        self.batched_records / self.batches
+    }
+
+    pub fn broker_cpu_per_100k(&self) -> Option<f64> {
+        self.broker_cpu_seconds.map(|c| c * 100_000.0 / self.records as f64)
     }
 }
 
@@ -238,12 +251,13 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
             let name = format!("{}-{i}", run.process_name());
             instances.push((port, Process::spawn(&name, &stack::sibling("scorer")?, &args, &dir, &env)?));
         }
-        let m = rt.block_on(measure(&mut instances, b.records as u64, stop)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
+        let m = rt.block_on(measure(&mut instances, broker.as_ref(), b.records as u64, stop)).with_context(|| format!("{mode} run; logs in {}", dir.display()))?;
         let label = run.label();
         eprintln!(
-            "{label}: {:.0} records/s, {:.3} CPU-s per 100k, {:.0} MiB resident, spans exported {:.0}, dropped {:.0}",
+            "{label}: {:.0} records/s, {:.3} CPU-s per 100k, {:.0} records per batch, {:.0} MiB resident, spans exported {:.0}, dropped {:.0}",
             m.rate(),
             m.cpu_per_100k(),
+            m.records_per_batch(),
             m.rss_bytes / 1048576.0,
             m.spans_exported,
             m.spans_dropped
@@ -283,11 +297,12 @@ fn preload(brokers: &str, topic: &str, n: usize, users: u64, stop: &AtomicBool) 
 /// Samples the scorers' /metrics until together they processed `n` records; measures between 5 %
 /// and 95 % of them, past group joining (every process has records) and before the tail. Rates,
 /// CPU, memory and spans are sums over the processes. CPU comes from /proc (10 ms resolution):
-/// `process_cpu_seconds_total` counts whole seconds, too coarse for runs of a few seconds.
-async fn measure(instances: &mut [(u16, Process)], n: u64, stop: &AtomicBool) -> Result<Measured> {
+/// `process_cpu_seconds_total` counts whole seconds, too coarse for runs of a few seconds. The
+/// embedded `broker`'s CPU is read over the same span.
+async fn measure(instances: &mut [(u16, Process)], broker: Option<&Process>, n: u64, stop: &AtomicBool) -> Result<Measured> {
     let http = reqwest::Client::new();
     let (lo, hi) = (n / 20, n - n / 20);
-    let mut start: Option<(Instant, f64, f64)> = None;
+    let mut start: Option<(Instant, Sample, Option<f64>)> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -310,18 +325,22 @@ async fn measure(instances: &mut [(u16, Process)], n: u64, stop: &AtomicBool) ->
             }
         }
         let now = Instant::now();
+        let broker_cpu = broker.map(Process::cpu_seconds).transpose()?;
         if complete {
-            match start {
-                None if sample.done as u64 >= lo && sample.idle == 0 => start = Some((now, sample.done, sample.cpu)),
-                Some((t0, d0, c0)) if sample.done as u64 >= hi => {
+            match &start {
+                None if sample.done as u64 >= lo && sample.idle == 0 => start = Some((now, sample, broker_cpu)),
+                Some((t0, s0, b0)) if sample.done as u64 >= hi => {
                     return Ok(Measured {
                         mode: "",
-                        records: (sample.done - d0) as u64,
-                        seconds: (now - t0).as_secs_f64(),
-                        cpu_seconds: sample.cpu - c0,
+                        records: (sample.done - s0.done) as u64,
+                        seconds: (now - *t0).as_secs_f64(),
+                        cpu_seconds: sample.cpu - s0.cpu,
                         rss_bytes: sample.rss,
                         spans_exported: sample.spans_exported,
                         spans_dropped: sample.spans_dropped,
+                        batches: sample.batches,
+                        batched_records: sample.batched_records,
+                        broker_cpu_seconds: broker_cpu.zip(*b0).map(|(b, b0)| b - b0),
                     });
                 }
                 _ => {}
@@ -339,6 +358,8 @@ struct Sample {
     rss: f64,
     spans_exported: f64,
     spans_dropped: f64,
+    batches: f64,
+    batched_records: f64,
     /// Processes that have not handled a record yet (still joining the group).
     idle: usize,
 }
@@ -350,6 +371,8 @@ impl Sample {
         self.idle += usize::from(done == 0.0);
         self.rss += metric(text, "process_resident_memory_bytes").unwrap_or(0.0);
         self.spans_exported += metric(text, "telemetry_spans_exported_total").unwrap_or(0.0);
+        self.batches += metric(text, "scorer_batch_records_count").unwrap_or(0.0);
+        self.batched_records += metric(text, "scorer_batch_records_sum").unwrap_or(0.0);
         self.spans_dropped +=
             text.lines().filter(|l| l.starts_with("telemetry_spans_dropped_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
     }

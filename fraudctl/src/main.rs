@@ -432,8 +432,8 @@ fn main() -> Result<()> {
             // Ctrl-C ends the run with its broker, Redis and scorer stopped, not left running.
             let signals = runtime()?;
             let results = fraudctl::bench::run(&b, &ctrl_c_flag(&signals))?;
-            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | resident MiB | spans exported | spans dropped |");
-            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | records per batch | broker CPU-s per 100k | resident MiB | spans exported | spans dropped |");
+            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
             let (mut passthrough, mut fan_out) = (None, None);
             let ratio = |rate: f64, base: Option<f64>| base.map_or_else(String::new, |b| format!("{:.2}", rate / b));
             for m in &results {
@@ -444,13 +444,15 @@ fn main() -> Result<()> {
                     _ => {}
                 }
                 println!(
-                    "| {} | {} | {:.0} | {:.3} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                    "| {} | {} | {:.0} | {:.3} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
                     m.mode,
                     m.records,
                     m.rate(),
                     m.cpu_per_100k(),
                     ratio(m.rate(), passthrough),
                     ratio(m.rate(), fan_out),
+                    m.records_per_batch(),
+                    m.broker_cpu_per_100k().map_or_else(String::new, |c| format!("{c:.3}")),
                     m.rss_bytes / 1048576.0,
                     m.spans_exported,
                     m.spans_dropped

@@ -24,8 +24,12 @@ fn on_a_cluster_each_run_has_topics_of_its_own_and_deletes_them() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for run in ["passthrough", "fan-out", "scorer"] {
         let row = stdout.lines().find(|l| l.starts_with(&format!("| {run} |"))).unwrap_or_else(|| panic!("no {run} row in\n{stdout}"));
-        let measured: u64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let measured: u64 = cells[2].parse().unwrap();
         assert!(measured > 0, "{row}");
+        let per_batch: f64 = cells[7].parse().unwrap();
+        assert!((1.0..=500.0).contains(&per_batch), "records per batch, at most --max-batch: {row}");
+        assert_eq!(cells[8], "", "no broker CPU for a cluster's broker: {row}");
     }
     assert!(stdout.contains(&format!("brokers {b})")), "{stdout}");
     let prefix = format!("fraudstream-bench-{}-", out_pid(&stderr));

@@ -535,6 +535,7 @@ impl Pipeline {
         if messages.is_empty() {
             return self.settle(&HashMap::new());
         }
+        self.metrics.batch_records.observe(messages.len() as f64);
         let mut bounds = BatchOffsets::default();
         for m in &messages {
             bounds.add(m.partition(), m.offset());
