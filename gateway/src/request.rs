@@ -122,6 +122,10 @@ pub fn parse_transaction(
         Some(Value::String(s)) => Some(s.clone()),
         // The seed's clients send numeric user ids; their text is the id.
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        // Integers past 64 bits reach here as doubles, their digits already rounded.
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18) => {
+            wrong(&mut errors, "user_id", "is too large for a numeric id: send it as a string")
+        }
         Some(_) => wrong(&mut errors, "user_id", "must be a string or an integer"),
     };
     let amount = match body.get("amount") {
@@ -297,7 +301,7 @@ mod tests {
         assert_eq!(clamped["note"], json!([1, {"a": 2}]));
         let errors = parse_transaction(&clamped, &TransactionLimits::default(), 1_000).unwrap_err();
         let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.reason.as_str())).collect();
-        assert_eq!(got, [("user_id", "must be a string or an integer"), ("amount", "must be > 0")]);
+        assert_eq!(got, [("user_id", "is too large for a numeric id: send it as a string"), ("amount", "must be > 0")]);
         let huge = with_huge_numbers_clamped(br#"{"transaction_id": "t", "user_id": 1, "amount": 1e400, "payment_method": "card"}"#).unwrap().body;
         let errors = parse_transaction(&huge, &TransactionLimits::default(), 1_000).unwrap_err();
         assert_eq!((errors[0].field.as_str(), errors[0].reason.as_str()), ("amount", "must be at most 1000000"));
@@ -322,6 +326,21 @@ mod tests {
         assert_eq!(tx.timestamp, RECEIVED, "time of receipt");
         assert_eq!(tx.country, None);
         assert_eq!(tx.payment_method, PaymentMethod::Card);
+    }
+
+    #[test]
+    fn numeric_user_ids_are_taken_within_64_bits_and_refused_clearly_beyond() {
+        let with = |raw: &str| {
+            let body = format!(r#"{{"transaction_id": "t", "user_id": {raw}, "amount": 1, "payment_method": "card"}}"#);
+            parse(serde_json::from_str(&body).unwrap())
+                .map(|tx| tx.user_id)
+                .map_err(|e| e.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect::<Vec<_>>())
+        };
+        assert_eq!(with("18446744073709551615"), Ok("18446744073709551615".to_string()));
+        assert_eq!(with("-42"), Ok("-42".to_string()));
+        assert_eq!(with("123456789012345678901234"), Err(vec!["user_id: is too large for a numeric id: send it as a string".to_string()]));
+        assert_eq!(with("12.5"), Err(vec!["user_id: must be a string or an integer".to_string()]));
+        assert_eq!(with("1e3"), Err(vec!["user_id: must be a string or an integer".to_string()]));
     }
 
     #[test]

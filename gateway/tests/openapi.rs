@@ -47,7 +47,7 @@ fn corpus() -> Vec<Value> {
         bodies.push(with(field, None));
         bodies.extend(ids.iter().map(|v| with(field, Some(v.clone()))));
     }
-    for v in [json!(-5), json!(0), json!(1.5), json!(u64::MAX), json!(i64::MIN)] {
+    for v in [json!(-5), json!(0), json!(1.5), json!(u64::MAX), json!(i64::MIN), json!(1e3), json!(-0.0), json!(1e20), json!(1.2e23), json!(-1e19)] {
         bodies.push(with("user_id", Some(v)));
     }
     bodies.push(with("amount", None));
