@@ -82,6 +82,8 @@ fn corpus() -> Vec<Value> {
         json!(-1),
         json!(1.5),
         json!(u64::MAX),
+        json!(1e20),
+        json!(1.768483800e12),
         json!(true),
         Value::Null,
     ] {
