@@ -1,4 +1,3 @@
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use drift_job::engine::{Engine, EngineConfig};
 use drift_job::metrics::DriftMetrics;
 use drift_job::window::Reference;
 use schemas::{Decision, Label, topics};
-use scorer::ModelCard;
+use scorer::config::MonitoredCards;
 use telemetry::ops::Readiness;
 
 #[derive(Debug, Parser)]
@@ -24,9 +23,8 @@ struct Args {
     brokers: String,
     #[arg(long, env = "DRIFT_GROUP_ID", default_value = "fraudstream-drift-job")]
     group_id: String,
-    /// Model cards whose decisions are monitored (repeatable; env: comma-separated).
-    #[arg(long = "model-card", env = "MODEL_CARDS", value_delimiter = ',', default_values_os_t = vec![ModelCard::bundled_path()])]
-    model_cards: Vec<PathBuf>,
+    #[command(flatten)]
+    cards: MonitoredCards,
     /// Length of a tumbling drift window, in seconds.
     #[arg(long, env = "DRIFT_WINDOW_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     window_seconds: u64,
@@ -76,7 +74,7 @@ fn main() -> Result<()> {
         brokers = %args.brokers,
         kafka_config = %telemetry::config::show_key_values(&args.kafka_config),
         group_id = %args.group_id,
-        model_cards = ?args.model_cards,
+        model_cards = ?args.cards.model_cards,
         window_seconds = args.window_seconds,
         min_samples = args.min_samples,
         join_max_entries = args.join_max_entries,
@@ -91,11 +89,7 @@ fn main() -> Result<()> {
         drift_reports_topic = %args.drift_reports_topic,
         "drift-job starting"
     );
-    let mut references = Vec::new();
-    for path in &args.model_cards {
-        let card = ModelCard::load(path).with_context(|| format!("--model-card {}", path.display()))?;
-        references.push(Reference::from_card(&card));
-    }
+    let references: Vec<Reference> = args.cards.load()?.iter().map(Reference::from_card).collect();
     let versions: Vec<String> = references.iter().map(|r| r.model_version.clone()).collect();
     let registry = telemetry::metrics::registry();
     // No spans of its own yet; the same start-up gives it the propagator and export metrics.

@@ -121,10 +121,10 @@ enum DriftCommand {
         /// Give up when the topic sends nothing, not even its end, for this many seconds.
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
         idle_timeout_s: u64,
-        /// Model cards (as the drift job is given): a window of a card's model version with
-        /// fewer reports than the card monitors features is said to be incomplete.
-        #[arg(long = "model-card", env = "MODEL_CARDS", value_delimiter = ',', default_values_os_t = vec![ModelCard::bundled_path()])]
-        model_cards: Vec<PathBuf>,
+        // The drift job's model cards: a window of a card's model version with fewer reports
+        // than the card monitors features is said to be incomplete.
+        #[command(flatten)]
+        cards: scorer::config::MonitoredCards,
     },
 }
 
@@ -367,12 +367,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Dlq(command) => dlq(command),
-        Command::Drift(DriftCommand::Show { brokers, topic, from, to, model_version, feature, windows, json, idle_timeout_s, model_cards }) => {
-            let mut cards = Vec::new();
-            for path in &model_cards {
-                cards.push(ModelCard::load(path).with_context(|| format!("--model-card {}", path.display()))?);
-            }
-            let monitored = fraudctl::drift::monitored(&cards, feature.as_deref());
+        Command::Drift(DriftCommand::Show { brokers, topic, from, to, model_version, feature, windows, json, idle_timeout_s, cards }) => {
+            let monitored = fraudctl::drift::monitored(&cards.load()?, feature.as_deref());
             let reader = fraudctl::kafka::reader(&brokers, Duration::from_secs(idle_timeout_s));
             let all_bins = feature.is_some();
             let windows = usize::try_from(windows).unwrap_or(usize::MAX);

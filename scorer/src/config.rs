@@ -116,6 +116,23 @@ pub struct ModelArgs {
     pub review_above_amount: f64,
 }
 
+/// The model cards whose decisions the drift job monitors, as it and `fraudctl drift show` take
+/// them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitoredCards {
+    /// Model cards whose decisions are monitored (repeatable; env: comma-separated).
+    #[arg(long = "model-card", env = "MODEL_CARDS", value_delimiter = ',', default_values_os_t = vec![ModelCard::bundled_path()])]
+    pub model_cards: Vec<PathBuf>,
+}
+
+impl MonitoredCards {
+    /// Every card, in the order given; the first that cannot be read fails, named with its flag.
+    pub fn load(&self) -> anyhow::Result<Vec<ModelCard>> {
+        use anyhow::Context as _;
+        self.model_cards.iter().map(|path| ModelCard::load(path).with_context(|| format!("--model-card {}", path.display()))).collect()
+    }
+}
+
 /// The topics the scorer reads and writes decisions to.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InputTopics {
