@@ -325,11 +325,13 @@ async fn measure(instances: &mut [(u16, Process)], broker: Option<&Process>, n: 
             }
         }
         let now = Instant::now();
-        let broker_cpu = broker.map(Process::cpu_seconds).transpose()?;
+        // Read only for the two samples that bound the measured span.
+        let broker_cpu = || broker.map(Process::cpu_seconds).transpose();
         if complete {
             match &start {
-                None if sample.done as u64 >= lo && sample.idle == 0 => start = Some((now, sample, broker_cpu)),
+                None if sample.done as u64 >= lo && sample.idle == 0 => start = Some((now, sample, broker_cpu()?)),
                 Some((t0, s0, b0)) if sample.done as u64 >= hi => {
+                    let broker_cpu = broker_cpu()?;
                     return Ok(Measured {
                         mode: "",
                         records: (sample.done - s0.done) as u64,
