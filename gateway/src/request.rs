@@ -122,8 +122,9 @@ pub fn parse_transaction(
         Some(Value::String(s)) => Some(s.clone()),
         // The seed's clients send numeric user ids; their text is the id.
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        // Integers past 64 bits reach here as doubles, their digits already rounded.
-        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= 9.2e18) => {
+        // Integers past 64 bits reach here as doubles, their digits already rounded; every
+        // integer above u64::MAX rounds to 2^64 or more, every one below i64::MIN to -2^63 or less.
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= u64::MAX as f64 || f <= i64::MIN as f64) => {
             wrong(&mut errors, "user_id", "is too large for a numeric id: send it as a string")
         }
         Some(_) => wrong(&mut errors, "user_id", "must be a string or an integer"),
@@ -341,6 +342,11 @@ mod tests {
         assert_eq!(with("123456789012345678901234"), Err(vec!["user_id: is too large for a numeric id: send it as a string".to_string()]));
         assert_eq!(with("12.5"), Err(vec!["user_id: must be a string or an integer".to_string()]));
         assert_eq!(with("1e3"), Err(vec!["user_id: must be a string or an integer".to_string()]));
+        // The bounds are the exact edges of the 64-bit ranges, not a rounded literal.
+        assert_eq!(with("18446744073709551616"), Err(vec!["user_id: is too large for a numeric id: send it as a string".to_string()]));
+        assert_eq!(with("-9223372036854775808"), Ok("-9223372036854775808".to_string()));
+        assert_eq!(with("-9223372036854775809"), Err(vec!["user_id: is too large for a numeric id: send it as a string".to_string()]));
+        assert_eq!(with("1e19"), Err(vec!["user_id: must be a string or an integer".to_string()]));
     }
 
     #[test]
