@@ -21,7 +21,8 @@ pub struct ScorerBench {
     pub tracing: Vec<Tracing>,
     /// Then one scorer run whose feature store is unreachable.
     pub store_down: bool,
-    /// How many times to repeat the sequence (passthrough, fan-out, then the scorer runs).
+    /// How many times to repeat the sequence (passthrough, fan-out, then the scorer runs); every
+    /// second repetition runs it in reverse (see [`sequence`]).
     pub repeat: usize,
     /// Processes per run, sharing the input in one consumer group.
     pub instances: u32,
@@ -151,6 +152,8 @@ pub async fn otlp_sink() -> Result<u16> {
 #[derive(Debug, Clone)]
 pub struct Measured {
     pub mode: &'static str,
+    /// The repetition it belongs to, from 0; ratios are taken within one.
+    pub repetition: usize,
     pub records: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
@@ -196,9 +199,7 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let sink = rt.block_on(otlp_sink())?;
     let mut results = Vec::new();
-    let scored = b.tracing.iter().copied().map(Run::Score).chain(b.store_down.then_some(Run::ScoreStoreDown));
-    let runs: Vec<Run> = (0..b.repeat.max(1)).flat_map(|_| [Run::Passthrough, Run::FanOut].into_iter().chain(scored.clone())).collect();
-    for (n, run) in runs.into_iter().enumerate() {
+    for (n, (repetition, run)) in sequence(b).into_iter().enumerate() {
         // Without a cluster every run gets a fresh broker holding the same records: the in-memory
         // broker slows down as its topics grow, which would otherwise favour whichever run goes
         // first. On a cluster every run gets topics of its own, deleted when it ends.
@@ -262,12 +263,30 @@ pub fn run(b: &ScorerBench, stop: &AtomicBool) -> Result<Vec<Measured>> {
             m.spans_exported,
             m.spans_dropped
         );
-        results.push(Measured { mode: label, ..m });
+        results.push(Measured { mode: label, repetition, ..m });
         drop(instances);
         drop(broker);
     }
     drop(redis);
     Ok(results)
+}
+
+/// The runs in the order they are made, each with its repetition. On this machine a run is on
+/// average slower when it comes later in a sequence, so every second repetition runs the sequence
+/// in reverse: over an even number of repetitions each kind of run is first as often as it is
+/// last, and comparisons between them are not biased by position.
+fn sequence(b: &ScorerBench) -> Vec<(usize, Run)> {
+    let scored = b.tracing.iter().copied().map(Run::Score).chain(b.store_down.then_some(Run::ScoreStoreDown));
+    let once: Vec<Run> = [Run::Passthrough, Run::FanOut].into_iter().chain(scored).collect();
+    (0..b.repeat.max(1))
+        .flat_map(|r| {
+            let mut runs = once.clone();
+            if r % 2 == 1 {
+                runs.reverse();
+            }
+            runs.into_iter().map(move |run| (r, run))
+        })
+        .collect()
 }
 
 fn preload(brokers: &str, topic: &str, n: usize, users: u64, stop: &AtomicBool) -> Result<()> {
@@ -334,6 +353,7 @@ async fn measure(instances: &mut [(u16, Process)], broker: Option<&Process>, n: 
                     let broker_cpu = broker_cpu()?;
                     return Ok(Measured {
                         mode: "",
+                        repetition: 0,
                         records: (sample.done - s0.done) as u64,
                         seconds: (now - *t0).as_secs_f64(),
                         cpu_seconds: sample.cpu - s0.cpu,
@@ -377,5 +397,41 @@ impl Sample {
         self.batched_records += metric(text, "scorer_batch_records_sum").unwrap_or(0.0);
         self.spans_dropped +=
             text.lines().filter(|l| l.starts_with("telemetry_spans_dropped_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(tracing: Vec<Tracing>, store_down: bool, repeat: usize) -> ScorerBench {
+        ScorerBench { records: 1, partitions: 1, max_batch: 1, delivery: "exactly-once".into(), users: 1, tracing, store_down, repeat, instances: 1, brokers: None }
+    }
+
+    fn labels(b: &ScorerBench) -> Vec<(usize, &'static str)> {
+        sequence(b).into_iter().map(|(r, run)| (r, run.label())).collect()
+    }
+
+    #[test]
+    fn every_second_repetition_runs_the_sequence_in_reverse() {
+        let b = bench(vec![Tracing::Off, Tracing::Sampled], false, 2);
+        assert_eq!(
+            labels(&b),
+            [
+                (0, "passthrough"),
+                (0, "fan-out"),
+                (0, "scorer"),
+                (0, "scorer, 10 % traced"),
+                (1, "scorer, 10 % traced"),
+                (1, "scorer"),
+                (1, "fan-out"),
+                (1, "passthrough"),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_repetition_is_the_sequence_as_given() {
+        assert_eq!(labels(&bench(vec![Tracing::Off], true, 0)), [(0, "passthrough"), (0, "fan-out"), (0, "scorer"), (0, "scorer, feature store down")]);
     }
 }

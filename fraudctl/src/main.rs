@@ -184,7 +184,8 @@ enum BenchCommand {
         /// card's defaults, as during a Redis outage): what the Redis lookups cost.
         #[arg(long)]
         store_down: bool,
-        /// Repeat the whole sequence this many times (run-to-run spread).
+        /// Repeat the whole sequence this many times (run-to-run spread); every second
+        /// repetition runs it in reverse, so that no kind of run is always first or last.
         #[arg(long, default_value_t = 1)]
         repeat: usize,
         /// Processes per run, in one consumer group (each with its own transactional id): the
@@ -428,19 +429,15 @@ fn main() -> Result<()> {
             // Ctrl-C ends the run with its broker, Redis and scorer stopped, not left running.
             let signals = runtime()?;
             let results = fraudctl::bench::run(&b, &ctrl_c_flag(&signals))?;
-            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | records per batch | broker CPU-s per 100k | resident MiB | spans exported | spans dropped |");
-            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-            let (mut passthrough, mut fan_out) = (None, None);
+            println!("| run | records | records/s | CPU-s per 100k records | / passthrough | / fan-out | records per batch | broker CPU-s per 100k | resident MiB | spans exported | spans dropped | repetition |");
+            println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+            // Ratios are taken within one repetition.
+            let rate_of = |mode: &str, repetition: usize| results.iter().find(|m| m.mode == mode && m.repetition == repetition).map(|m| m.rate());
             let ratio = |rate: f64, base: Option<f64>| base.map_or_else(String::new, |b| format!("{:.2}", rate / b));
             for m in &results {
-                // Each repetition starts with its passthrough: ratios are taken within one repetition.
-                match m.mode {
-                    "passthrough" => (passthrough, fan_out) = (Some(m.rate()), None),
-                    "fan-out" => fan_out = Some(m.rate()),
-                    _ => {}
-                }
+                let (passthrough, fan_out) = (rate_of("passthrough", m.repetition), rate_of("fan-out", m.repetition));
                 println!(
-                    "| {} | {} | {:.0} | {:.3} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
+                    "| {} | {} | {:.0} | {:.3} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} |",
                     m.mode,
                     m.records,
                     m.rate(),
@@ -451,7 +448,8 @@ fn main() -> Result<()> {
                     m.broker_cpu_per_100k().map_or_else(String::new, |c| format!("{c:.3}")),
                     m.rss_bytes / 1048576.0,
                     m.spans_exported,
-                    m.spans_dropped
+                    m.spans_dropped,
+                    m.repetition + 1
                 );
             }
             let per_run = if instances == 1 { String::new() } else { format!(", {instances} processes per run") };

@@ -19,21 +19,34 @@ fn on_a_cluster_each_run_has_topics_of_its_own_and_deletes_them() {
     let created = fraudctl(&["topics", "create", "--brokers", &b]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
 
-    let out = fraudctl(&["bench", "scorer", "--brokers", &b, "--records", "20000", "--users", "200"]);
+    let out = fraudctl(&["bench", "scorer", "--brokers", &b, "--records", "20000", "--users", "200", "--repeat", "2"]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for run in ["passthrough", "fan-out", "scorer"] {
-        let row = stdout.lines().find(|l| l.starts_with(&format!("| {run} |"))).unwrap_or_else(|| panic!("no {run} row in\n{stdout}"));
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let rows: Vec<Vec<&str>> = stdout.lines().skip(2).take_while(|l| l.starts_with("| ")).map(|l| l.split('|').map(str::trim).collect()).collect();
+    let order: Vec<(&str, &str)> = rows.iter().map(|cells| (cells[1], cells[12])).collect();
+    assert_eq!(
+        order,
+        [("passthrough", "1"), ("fan-out", "1"), ("scorer", "1"), ("scorer", "2"), ("fan-out", "2"), ("passthrough", "2")],
+        "the second repetition runs in reverse:\n{stdout}"
+    );
+    for cells in &rows {
         let measured: u64 = cells[2].parse().unwrap();
-        assert!(measured > 0, "{row}");
+        assert!(measured > 0, "{cells:?}");
         let per_batch: f64 = cells[7].parse().unwrap();
-        assert!((1.0..=500.0).contains(&per_batch), "records per batch, at most --max-batch: {row}");
-        assert_eq!(cells[8], "", "no broker CPU for a cluster's broker: {row}");
+        assert!((1.0..=500.0).contains(&per_batch), "records per batch, at most --max-batch: {cells:?}");
+        assert_eq!(cells[8], "", "no broker CPU for a cluster's broker: {cells:?}");
+        // The ratio is to the passthrough of the same repetition, wherever it ran in it (within
+        // the rounding of the printed rates).
+        let passthrough = rows.iter().find(|c| c[1] == "passthrough" && c[12] == cells[12]).unwrap();
+        let expected = cells[3].parse::<f64>().unwrap() / passthrough[3].parse::<f64>().unwrap();
+        assert!((cells[5].parse::<f64>().unwrap() - expected).abs() < 0.006, "{cells:?} against {passthrough:?}");
+        if cells[1] == "passthrough" {
+            assert_eq!(cells[5], "1.00", "{cells:?}");
+        }
     }
     assert!(stdout.contains(&format!("brokers {b})")), "{stdout}");
     let prefix = format!("fraudstream-bench-{}-", out_pid(&stderr));
-    for run in 0..3 {
+    for run in 0..6 {
         assert!(stderr.contains(&format!("transactions to {prefix}{run}-transactions ")), "run {run} produces to a topic of its own:\n{stderr}");
     }
 
