@@ -5,7 +5,7 @@
 #   scripts/setup.sh run    what running needs: the ONNX Runtime library, Redis, the Tansu broker
 #   scripts/setup.sh test   the above plus what the tests need: promtool, amtool, docker-compose
 #                           (config checks), openssl and socat (certificates, TLS in front of a
-#                           test broker)
+#                           test broker), Schemathesis (the gateway against its OpenAPI spec)
 #
 # Prints `export` lines for the paths it set up when called with --print-env.
 set -euo pipefail
@@ -69,6 +69,26 @@ ensure_tansu() {
   rm -rf "$tmp"
 }
 
+# Schemathesis, pinned with everything it runs on, in a virtual environment of its own (outside
+# the clone, rebuilt when the pins change).
+SCHEMATHESIS_REQUIREMENTS=$ROOT/scripts/requirements-schemathesis.txt
+ensure_schemathesis() {
+  local stamp venv
+  stamp=$(sha256sum "$SCHEMATHESIS_REQUIREMENTS" | cut -c1-16)
+  venv=$CACHE/schemathesis-$stamp
+  SCHEMATHESIS=$venv/bin/st
+  if [[ -x $SCHEMATHESIS ]] && "$SCHEMATHESIS" --version >/dev/null 2>&1; then
+    return
+  fi
+  log "installing Schemathesis from PyPI into $venv"
+  local python
+  python=$(command -v python3) || die "python3 is needed for Schemathesis"
+  rm -rf "$venv"
+  "$python" -m venv "$venv" >&2 || die "python3 -m venv failed (on Debian's python3: apt-get install python3-venv)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$SCHEMATHESIS_REQUIREMENTS" >&2 \
+    || { rm -rf "$venv"; die "could not install Schemathesis from PyPI"; }
+}
+
 # Debian packages, installed in one apt run; `apt-get update` only when something is missing.
 # Each argument is command:package, or pc=module:package for a library pkg-config must find.
 ensure_apt() { # command:package | pc=module:package ...
@@ -106,6 +126,7 @@ case $mode in
       promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose
     ensure_onnxruntime
     ensure_tansu
+    ensure_schemathesis
     ;;
   *) die "usage: scripts/setup.sh [run|test]" ;;
 esac
@@ -115,3 +136,6 @@ export ORT_DYLIB_PATH=$ORT_DIR/libonnxruntime.so
 export FRAUDSTREAM_TANSU=$TOOLS/tansu
 export FRAUDSTREAM_REDIS_SERVER=$(command -v redis-server)
 ENV
+if [[ $mode == test ]]; then
+  echo "export FRAUDSTREAM_SCHEMATHESIS=$SCHEMATHESIS"
+fi
