@@ -178,8 +178,9 @@ fn the_answer_check_catches_what_the_spec_does_not_describe() {
 }
 
 /// Schemathesis, a property-based API tester, generates requests from the spec a running gateway
-/// serves — valid ones, invalid ones, odd headers, paths and bodies — with a scorer behind it,
-/// and checks every answer: no 5xx, a status the spec lists for the route, a body and headers
+/// serves — valid ones, invalid ones, odd headers, paths and bodies, and predictions followed by
+/// a lookup of their decision through the spec's link — with a scorer behind it, and checks
+/// every answer: no 5xx, a status the spec lists for the route, a body and headers
 /// matching that status's schema, invalid requests refused. Its check that every schema-valid
 /// request is accepted is left out: it sends the spec's example transaction_id with other
 /// payments, which the gateway refuses (422, documented and tested in `e2e`) rather than answering
