@@ -182,9 +182,9 @@ fn the_answer_check_catches_what_the_spec_does_not_describe() {
 /// a lookup of their decision through the spec's link — with a scorer behind it, and checks
 /// every answer: no 5xx, a status the spec lists for the route, a body and headers
 /// matching that status's schema, invalid requests refused. Its check that every schema-valid
-/// request is accepted is left out: it sends the spec's example transaction_id with other
-/// payments, which the gateway refuses (422, documented and tested in `e2e`) rather than answering
-/// with the first payment's decision.
+/// request is accepted is left out: it draws few distinct short transaction_ids and sends them
+/// again with other payments, which the gateway refuses (422, documented and tested in `e2e`)
+/// rather than answering with the first payment's decision.
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_every_answer_as_the_spec_says() {
     let st = std::env::var("FRAUDSTREAM_SCHEMATHESIS").expect("FRAUDSTREAM_SCHEMATHESIS is not set: run the tests through scripts/test.sh (scripts/setup.sh test installs Schemathesis)");
@@ -217,7 +217,7 @@ async fn schemathesis_finds_every_answer_as_the_spec_says() {
     let operations: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().keys().filter(|k| methods.contains(&k.as_str())).count()).sum();
     assert!(text.contains(&format!("Tested: {}\n", operations - 1)), "{operations} operations in the spec:\n{text}");
     // Every generated case passed. (Its warning that most schema-valid predictions were refused is
-    // the reused transaction_ids again: it draws few distinct short ids.)
+    // those reused transaction_ids again.)
     let cases = text.lines().find_map(|l| l.trim().strip_suffix(" passed")?.split_once(" generated, ")).unwrap_or_else(|| panic!("no case count in\n{text}"));
     assert_eq!(cases.0, cases.1, "{text}");
 }
