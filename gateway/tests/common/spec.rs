@@ -50,6 +50,13 @@ impl Spec {
             .expect("openapi.json's schemas compile")
     }
 
+    /// How many operations (path and method) the document describes.
+    pub fn operations(&self) -> usize {
+        const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+        let paths = self.doc["paths"].as_object().expect("openapi.json has paths");
+        paths.values().filter_map(Value::as_object).map(|p| p.keys().filter(|k| METHODS.contains(&k.as_str())).count()).sum()
+    }
+
     /// The schema of `POST /v1/predict`'s body.
     pub fn predict_request(&self) -> jsonschema::Validator {
         self.validator(&self.doc["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"], false)
