@@ -76,6 +76,11 @@ impl Engine {
         }
     }
 
+    /// Decisions waiting for their label, and labels waiting for their decision.
+    pub fn join_pending(&self) -> (usize, usize) {
+        self.join.pending()
+    }
+
     pub fn on_label(&mut self, l: &Label, now_ms: i64) {
         let (joined, evicted) = self.join.label(&l.transaction_id, l.is_fraud, l.labelled_at, now_ms);
         self.unmatched(evicted, 1);

@@ -50,31 +50,52 @@ impl Unmatched {
 }
 
 /// Entries waiting for their partner, oldest first, bounded in count and age.
+///
+/// `order` lists arrivals oldest first; an entry taken by its partner, or replaced by a later
+/// arrival for the same id, leaves a stale line there (told apart by its arrival number), which
+/// is skipped when it reaches the front. Most entries are taken long before they would expire,
+/// so `order` is compacted whenever stale lines outnumber live ones: its length stays within
+/// about twice the live entries instead of growing with every arrival of the TTL.
 struct Pending<T> {
-    by_id: HashMap<String, (T, i64)>,
-    order: VecDeque<(String, i64)>,
+    by_id: HashMap<String, Waiting<T>>,
+    order: VecDeque<(String, u64, i64)>,
+    arrivals: u64,
+}
+
+struct Waiting<T> {
+    value: T,
+    arrival: u64,
 }
 
 impl<T> Pending<T> {
     fn new() -> Self {
-        Self { by_id: HashMap::new(), order: VecDeque::new() }
+        Self { by_id: HashMap::new(), order: VecDeque::new(), arrivals: 0 }
     }
 
+    /// Adds (or replaces: a second arrival for the id restarts its wait) an entry.
     fn insert(&mut self, id: String, value: T, now_ms: i64) {
-        if self.by_id.insert(id.clone(), (value, now_ms)).is_none() {
-            self.order.push_back((id, now_ms));
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        self.order.push_back((id.clone(), arrival, now_ms));
+        self.by_id.insert(id, Waiting { value, arrival });
+        if self.order.len() > 2 * self.by_id.len() + 64 {
+            let by_id = &self.by_id;
+            self.order.retain(|(id, arrival, _)| by_id.get(id).is_some_and(|w| w.arrival == *arrival));
         }
     }
 
     fn take(&mut self, id: &str) -> Option<T> {
-        // Its `order` entry is skipped when it reaches the front.
-        self.by_id.remove(id).map(|(v, _)| v)
+        self.by_id.remove(id).map(|w| w.value)
+    }
+
+    fn is_live(&self, id: &str, arrival: u64) -> bool {
+        self.by_id.get(id).is_some_and(|w| w.arrival == arrival)
     }
 
     /// Removes the oldest live entry; returns whether one was removed.
     fn evict_oldest(&mut self) -> bool {
-        while let Some((id, at)) = self.order.pop_front() {
-            if self.by_id.get(&id).is_some_and(|(_, t)| *t == at) {
+        while let Some((id, arrival, _)) = self.order.pop_front() {
+            if self.is_live(&id, arrival) {
                 self.by_id.remove(&id);
                 return true;
             }
@@ -82,14 +103,14 @@ impl<T> Pending<T> {
         false
     }
 
-    /// Removes entries older than `cutoff_ms`; returns how many.
+    /// Removes entries that arrived before `cutoff_ms`; returns how many.
     fn expire(&mut self, cutoff_ms: i64) -> u64 {
         let mut n = 0;
-        while let Some((id, at)) = self.order.front() {
+        while let Some((id, arrival, at)) = self.order.front() {
             if *at >= cutoff_ms {
                 break;
             }
-            if self.by_id.get(id).is_some_and(|(_, t)| t == at) {
+            if self.is_live(id, *arrival) {
                 self.by_id.remove(id);
                 n += 1;
             }
@@ -148,22 +169,32 @@ impl LabelJoin {
     }
 }
 
-/// The last `capacity` labelled decisions of one model version.
+/// The last `capacity` labelled decisions of one model version, with their confusion counts at
+/// each threshold kept as entries come and go (the job reads them after every label).
 pub struct QualityWindow {
     entries: VecDeque<(Verdict, bool)>,
     capacity: usize,
+    /// In `Threshold::ALL`'s order.
+    counts: [Confusion; 2],
 }
 
 impl QualityWindow {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: VecDeque::with_capacity(capacity.min(1 << 16)), capacity: capacity.max(1) }
+        Self { entries: VecDeque::with_capacity(capacity.min(1 << 16)), capacity: capacity.max(1), counts: [Confusion::default(); 2] }
     }
 
     pub fn push(&mut self, verdict: Verdict, is_fraud: bool) {
-        if self.entries.len() == self.capacity {
-            self.entries.pop_front();
+        if self.entries.len() == self.capacity
+            && let Some((old, was_fraud)) = self.entries.pop_front()
+        {
+            for (t, c) in Threshold::ALL.into_iter().zip(&mut self.counts) {
+                c.remove(t.positive(old), was_fraud);
+            }
         }
         self.entries.push_back((verdict, is_fraud));
+        for (t, c) in Threshold::ALL.into_iter().zip(&mut self.counts) {
+            c.add(t.positive(verdict), is_fraud);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -175,11 +206,8 @@ impl QualityWindow {
     }
 
     pub fn confusion(&self, threshold: Threshold) -> Confusion {
-        let mut c = Confusion::default();
-        for (v, f) in &self.entries {
-            c.add(threshold.positive(*v), *f);
-        }
-        c
+        let i = Threshold::ALL.iter().position(|t| *t == threshold).unwrap_or_default();
+        self.counts[i]
     }
 }
 
@@ -225,6 +253,63 @@ mod tests {
         j.decision("a", outcome(Verdict::Review), 50);
         assert_eq!(j.expire(120), (0, 0), "the joined entry from 0 is gone; the new one from 50 is young");
         assert_eq!(j.expire(151), (1, 0));
+    }
+
+    #[test]
+    fn joined_entries_do_not_pile_up_until_they_would_expire() {
+        // A week's TTL and room for a million: every decision joined by its label at once, as
+        // most are. What waits is nothing; what is kept to order arrivals must stay small too.
+        let mut j = LabelJoin::new(1_000_000, 7 * 86_400_000);
+        for i in 0..100_000 {
+            let id = format!("t{i}");
+            j.decision(&id, outcome(Verdict::Approve), i);
+            assert!(j.label(&id, false, i, i).0.is_some());
+        }
+        assert_eq!(j.pending(), (0, 0));
+        assert!(j.decisions.order.len() < 100, "{} arrival lines kept for no live entry", j.decisions.order.len());
+        // Entries that do wait are still expired in arrival order after the compactions.
+        for i in 0..1_000 {
+            j.decision(&format!("w{i}"), outcome(Verdict::Approve), 200_000 + i);
+        }
+        assert_eq!(j.expire(200_000 + 500 + 7 * 86_400_000), (500, 0));
+        assert_eq!(j.pending(), (500, 0));
+    }
+
+    #[test]
+    fn a_second_arrival_for_an_id_restarts_its_wait() {
+        let mut j = LabelJoin::new(10, 100);
+        j.label("a", true, 0, 0);
+        j.label("a", false, 40, 40);
+        assert_eq!(j.expire(120), (0, 0), "the label that waits arrived at 40");
+        assert_eq!(j.expire(141), (0, 1));
+        assert_eq!(j.pending(), (0, 0));
+        j.label("b", true, 0, 0);
+        j.label("b", true, 10, 10);
+        j.label("c", true, 20, 20);
+        assert!(j.labels.evict_oldest());
+        assert_eq!(j.pending(), (0, 1), "b's one live entry is the oldest: evicted, c stays");
+        assert!(j.decision("c", outcome(Verdict::Block), 30).0.is_some());
+    }
+
+    #[test]
+    fn running_counts_equal_a_recount_of_the_window() {
+        let verdicts = [Verdict::Approve, Verdict::Review, Verdict::Block];
+        let mut w = QualityWindow::new(50);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.push(verdicts[(x % 3) as usize], x.is_multiple_of(7));
+            for t in Threshold::ALL {
+                let mut recount = Confusion::default();
+                for (v, f) in &w.entries {
+                    recount.add(t.positive(*v), *f);
+                }
+                assert_eq!(w.confusion(t), recount);
+            }
+        }
+        assert_eq!(w.len(), 50);
     }
 
     #[test]

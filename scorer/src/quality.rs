@@ -23,6 +23,17 @@ impl Confusion {
         }
     }
 
+    /// Takes back an `add` of the same pair (a sliding window's oldest entry leaving it).
+    pub fn remove(&mut self, predicted_fraud: bool, is_fraud: bool) {
+        let n = match (predicted_fraud, is_fraud) {
+            (true, true) => &mut self.tp,
+            (true, false) => &mut self.fp,
+            (false, true) => &mut self.fn_,
+            (false, false) => &mut self.tn,
+        };
+        *n = n.saturating_sub(1);
+    }
+
     fn ratio(a: u64, b: u64) -> f64 {
         if b == 0 { 0.0 } else { a as f64 / b as f64 }
     }
