@@ -147,20 +147,26 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
+    let method_name = known_method(&method);
     // The trace an exemplar of this request's duration may name (sampled and exported only).
     let mut exemplar_trace: Option<String> = None;
     let response = if route.starts_with("/v1/") {
         // Continue the caller's trace (W3C headers) or start one; a bad header starts one.
         let parent = telemetry::trace::extract_from_http(req.headers());
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method_name),
+            KeyValue::new("http.route", route.clone()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+            KeyValue::new("url.scheme", "http"),
+        ];
+        if method_name == OTHER_METHOD {
+            attributes.push(KeyValue::new("http.request.method_original", method.to_string()));
+        }
+        let span_name = if method_name == OTHER_METHOD { format!("HTTP {route}") } else { format!("{method_name} {route}") };
         let span = telemetry::trace::tracer()
-            .span_builder(format!("{method} {route}"))
+            .span_builder(span_name)
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.to_string()),
-                KeyValue::new("http.route", route.clone()),
-                KeyValue::new("url.path", req.uri().path().to_string()),
-                KeyValue::new("url.scheme", "http"),
-            ])
+            .with_attributes(attributes)
             .start_with_context(telemetry::trace::tracer(), &parent);
         let ids = SpanIds::of(span.span_context());
         let cx = parent.with_span(span);
@@ -188,7 +194,7 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
     };
     metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .with_label_values(&[route.as_str(), method_name, response.status().as_str()])
         .inc();
     let seconds = started.elapsed().as_secs_f64();
     metrics.http_duration.with_label_values(&[route.as_str()]).observe(seconds);
@@ -196,6 +202,27 @@ async fn track(State(metrics): State<GatewayMetrics>, mut req: Request, next: Ne
         telemetry::metrics::exemplars().record(HTTP_DURATION, &[("route", route.as_str())], telemetry::metrics::LATENCY_BUCKETS, seconds, &trace_id);
     }
     response
+}
+
+/// What stands for a method HTTP does not define, in metrics and spans (OpenTelemetry's
+/// convention).
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The method's name if HTTP defines it, else `_OTHER`: a client may send any token as a
+/// method, and each would otherwise add a series to `http_requests_total`.
+fn known_method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => OTHER_METHOD,
+    }
 }
 
 async fn not_found() -> Response {

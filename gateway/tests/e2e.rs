@@ -197,9 +197,23 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
         assert!(headers.get("traceresponse").is_none(), "{path}");
     }
 
+    // Any token is a method to HTTP: methods it does not define are answered like any wrong
+    // method and counted as `_OTHER`, so that no client can add series to the metrics.
+    for (i, path) in ["/v1/predict", "/v1/decisions/x"].into_iter().enumerate() {
+        let method = Method::from_bytes(format!("BREW{i}").as_bytes()).unwrap();
+        let (status, headers, json) = gw.raw_with_headers(method, path, None, vec![]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}: {json}");
+        assert!(headers.contains_key("traceresponse"), "{path}");
+    }
+    let r = gw.http.request(Method::from_bytes(b"BREW").unwrap(), format!("{}/no/such/route", gw.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
     // Nothing invalid reached Kafka.
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"gateway_predictions_total{outcome="rejected"} 18"#), "{metrics}");
+    assert!(!metrics.contains("BREW"), "{metrics}");
+    assert!(metrics.contains(r#"http_requests_total{method="_OTHER",route="/v1/predict",status="405"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"http_requests_total{method="_OTHER",route="unmatched",status="404"} 1"#), "{metrics}");
 
     // A gateway with another amount limit documents the limit it enforces.
     let strict = stack.gateway(&["--max-amount", "500"]);
