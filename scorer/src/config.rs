@@ -111,7 +111,8 @@ pub struct ModelArgs {
     /// Largest amount accepted; larger ones go to the dead-letter topic.
     #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = telemetry::config::parse_positive_amount)]
     pub max_amount: f64,
-    /// Amounts above this are reviewed rather than approved, whatever the score.
+    /// Amounts above this, in USD (other currencies converted at their reference rate), are
+    /// reviewed rather than approved, whatever the score.
     #[arg(long, env = "REVIEW_ABOVE_AMOUNT", default_value_t = 10_000.0)]
     pub review_above_amount: f64,
 }

@@ -111,8 +111,12 @@ impl UserFeatures {
 
 const MS_PER_HOUR: i64 = 3_600_000;
 
-/// The feature vector for `tx` given the user's features, in `FEATURE_NAMES` order.
+/// The feature vector for `tx` given the user's features, in `FEATURE_NAMES` order. Amounts
+/// enter in USD, the currency the model was trained in and `avg_amount_30d` is kept in: a
+/// payment in another currency is converted at its reference rate (`crate::fx`; at face value
+/// for a currency without one).
 pub fn feature_vector(tx: &Transaction, user: &UserFeatures) -> [f32; N_FEATURES] {
+    let amount = crate::fx::model_amount(tx.amount, &tx.currency);
     let hour = (tx.timestamp.div_euclid(MS_PER_HOUR)).rem_euclid(24);
     let cross_border = match (&tx.country, &user.home_country) {
         (Some(c), Some(home)) => c != home,
@@ -121,8 +125,8 @@ pub fn feature_vector(tx: &Transaction, user: &UserFeatures) -> [f32; N_FEATURES
     let pm = tx.payment_method;
     let one_hot = |m: PaymentMethod| f64::from(u8::from(pm == m));
     let f = [
-        tx.amount.ln_1p(),
-        ((1.0 + tx.amount) / (1.0 + user.avg_amount_30d)).ln(),
+        amount.ln_1p(),
+        ((1.0 + amount) / (1.0 + user.avg_amount_30d)).ln(),
         f64::from(u8::from(hour < 6)),
         f64::from(u8::from(cross_border)),
         user.account_age_days.ln_1p(),
@@ -194,6 +198,23 @@ mod tests {
         assert_eq!(v[3], 0.0, "unknown country is not cross-border");
         assert!((v[0] - 101f32.ln()).abs() < 1e-6);
         assert!((v[1] - (101.0f32 / 55.4).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn amounts_enter_in_usd_whatever_the_currency() {
+        let user = defaults();
+        let in_usd = feature_vector(&tx(100.5, 12, None, PaymentMethod::Card), &user);
+        let close = |v: [f32; N_FEATURES]| v.iter().zip(&in_usd).all(|(a, b)| (a - b).abs() < 1e-6);
+        let mut yen = tx(15_000.0, 12, None, PaymentMethod::Card); // 15,000 JPY at 0.0067 USD
+        yen.currency = "JPY".into();
+        assert!(close(feature_vector(&yen, &user)), "{:?}", feature_vector(&yen, &user));
+        let mut pounds = tx(100.5 / 1.27, 12, None, PaymentMethod::Card);
+        pounds.currency = "GBP".into();
+        assert!(close(feature_vector(&pounds, &user)), "{:?}", feature_vector(&pounds, &user));
+        // A currency without a reference rate is taken at face value.
+        let mut won = tx(100.5, 12, None, PaymentMethod::Card);
+        won.currency = "KRW".into();
+        assert_eq!(feature_vector(&won, &user), in_usd);
     }
 
     #[test]

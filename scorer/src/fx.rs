@@ -1,5 +1,7 @@
-//! Amounts in USD for the business metrics. Fixed reference rates: the metrics are for trends and
-//! alerting, not accounting; a currency not listed here is counted at face value and logged once.
+//! Amounts in USD: for the model's amount features and the amount rule (the model was trained on
+//! USD amounts) and for the business metrics. Fixed reference rates — enough to put a payment's
+//! size on the model's scale and for trends and alerting, not for accounting; a currency not
+//! listed here is taken at face value (the scorer says so once per currency).
 
 const USD_PER_UNIT: &[(&str, f64)] = &[
     ("USD", 1.0),
@@ -20,6 +22,21 @@ pub fn to_usd(amount: f64, currency: &str) -> (f64, bool) {
         Some((_, rate)) => (amount * rate, true),
         None => (amount, false),
     }
+}
+
+/// `amount` of `currency` in USD for the model and the rules; at face value, said once per
+/// currency and process, for a currency without a reference rate.
+pub fn model_amount(amount: f64, currency: &str) -> f64 {
+    let (usd, priced) = to_usd(amount, currency);
+    if !priced {
+        static SAID: std::sync::Mutex<std::collections::BTreeSet<String>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+        // Currencies are validated codes (ISO 4217), so the set stays small; capped all the same.
+        if said.len() < 512 && said.insert(currency.to_string()) {
+            tracing::warn!(currency, "no reference rate for this currency: its amounts are taken as USD by the model and the amount rule");
+        }
+    }
+    usd
 }
 
 #[cfg(test)]

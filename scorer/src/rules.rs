@@ -8,7 +8,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
     pub thresholds: Thresholds,
-    /// Amounts above this are never approved without a human look, whatever the score.
+    /// Amounts above this, in USD, are never approved without a human look, whatever the score.
     pub review_above_amount: Option<f64>,
 }
 
@@ -39,7 +39,7 @@ impl Rules {
             Verdict::Approve
         };
         match self.review_above_amount {
-            Some(limit) if by_score == Verdict::Approve && tx.amount > limit => Verdict::Review,
+            Some(limit) if by_score == Verdict::Approve && crate::fx::model_amount(tx.amount, &tx.currency) > limit => Verdict::Review,
             _ => by_score,
         }
     }
@@ -86,6 +86,17 @@ mod tests {
         assert_eq!(r.verdict(0.01, &tx(10_000.0)), Verdict::Approve);
         assert_eq!(r.verdict(0.01, &tx(10_000.01)), Verdict::Review);
         assert_eq!(r.verdict(0.9, &tx(50_000.0)), Verdict::Block);
+    }
+
+    #[test]
+    fn the_amount_limit_is_in_usd() {
+        let r = rules();
+        let mut t = tx(1_000_000.0);
+        t.currency = "JPY".into(); // 6,700 USD
+        assert_eq!(r.verdict(0.01, &t), Verdict::Approve);
+        t.currency = "GBP".into();
+        t.amount = 8_000.0; // 10,160 USD
+        assert_eq!(r.verdict(0.01, &t), Verdict::Review);
     }
 
     #[test]
