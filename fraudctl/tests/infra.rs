@@ -1,11 +1,14 @@
 //! The operations configuration, checked with the real tools: Prometheus rules and their unit
 //! tests (promtool), the Prometheus and Alertmanager configs (promtool, amtool), and a runbook
-//! for every alert.
+//! for every alert; the OpenTelemetry Collector's config (which cannot run here) against what
+//! the services send it.
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -116,4 +119,58 @@ fn the_three_dashboards_exist_and_every_expression_parses() {
     let out = run("promtool", &["check", "rules", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
     assert!(out.contains(&format!("SUCCESS: {} rules found", exprs.len())), "{out}");
+}
+
+fn yaml(text: &str) -> Yaml {
+    YamlLoader::load_from_str(text).unwrap().remove(0)
+}
+
+fn keys(y: &Yaml) -> Vec<String> {
+    y.as_hash().map(|h| h.keys().filter_map(|k| k.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
+fn strings(y: &Yaml) -> Vec<String> {
+    y.as_vec().map(|v| v.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_collector_takes_what_the_services_send_and_keeps_every_span() {
+    let collector = yaml(&std::fs::read_to_string(root().join("infra/otel-collector.yaml")).unwrap());
+    // Every component a pipeline names is defined, and every defined one is used.
+    let service = &collector["service"];
+    for kind in ["receivers", "processors", "exporters"] {
+        let defined: std::collections::BTreeSet<String> = keys(&collector[kind]).into_iter().collect();
+        let mut used = std::collections::BTreeSet::new();
+        for pipeline in keys(&service["pipelines"]) {
+            for name in strings(&service["pipelines"][pipeline.as_str()][kind]) {
+                assert!(defined.contains(&name), "pipeline {pipeline} names {kind} {name}, which is not defined");
+                used.insert(name);
+            }
+        }
+        assert_eq!(used, defined, "{kind} defined but unused");
+    }
+    for name in strings(&service["extensions"]) {
+        assert!(keys(&collector["extensions"]).contains(&name), "extension {name} is not defined");
+    }
+    // The services sample at the head, and their exemplars and trace ids name the traces they
+    // export: a sampling processor here would drop what those links lead to.
+    let traces = strings(&service["pipelines"]["traces"]["processors"]);
+    for p in &traces {
+        let kind = p.split('/').next().unwrap();
+        assert!(!kind.contains("sampl"), "the traces pipeline samples again ({p})");
+    }
+    assert_eq!(traces.first().map(String::as_str), Some("memory_limiter"), "the memory limiter comes first");
+
+    // What the services are told to send to: OTLP over HTTP to the collector's HTTP receiver, at
+    // a head-sampling ratio.
+    let compose = yaml(&run("docker-compose", &["-f", "docker-compose.yml", "config"]));
+    let http = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].as_str().unwrap();
+    let port = http.rsplit(':').next().unwrap();
+    for name in ["gateway", "scorer", "drift-job"] {
+        let env = &compose["services"][name]["environment"];
+        assert_eq!(env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(), Some(format!("http://otel-collector:{port}").as_str()), "{name}");
+        assert_eq!(env["OTEL_EXPORTER_OTLP_PROTOCOL"].as_str(), Some("http/protobuf"), "{name}");
+        assert_eq!(env["OTEL_TRACES_SAMPLER"].as_str(), Some("parentbased_traceidratio"), "{name}");
+    }
+    assert!(keys(&compose["services"]).contains(&"otel-collector".to_string()));
 }
