@@ -27,6 +27,17 @@ fn otel_env(endpoint: String) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The regex Grafana's Loki datasource takes a log line's trace id out with (its `derivedFields`
+/// link from a log line to the trace in Jaeger).
+fn grafana_trace_id_matcher() -> regex::Regex {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/grafana/provisioning/datasources/datasources.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let quoted = text.lines().find_map(|l| l.trim().strip_prefix("matcherRegex:")).expect("a derived field with a matcherRegex").trim();
+    // A single-quoted YAML scalar: '' stands for '.
+    let pattern = quoted.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')).expect("single-quoted").replace("''", "'");
+    regex::Regex::new(&pattern).unwrap()
+}
+
 fn log_lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
@@ -161,6 +172,10 @@ async fn one_request_is_one_trace_from_http_through_kafka_into_the_scorer() {
     assert_eq!(decision_line["user_id"], "[email]");
     assert_eq!(decision_line["decision"], decision.as_str());
     assert_eq!(decision_line["top_features"].as_str().unwrap().split(", ").count(), 3, "{decision_line}");
+    // From the log line to its trace, as Grafana goes: the Loki datasource's regex finds the id.
+    let matcher = grafana_trace_id_matcher();
+    let raw_line = scorer_logs.lines().find(|l| l.contains(r#""message":"decision""#) && l.contains(tx_id.as_str())).unwrap();
+    assert_eq!(matcher.captures(raw_line).map(|c| c[1].to_string()), Some(trace_id.clone()), "{raw_line}");
     let answered_line = log_lines(&gateway_logs)
         .into_iter()
         .find(|l| l["message"] == "decision returned" && l["transaction_id"] == tx_id.as_str())
