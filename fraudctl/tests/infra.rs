@@ -1,5 +1,5 @@
 //! The operations configuration, checked with the real tools: Prometheus rules and their unit
-//! tests (promtool), the Prometheus and Alertmanager configs (promtool, amtool), and a runbook
+//! tests (promtool), the Prometheus and Alertmanager configs and routes (promtool, amtool), and a runbook
 //! for every alert; the OpenTelemetry Collector's config (which cannot run here) against what
 //! the services send it.
 
@@ -80,6 +80,21 @@ fn every_alert_is_complete_has_a_runbook_and_fires_and_stays_quiet_in_tests() {
         }
         assert!(tests.contains(&format!("name: {name} fires")), "no firing test for {name}");
         assert!(tests.contains(&format!("name: {name} stays quiet")), "no quiet test for {name}");
+    }
+}
+
+#[test]
+fn every_alert_reaches_the_receiver_its_severity_names() {
+    let rules = rules_text();
+    for name in alert_names() {
+        let start = rules.find(&format!("- alert: {name}\n")).unwrap();
+        let severity = rules[start..].lines().find_map(|l| l.trim().strip_prefix("severity: ")).unwrap().trim().to_string();
+        let out = run(
+            "amtool",
+            &["config", "routes", "test", "--config.file=infra/alertmanager.yml", &format!("alertname={name}"), &format!("severity={severity}")],
+        );
+        let receiver = out.lines().find(|l| !l.starts_with("Warning")).unwrap_or_default().trim().to_string();
+        assert_eq!(receiver, severity, "{name} (severity {severity}) is routed to {receiver}");
     }
 }
 
