@@ -174,7 +174,7 @@ impl LabelJoin {
 pub struct QualityWindow {
     entries: VecDeque<(Verdict, bool)>,
     capacity: usize,
-    /// In `Threshold::ALL`'s order.
+    /// In `Threshold::ALL`'s order: review, block.
     counts: [Confusion; 2],
 }
 
@@ -206,8 +206,10 @@ impl QualityWindow {
     }
 
     pub fn confusion(&self, threshold: Threshold) -> Confusion {
-        let i = Threshold::ALL.iter().position(|t| *t == threshold).unwrap_or_default();
-        self.counts[i]
+        match threshold {
+            Threshold::Review => self.counts[0],
+            Threshold::Block => self.counts[1],
+        }
     }
 }
 
