@@ -20,13 +20,13 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 800, value_parser = clap::value_parser!(u64).range(10..=300_000))]
     pub produce_timeout_ms: u64,
     /// Largest request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16 * 1024 * 1024))]
     pub max_body_bytes: usize,
     /// Largest amount accepted.
     #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = telemetry::config::parse_positive_amount)]
     pub max_amount: f64,
     /// Most requests waiting for a decision at once; beyond it requests get 503.
-    #[arg(long, env = "MAX_WAITERS", default_value_t = 20_000)]
+    #[arg(long, env = "MAX_WAITERS", default_value_t = 20_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_waiters: usize,
     /// How many recent decisions to keep for GET /v1/decisions/{id} and duplicate detection.
     #[arg(long, env = "RECENT_DECISIONS", default_value_t = 200_000)]
@@ -67,5 +67,17 @@ mod tests {
             let err = GatewayArgs::try_parse_from(["gateway", "--max-amount", bad]).unwrap_err().to_string();
             assert!(err.contains("--max-amount") && err.contains("not a positive amount"), "{err}");
         }
+    }
+
+    #[test]
+    fn limits_that_would_refuse_every_request_are_refused_at_start() {
+        // No body fits in 0 bytes, and no request may wait with 0 waiters: every prediction would
+        // be refused.
+        for (flag, bad) in [("--max-body-bytes", "0"), ("--max-waiters", "0")] {
+            let err = GatewayArgs::try_parse_from(["gateway", flag, bad]).unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+        let a = GatewayArgs::try_parse_from(["gateway", "--max-body-bytes", "1024", "--max-waiters", "5"]).unwrap();
+        assert_eq!((a.max_body_bytes, a.max_waiters), (1024, 5));
     }
 }

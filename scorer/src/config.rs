@@ -95,7 +95,7 @@ pub struct StoreArgs {
     #[arg(long, env = "FEATURE_KEY_PREFIX", default_value = "features:user:")]
     pub feature_key_prefix: String,
     /// Bound on connecting to and each round trip with the feature store, in ms.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50)]
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub redis_timeout_ms: u64,
 }
 
@@ -240,6 +240,9 @@ mod tests {
         let err = ScorerArgs::try_parse_from(["scorer", "--repeat-window", "0"]).unwrap_err().to_string();
         assert!(err.contains("--repeat-window"), "{err}");
         assert_eq!(ScorerArgs::try_parse_from(["scorer"]).unwrap().repeat_window, 200_000);
+        // A zero timeout would make every feature store read fail: every decision degraded.
+        let err = ScorerArgs::try_parse_from(["scorer", "--redis-timeout-ms", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--redis-timeout-ms"), "{err}");
         let err = ScorerArgs::try_parse_from(["scorer", "--kafka-config", "oops"]).unwrap_err().to_string();
         assert!(err.contains("key=value"), "{err}");
     }
