@@ -19,7 +19,7 @@ use telemetry::ops::Readiness;
 #[derive(Debug, Parser)]
 #[command(name = "drift-job", version, about = "PSI per feature against the training reference, and model quality from delayed labels")]
 struct Args {
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
     brokers: String,
     #[arg(long, env = "DRIFT_GROUP_ID", default_value = "fraudstream-drift-job")]
     group_id: String,

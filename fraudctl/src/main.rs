@@ -39,7 +39,7 @@ enum Command {
     Run(RunArgs),
     /// Publish delayed ground-truth labels for payments recorded by `traffic --truth-file`.
     Labels {
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
         brokers: String,
         /// The truth file written by `fraudctl traffic --truth-file`.
         #[arg(long)]
@@ -95,7 +95,7 @@ enum DriftCommand {
     /// drifted, the share of decisions in each bin against the training data's.
     Show {
         /// Kafka brokers.
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
         brokers: String,
         /// The reports' topic.
         #[arg(long, default_value = schemas::topics::DRIFT_REPORTS)]
@@ -131,7 +131,7 @@ enum DriftCommand {
 #[derive(clap::Args)]
 struct DlqSelection {
     /// Kafka brokers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
     brokers: String,
     /// The dead-letter topic.
     #[arg(long, default_value = schemas::topics::TRANSACTIONS_DLQ)]
@@ -253,7 +253,7 @@ struct TrafficArgs {
     #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8000")]
     gateway: String,
     /// Kafka brokers, for the direct path and the decision counts.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
     brokers: String,
     #[command(flatten)]
     shape: TrafficShape,
@@ -262,7 +262,7 @@ struct TrafficArgs {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Use these brokers instead of starting an in-memory Tansu broker.
-    #[arg(long, env = "KAFKA_BROKERS")]
+    #[arg(long, env = "KAFKA_BROKERS", value_parser = telemetry::config::parse_brokers)]
     brokers: Option<String>,
     /// Use this Redis instead of starting one.
     #[arg(long, env = "REDIS_URL")]
@@ -288,7 +288,7 @@ struct RunArgs {
 enum TopicsCommand {
     /// Create every fraudstream topic (existing ones are left alone) and say what became of each.
     Create {
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
         brokers: String,
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
         partitions: i32,

@@ -11,7 +11,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
     /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
     pub brokers: String,
     /// How long /v1/predict waits for the decision before answering 202 pending, in ms.
     #[arg(long, env = "DECISION_DEADLINE_MS", default_value_t = 2000)]
@@ -77,6 +77,8 @@ mod tests {
             let err = GatewayArgs::try_parse_from(["gateway", flag, bad]).unwrap_err().to_string();
             assert!(err.contains(flag), "{err}");
         }
+        let err = GatewayArgs::try_parse_from(["gateway", "--brokers", ""]).unwrap_err().to_string();
+        assert!(err.contains("--brokers") && err.contains("not a list of brokers"), "{err}");
         let a = GatewayArgs::try_parse_from(["gateway", "--max-body-bytes", "1024", "--max-waiters", "5"]).unwrap();
         assert_eq!((a.max_body_bytes, a.max_waiters), (1024, 5));
     }

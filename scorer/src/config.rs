@@ -78,7 +78,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
     pub brokers: String,
     /// Extra librdkafka settings for every Kafka client, `key=value`, repeatable (env: comma-separated).
     #[arg(long = "kafka-config", env = "SCORER_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]

@@ -6,6 +6,16 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
+/// A Kafka bootstrap list (`host:port[,host:port...]`), for a setting's value parser: an empty
+/// list or entry is refused at start rather than leaving a client that can reach no broker.
+pub fn parse_brokers(s: &str) -> Result<String, String> {
+    let entries: Vec<&str> = s.split(',').map(str::trim).collect();
+    if entries.iter().any(|e| e.is_empty()) {
+        return Err(format!("`{s}` is not a list of brokers (host:port, comma-separated)"));
+    }
+    Ok(entries.join(","))
+}
+
 /// A positive, finite amount (`--max-amount`), for a setting's value parser.
 pub fn parse_positive_amount(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
@@ -48,6 +58,15 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_lists_are_trimmed_and_empty_ones_refused() {
+        assert_eq!(parse_brokers("a:9092, b:9092"), Ok("a:9092,b:9092".into()));
+        assert_eq!(parse_brokers("kafka"), Ok("kafka".into()));
+        for bad in ["", " ", "a:9092,", ",a:9092", "a:1,,b:2"] {
+            assert!(parse_brokers(bad).unwrap_err().contains("not a list of brokers"), "{bad:?}");
+        }
+    }
 
     #[test]
     fn secrets_are_masked() {
