@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -63,7 +64,12 @@ async fn ready(State(s): State<OpsState>) -> Response {
     }
 }
 
-/// Serves `router` on `addr` until `shutdown` resolves.
+/// How long a client may take to send a request's head (request line and headers): a
+/// connection that trickles it is closed, so slow or stuck clients cannot pile up connections.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `addr` until `shutdown` resolves; then stops accepting, lets the requests
+/// in flight finish and closes idle connections.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
@@ -71,7 +77,49 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "http listening");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    serve_on(listener, router, shutdown, HEADER_READ_TIMEOUT).await;
+    Ok(())
+}
+
+/// The accept loop of [`serve`]: one HTTP/1 connection per client, each with `header_timeout`
+/// for every request head, all watched for a graceful shutdown.
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    header_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let accept_errors = crate::logs::Throttle::per_second();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little rather than spin or give up.
+                    if let Some(suppressed) = accept_errors.allow() {
+                        tracing::warn!(error = %e, suppressed, "cannot accept a connection");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
@@ -118,6 +166,63 @@ pub fn stop_on_signal(runtime: &tokio::runtime::Runtime, stop: Arc<AtomicBool>, 
 /// whose main loop is not async.
 pub async fn stopped(stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Sends `bytes` on a fresh connection and reads until the server closes it (or 5 s pass);
+    /// what came back, and how long until the close.
+    fn exchange(addr: SocketAddr, bytes: &'static [u8]) -> (String, Duration) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        stream.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+    }
+
+    async fn server(header_timeout: Duration) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let router = Router::new()
+            .route("/x", get(|| async { "ok" }))
+            .route("/slow", get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "slow ok"
+            }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_on(listener, router, async move { let _ = stopped.await; }, header_timeout));
+        (addr, stop, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_head_that_trickles_is_cut_off_and_whole_ones_are_served() {
+        let (addr, _stop, _task) = server(Duration::from_millis(300)).await;
+        let (answer, _) = tokio::task::spawn_blocking(move || exchange(addr, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok"), "{answer}");
+        // The head never ends: the connection is closed once the deadline passes, without an answer.
+        let (answer, took) = tokio::task::spawn_blocking(move || exchange(addr, b"GET /x HTTP/1.1\r\nHost: a\r\n")).await.unwrap();
+        assert!(!answer.contains("200 OK"), "{answer}");
+        assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(4), "closed after {took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn shutting_down_finishes_the_requests_in_flight() {
+        let (addr, stop, task) = server(HEADER_READ_TIMEOUT).await;
+        let slow = tokio::task::spawn_blocking(move || exchange(addr, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(()).unwrap();
+        let (answer, _) = slow.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("slow ok"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(2), task).await.expect("the server stops once its connections are done").unwrap();
+        assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after the shutdown");
     }
 }
