@@ -22,6 +22,9 @@ pub struct GatewayArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16 * 1024 * 1024))]
     pub max_body_bytes: usize,
+    /// How long a request's body may take to arrive once its head has, in ms; slower: 408.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub body_read_timeout_ms: u64,
     /// Largest amount accepted.
     #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = telemetry::config::parse_positive_amount)]
     pub max_amount: f64,

@@ -58,6 +58,8 @@ pub struct AppState {
     pub decision_deadline: Duration,
     pub produce_timeout: Duration,
     pub max_body_bytes: usize,
+    /// How long a request's body may take to arrive once its head has.
+    pub body_read_timeout: Duration,
     /// `openapi_document(&limits)`, served at `/openapi.json`.
     pub openapi: String,
     /// At most one "not acknowledged" line a second while Kafka is down.
@@ -298,11 +300,16 @@ async fn predict(State(app): State<Arc<AppState>>, Extension(trace): Extension<R
         outcome("rejected");
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type must be application/json", vec![]);
     }
-    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
+    let bytes = match tokio::time::timeout(app.body_read_timeout, axum::body::to_bytes(body, app.max_body_bytes)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             outcome("rejected");
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body larger than {} bytes", app.max_body_bytes), vec![]);
+        }
+        Err(_) => {
+            // A client trickling its body would otherwise hold the request (and its connection).
+            outcome("rejected");
+            return error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {} ms", app.body_read_timeout.as_millis()), vec![]);
         }
     };
     let Object { body, repeated } = match read_object(&bytes) {

@@ -32,6 +32,7 @@ async fn main() -> Result<()> {
         stall_after_s = args.stall_after_s,
         produce_timeout_ms = args.produce_timeout_ms,
         max_body_bytes = args.max_body_bytes,
+        body_read_timeout_ms = args.body_read_timeout_ms,
         max_amount = args.max_amount,
         max_waiters = args.max_waiters,
         recent_decisions = args.recent_decisions,
@@ -110,6 +111,7 @@ async fn main() -> Result<()> {
         decision_deadline: Duration::from_millis(args.decision_deadline_ms),
         produce_timeout: Duration::from_millis(args.produce_timeout_ms),
         max_body_bytes: args.max_body_bytes,
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
         produce_warnings: telemetry::logs::Throttle::per_second(),
         pending_notices: telemetry::logs::Throttle::per_second(),
     });

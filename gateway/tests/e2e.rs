@@ -122,7 +122,7 @@ async fn http_predictions_get_the_scoring_cores_decisions_and_direct_records_are
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_json_errors_naming_the_fields() {
     let stack = Stack::start();
-    let gw = stack.gateway(&["--max-body-bytes", "1024"]);
+    let gw = stack.gateway(&["--max-body-bytes", "1024", "--body-read-timeout-ms", "300"]);
     gw.wait_ready().await;
     use reqwest::Method;
 
@@ -214,6 +214,32 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
     assert!(!metrics.contains("BREW"), "{metrics}");
     assert!(metrics.contains(r#"http_requests_total{method="_OTHER",route="/v1/predict",status="405"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"http_requests_total{method="_OTHER",route="unmatched",status="404"} 1"#), "{metrics}");
+
+    // A body that stops arriving is answered 408 once the body read timeout passes, as the spec
+    // documents, instead of holding the request for as long as the client likes.
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let raw = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = "POST /v1/predict HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+        stream.write_all(format!("{head}{{\"amount\": ").as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {raw:?}"));
+    assert!(head.starts_with("HTTP/1.1 408"), "{raw}");
+    let mut headers = reqwest::header::HeaderMap::new();
+    for line in head.lines().skip(1) {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.insert(reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(), value.trim().parse().unwrap());
+    }
+    let json: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{raw}"));
+    assert_eq!(json["error"], "body not received within 300 ms");
+    gw.spec.assert_answer(&Method::POST, "/v1/predict", StatusCode::REQUEST_TIMEOUT, &headers, &json);
 
     // A gateway with another amount limit documents the limit it enforces.
     let strict = stack.gateway(&["--max-amount", "500"]);
