@@ -38,6 +38,12 @@ fn alert_names() -> Vec<String> {
         .collect()
 }
 
+/// Alert `name`'s rule in `rules`: from its `- alert:` line to the next alert's.
+fn alert_block<'a>(rules: &'a str, name: &str) -> &'a str {
+    let block = &rules[rules.find(&format!("- alert: {name}\n")).unwrap()..];
+    &block[..block[1..].find("- alert: ").map_or(block.len(), |i| i + 1)]
+}
+
 #[test]
 fn rules_are_valid_and_their_unit_tests_pass() {
     let out = run("promtool", &["check", "rules", "infra/prometheus/rules/fraudstream.yml"]);
@@ -65,9 +71,7 @@ fn every_alert_is_complete_has_a_runbook_and_fires_and_stays_quiet_in_tests() {
         .map(|f| std::fs::read_to_string(root().join("infra/prometheus/tests").join(f)).unwrap())
         .join("\n");
     for name in &names {
-        let start = rules.find(&format!("- alert: {name}\n")).unwrap();
-        let block = &rules[start..];
-        let block = &block[..block[1..].find("- alert: ").map_or(block.len(), |i| i + 1)];
+        let block = alert_block(&rules, name);
         for key in ["severity: ", "summary: ", "description: ", "runbook_url: "] {
             assert!(block.contains(key), "{name} has no {key}");
         }
@@ -87,8 +91,7 @@ fn every_alert_is_complete_has_a_runbook_and_fires_and_stays_quiet_in_tests() {
 fn every_alert_reaches_the_receiver_its_severity_names() {
     let rules = rules_text();
     for name in alert_names() {
-        let start = rules.find(&format!("- alert: {name}\n")).unwrap();
-        let severity = rules[start..].lines().find_map(|l| l.trim().strip_prefix("severity: ")).unwrap().trim().to_string();
+        let severity = alert_block(&rules, &name).lines().find_map(|l| l.trim().strip_prefix("severity: ")).unwrap().trim().to_string();
         let out = run(
             "amtool",
             &["config", "routes", "test", "--config.file=infra/alertmanager.yml", &format!("alertname={name}"), &format!("severity={severity}")],
