@@ -31,11 +31,10 @@ fn otel_env(endpoint: String) -> Vec<(&'static str, String)> {
 /// link from a log line to the trace in Jaeger).
 fn grafana_trace_id_matcher() -> regex::Regex {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/grafana/provisioning/datasources/datasources.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let quoted = text.lines().find_map(|l| l.trim().strip_prefix("matcherRegex:")).expect("a derived field with a matcherRegex").trim();
-    // A single-quoted YAML scalar: '' stands for '.
-    let pattern = quoted.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')).expect("single-quoted").replace("''", "'");
-    regex::Regex::new(&pattern).unwrap()
+    let doc = yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap().remove(0);
+    let loki = doc["datasources"].as_vec().unwrap().iter().find(|d| d["type"].as_str() == Some("loki")).expect("a Loki datasource");
+    let field = loki["jsonData"]["derivedFields"].as_vec().unwrap().iter().find(|f| f["name"].as_str() == Some("trace_id")).expect("a trace_id derived field");
+    regex::Regex::new(field["matcherRegex"].as_str().unwrap()).unwrap()
 }
 
 fn log_lines(text: &str) -> Vec<Value> {
