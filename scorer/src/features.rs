@@ -41,7 +41,8 @@ pub enum UserLookup {
     Found(UserFeatures),
     /// The store answered but has no features for this user.
     Missing,
-    /// The store did not answer (down, slow, refused): the decision is degraded.
+    /// The store did not answer (down, slow, refused), or holds the user's features in a form
+    /// that cannot be read: the decision is degraded.
     Unavailable,
 }
 

@@ -36,7 +36,8 @@ pub struct ScorerMetrics {
 }
 
 /// `errors_total{kind}` values known up front.
-pub const ERROR_KINDS: [&str; 7] = ["decode", "schema", "validation", "feature_store", "consume", "produce", "commit"];
+/// `feature_record`: a user's stored features could not be read (the store answered).
+pub const ERROR_KINDS: [&str; 8] = ["decode", "schema", "validation", "feature_store", "feature_record", "consume", "produce", "commit"];
 /// `dlq_records_total{reason}` values known up front.
 pub const DLQ_REASONS: [&str; 3] = ["decode", "schema", "validation"];
 /// `scorer_repeated_transactions_total{payment}` values.
@@ -113,7 +114,7 @@ impl ScorerMetrics {
             cache_hits: register(r, IntCounter::new("feature_cache_hits_total", "Users found in the feature store.").expect("valid metric")),
             cache_misses: register(r, IntCounter::new("feature_cache_misses_total", "Users the feature store had no features for.").expect("valid metric")),
             feature_fetch_latency: register(r, histogram("feature_fetch_latency_seconds", "Duration of one pipelined feature store read (one per poll batch).", LATENCY_BUCKETS)),
-            degraded: register(r, IntCounter::new("degraded_decisions_total", "Decisions made on default features because the feature store was unavailable.").expect("valid metric")),
+            degraded: register(r, IntCounter::new("degraded_decisions_total", "Decisions made on default features because the feature store was unavailable or could not read the user's features.").expect("valid metric")),
             revenue_usd: register(r, prometheus::Counter::new("revenue_usd_total", "Amount of approved transactions, in USD.").expect("valid metric")),
             fraud_blocked_usd: register(r, prometheus::Counter::new("fraud_blocked_usd_total", "Amount of blocked transactions, in USD.").expect("valid metric")),
             review_queued_usd: register(r, prometheus::Counter::new("review_queued_usd_total", "Amount of transactions sent to review, in USD.").expect("valid metric")),

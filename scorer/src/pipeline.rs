@@ -226,6 +226,7 @@ pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Pipeline {
     store_warnings: telemetry::logs::Throttle,
+    record_warnings: telemetry::logs::Throttle,
     dlq_warnings: telemetry::logs::Throttle,
     cfg: PipelineConfig,
     consumer: Arc<BaseConsumer<PipelineContext>>,
@@ -345,6 +346,7 @@ impl Pipeline {
         Ok(Self {
             fingerprint_keys: std::hash::RandomState::new(),
             store_warnings: telemetry::logs::Throttle::per_second(),
+            record_warnings: telemetry::logs::Throttle::per_second(),
             dlq_warnings: telemetry::logs::Throttle::per_second(),
             cfg,
             consumer,
@@ -463,6 +465,12 @@ impl Pipeline {
             self.metrics.errors.with_label_values(&["feature_store"]).inc();
             if let Some(suppressed) = self.store_warnings.allow() {
                 tracing::warn!(error = %e, records = good.len(), suppressed, "feature store unavailable; scoring on default features");
+            }
+        }
+        if let Some(first) = &fetched.unreadable_detail {
+            self.metrics.errors.with_label_values(&["feature_record"]).inc_by(fetched.unreadable);
+            if let Some(suppressed) = self.record_warnings.allow() {
+                tracing::warn!(records = fetched.unreadable, first = %first, suppressed, "users' stored features unreadable; scoring their records on default features");
             }
         }
         let inputs: Vec<(Transaction, UserLookup)> = good.into_iter().zip(fetched.lookups).collect();

@@ -886,6 +886,9 @@ impl Backtest {
                 if let Some(error) = &fetched.error {
                     tracing::warn!(%error, transactions = unrecorded.len(), "feature store unavailable: scoring these on the card's defaults");
                 }
+                if let Some(first) = &fetched.unreadable_detail {
+                    tracing::warn!(transactions = fetched.unreadable, first = %first, "users' stored features unreadable: scoring these on the card's defaults");
+                }
                 fetched.lookups
             }
             _ => vec![UserLookup::Unavailable; unrecorded.len()],

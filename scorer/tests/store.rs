@@ -68,3 +68,39 @@ fn a_store_that_is_down_answers_unavailable_for_every_record() {
     assert_eq!(fetched.lookups, vec![UserLookup::Unavailable; 3]);
     assert_eq!((fetched.hits, fetched.misses), (0, 0));
 }
+
+#[test]
+fn a_user_record_that_cannot_be_read_costs_that_user_its_features_not_the_batch() {
+    let redis = RedisServer::start();
+    let prefix = format!("{}:", unique("features"));
+    let mut store = FeatureStore::new(&redis.url(), prefix.clone(), Duration::from_secs(1), Duration::from_secs(60), defaults()).unwrap();
+    let (a, b) = (user(400.0, "US"), user(12.0, "DE"));
+    store.store([("a", &a), ("b", &b)]).unwrap();
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    // A key of another type under the prefix, and a hash whose value holds the byte the packed
+    // reply separates values with.
+    redis::cmd("SET").arg(format!("{prefix}string")).arg("not a hash").exec(&mut conn).unwrap();
+    redis::cmd("HSET").arg(format!("{prefix}odd")).arg("account_age_days").arg("4\u{1f}2").arg("txn_count_1h").arg("5").exec(&mut conn).unwrap();
+
+    let fetched = store.fetch(["a", "string", "odd", "b", "string"].into_iter());
+    assert!(fetched.error.is_none(), "the store answered: {:?}", fetched.error);
+    let odd = UserFeatures { txn_count_1h: 5.0, ..defaults() };
+    assert_eq!(
+        fetched.lookups,
+        vec![UserLookup::Found(a.clone()), UserLookup::Unavailable, UserLookup::Found(odd.clone()), UserLookup::Found(b.clone()), UserLookup::Unavailable],
+        "the odd value takes its default, like any value that is not a number"
+    );
+    assert_eq!((fetched.hits, fetched.misses, fetched.unreadable), (3, 0, 2));
+    let detail = fetched.unreadable_detail.unwrap();
+    assert!(detail.contains(&format!("{prefix}string")) && detail.contains("WRONGTYPE"), "{detail}");
+
+    // The odd value alone (the packed reply has one value too many), then no backoff (a minute
+    // here) followed: the next batch is read from the store.
+    let fetched = store.fetch(["odd", "a"].into_iter());
+    assert!(fetched.error.is_none(), "{:?}", fetched.error);
+    assert_eq!(fetched.lookups, vec![UserLookup::Found(odd), UserLookup::Found(a.clone())]);
+    let fetched = store.fetch(["b", "a"].into_iter());
+    assert!(fetched.error.is_none(), "{:?}", fetched.error);
+    assert_eq!(fetched.lookups, vec![UserLookup::Found(b), UserLookup::Found(a)]);
+    assert_eq!(fetched.unreadable, 0);
+}
