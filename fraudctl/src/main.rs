@@ -39,8 +39,8 @@ enum Command {
     Run(RunArgs),
     /// Publish delayed ground-truth labels for payments recorded by `traffic --truth-file`.
     Labels {
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
-        brokers: String,
+        #[command(flatten)]
+        kafka: Kafka,
         /// The truth file written by `fraudctl traffic --truth-file`.
         #[arg(long)]
         truth_file: PathBuf,
@@ -94,9 +94,8 @@ enum DriftCommand {
     /// The latest window of each model version: every feature's PSI, and for each feature that
     /// drifted, the share of decisions in each bin against the training data's.
     Show {
-        /// Kafka brokers.
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
-        brokers: String,
+        #[command(flatten)]
+        kafka: Kafka,
         /// The reports' topic.
         #[arg(long, default_value = schemas::topics::DRIFT_REPORTS)]
         topic: String,
@@ -128,11 +127,18 @@ enum DriftCommand {
     },
 }
 
+/// The Kafka cluster a command talks to.
 #[derive(clap::Args)]
-struct DlqSelection {
-    /// Kafka brokers.
+struct Kafka {
+    /// Kafka brokers, `host:port[,host:port…]`.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
     brokers: String,
+}
+
+#[derive(clap::Args)]
+struct DlqSelection {
+    #[command(flatten)]
+    kafka: Kafka,
     /// The dead-letter topic.
     #[arg(long, default_value = schemas::topics::TRANSACTIONS_DLQ)]
     topic: String,
@@ -152,7 +158,7 @@ struct DlqSelection {
 
 impl DlqSelection {
     fn reader(&self) -> scorer::replay::Reader {
-        fraudctl::kafka::reader(&self.brokers, Duration::from_secs(self.idle_timeout_s))
+        fraudctl::kafka::reader(&self.kafka.brokers, Duration::from_secs(self.idle_timeout_s))
     }
 
     fn selection(&self) -> fraudctl::dlq::Selection {
@@ -196,7 +202,7 @@ enum BenchCommand {
         /// gets topics, a consumer group and transactional ids of its own (named
         /// `fraudstream-bench-<pid>-<run>-…`) and its topics are deleted when it ends. Redis is
         /// still a private one.
-        #[arg(long)]
+        #[arg(long, value_parser = telemetry::config::parse_brokers)]
         brokers: Option<String>,
     },
     /// The embedded broker's CPU per step as its topic fills, with and without a consumer
@@ -252,9 +258,9 @@ struct TrafficArgs {
     /// Gateway base URL.
     #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8000")]
     gateway: String,
-    /// Kafka brokers, for the direct path and the decision counts.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
-    brokers: String,
+    /// The Kafka cluster, for the direct path and the decision counts.
+    #[command(flatten)]
+    kafka: Kafka,
     #[command(flatten)]
     shape: TrafficShape,
 }
@@ -288,8 +294,8 @@ struct RunArgs {
 enum TopicsCommand {
     /// Create every fraudstream topic (existing ones are left alone) and say what became of each.
     Create {
-        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_parser = telemetry::config::parse_brokers)]
-        brokers: String,
+        #[command(flatten)]
+        kafka: Kafka,
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
         partitions: i32,
         /// Copies of each partition: a number, or `auto` for three (one per broker on a cluster of
@@ -360,17 +366,17 @@ fn main() -> Result<()> {
     fraudctl::kafka::set_overrides(cli.kafka_config);
     match cli.command {
         Command::Score(args) => score(args),
-        Command::Topics(TopicsCommand::Create { brokers, partitions, replication_factor, settings }) => {
+        Command::Topics(TopicsCommand::Create { kafka, partitions, replication_factor, settings }) => {
             let plan = fraudctl::topics::Plan { topics: fraudctl::topics::standard(partitions), replication: replication_factor, settings };
-            for outcome in runtime()?.block_on(fraudctl::topics::apply(&brokers, &plan))? {
+            for outcome in runtime()?.block_on(fraudctl::topics::apply(&kafka.brokers, &plan))? {
                 println!("{outcome}");
             }
             Ok(())
         }
         Command::Dlq(command) => dlq(command),
-        Command::Drift(DriftCommand::Show { brokers, topic, from, to, model_version, feature, windows, json, idle_timeout_s, cards }) => {
+        Command::Drift(DriftCommand::Show { kafka, topic, from, to, model_version, feature, windows, json, idle_timeout_s, cards }) => {
             let monitored = fraudctl::drift::monitored(&cards.load()?, feature.as_deref());
-            let reader = fraudctl::kafka::reader(&brokers, Duration::from_secs(idle_timeout_s));
+            let reader = fraudctl::kafka::reader(&kafka.brokers, Duration::from_secs(idle_timeout_s));
             let all_bins = feature.is_some();
             let windows = usize::try_from(windows).unwrap_or(usize::MAX);
             let selection = fraudctl::drift::Selection { from_ms: from, to_ms: to.unwrap_or_else(schemas::now_millis), model_version, feature, windows };
@@ -397,19 +403,19 @@ fn main() -> Result<()> {
         Command::Traffic(args) => {
             let rt = runtime()?;
             let stop = ctrl_c_flag(&rt);
-            let cfg = traffic_config(&args.shape, Some(args.gateway), Some(args.brokers));
+            let cfg = traffic_config(&args.shape, Some(args.gateway), Some(args.kafka.brokers));
             rt.block_on(fraudctl::traffic::run(cfg, stop, true))?;
             Ok(())
         }
         Command::Run(args) => run_stack(args),
-        Command::Labels { brokers, truth_file, delay } => {
+        Command::Labels { kafka, truth_file, delay } => {
             let truths = fraudctl::labels::read_truth(&truth_file)?;
             let total = truths.len();
             let mut labeler = fraudctl::labels::Labeler::new(Duration::from_secs_f64(delay), total.max(1));
             for t in truths {
                 labeler.push(t);
             }
-            let sink = fraudctl::labels::LabelSink::new(&brokers)?;
+            let sink = fraudctl::labels::LabelSink::new(&kafka.brokers)?;
             let mut sent = 0;
             while !labeler.is_empty() {
                 let due = labeler.due(schemas::now_millis());
@@ -749,7 +755,7 @@ fn dlq(command: DlqCommand) -> Result<()> {
             Ok(())
         }
         DlqCommand::Redrive { selection, to_topic, dry_run } => {
-            let mut redrive = Redrive::new(&selection.brokers, to_topic).context("--brokers")?;
+            let mut redrive = Redrive::new(&selection.kafka.brokers, to_topic).context("--brokers")?;
             let mut failed = None;
             let reading = read(&selection.reader(), &selection.topic, &selection.selection(), |letter| {
                 let sent = if dry_run {
@@ -787,6 +793,38 @@ fn dlq(command: DlqCommand) -> Result<()> {
                 println!("sent {sent} records back{}", if sent > 0 { format!(": {by_topic}{resume}") } else { String::new() });
             }
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_that_talks_to_kafka_checks_its_broker_list() {
+        let commands: [&[&str]; 8] = [
+            &["topics", "create"],
+            &["dlq", "show"],
+            &["dlq", "redrive"],
+            &["drift", "show"],
+            &["traffic"],
+            &["labels", "--truth-file", "truth.jsonl"],
+            &["run"],
+            &["bench", "scorer"],
+        ];
+        for command in commands {
+            let with = |brokers: &str| Cli::try_parse_from(["fraudctl"].iter().chain(command).chain(&["--brokers", brokers]));
+            assert!(with("a:9092, b:9092").is_ok(), "{command:?}: {:?}", with("a:9092").err());
+            let err = with(" , ").err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("not a list of brokers"), "{command:?}: {err}");
         }
     }
 }
