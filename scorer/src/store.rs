@@ -216,14 +216,18 @@ impl FeatureStore {
         Fetched { lookups: vec![UserLookup::Unavailable; n], error: Some(error), elapsed: started.elapsed(), ..Fetched::default() }
     }
 
-    /// Writes users' features (used by `fraudctl features load` and tests), one pipeline.
+    /// Writes users' features (used by `fraudctl features load` and tests), one pipeline. Each
+    /// user's hash is replaced in a `MULTI`/`EXEC` of its own: a scorer reading meanwhile sees
+    /// the old features or the new, never the user missing between the delete and the write.
     pub fn store<'a>(&mut self, users: impl IntoIterator<Item = (&'a str, &'a UserFeatures)>) -> redis::RedisResult<usize> {
         let mut pipe = redis::pipe();
         let mut count = 0;
         for (user_id, features) in users {
             let key = self.key(user_id);
+            pipe.cmd("MULTI").ignore();
             pipe.cmd("DEL").arg(&key).ignore();
             pipe.cmd("HSET").arg(&key).arg(features.to_fields()).ignore();
+            pipe.cmd("EXEC").ignore();
             count += 1;
         }
         let conn = self.connection()?;

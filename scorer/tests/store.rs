@@ -104,3 +104,37 @@ fn a_user_record_that_cannot_be_read_costs_that_user_its_features_not_the_batch(
     assert_eq!(fetched.lookups, vec![UserLookup::Found(b), UserLookup::Found(a)]);
     assert_eq!(fetched.unreadable, 0);
 }
+
+#[test]
+fn rewriting_users_never_shows_them_missing_to_a_reader() {
+    let redis = RedisServer::start();
+    let prefix = format!("{}:", unique("features"));
+    let users: Vec<(String, UserFeatures)> = (0..1000).map(|i| (format!("u{i}"), user(f64::from(i), "US"))).collect();
+    let mut writer = FeatureStore::new(&redis.url(), prefix.clone(), Duration::from_secs(5), Duration::from_millis(100), defaults()).unwrap();
+    writer.store(users.iter().map(|(id, f)| (id.as_str(), f))).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (url, prefix, stop) = (redis.url(), prefix.clone(), stop.clone());
+        let ids: Vec<String> = users.iter().map(|(id, _)| id.clone()).collect();
+        std::thread::spawn(move || {
+            let mut store = FeatureStore::new(&url, prefix, Duration::from_secs(5), Duration::from_millis(100), defaults()).unwrap();
+            let (mut reads, mut missing) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let fetched = store.fetch(ids.iter().map(String::as_str));
+                assert!(fetched.error.is_none(), "{:?}", fetched.error);
+                missing += fetched.misses;
+                reads += 1;
+            }
+            (reads, missing)
+        })
+    };
+    // The same users written again and again while the reader reads them, as a reload does.
+    for _ in 0..30 {
+        writer.store(users.iter().map(|(id, f)| (id.as_str(), f))).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, missing) = reader.join().unwrap();
+    assert!(reads > 0);
+    assert_eq!(missing, 0, "{missing} lookups over {reads} reads found a user missing while it was rewritten");
+}
