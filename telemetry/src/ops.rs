@@ -66,6 +66,8 @@ async fn ready(State(s): State<OpsState>) -> Response {
 
 /// How long a client may take to send a request's head (request line and headers): a
 /// connection that trickles it is closed, so slow or stuck clients cannot pile up connections.
+/// The deadline runs from when the server waits for a head, so it also closes a connection
+/// that sends nothing — opened and silent, or kept alive after its last request.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `addr` until `shutdown` resolves; then stops accepting, lets the requests
@@ -212,6 +214,18 @@ mod tests {
         let (answer, took) = tokio::task::spawn_blocking(move || exchange(addr, b"GET /x HTTP/1.1\r\nHost: a\r\n")).await.unwrap();
         assert!(!answer.contains("200 OK"), "{answer}");
         assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(4), "closed after {took:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idle_connections_are_closed_after_the_head_deadline() {
+        let (addr, _stop, _task) = server(Duration::from_millis(300)).await;
+        // Connected, nothing sent; and kept alive after a request, nothing more sent: neither
+        // holds a connection (a file descriptor and a task) past the deadline.
+        for sent in [&b""[..], b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"] {
+            let (answer, took) = tokio::task::spawn_blocking(move || exchange(addr, sent)).await.unwrap();
+            assert_eq!(answer.contains("200 OK"), !sent.is_empty(), "{answer}");
+            assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(4), "closed after {took:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
