@@ -25,6 +25,12 @@ pub struct GatewayArgs {
     /// How long a request's body may take to arrive once its head has, in ms; slower: 408.
     #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
     pub body_read_timeout_ms: u64,
+    /// How long a request's head (request line and headers) may take to arrive, in ms, counted
+    /// from when the connection is ready for one: the connection is closed past it. This is also
+    /// how long an idle kept-alive connection stays open, so behind a load balancer that keeps
+    /// idle connections to the gateway longer, set it above the balancer's idle timeout.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub header_read_timeout_ms: u64,
     /// Largest amount accepted.
     #[arg(long, env = "MAX_AMOUNT", default_value_t = 1_000_000.0, value_parser = telemetry::config::parse_positive_amount)]
     pub max_amount: f64,
@@ -70,6 +76,15 @@ mod tests {
             let err = GatewayArgs::try_parse_from(["gateway", "--max-amount", bad]).unwrap_err().to_string();
             assert!(err.contains("--max-amount") && err.contains("not a positive amount"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_head_deadline_defaults_to_ten_seconds_and_is_bounded() {
+        assert_eq!(GatewayArgs::try_parse_from(["gateway"]).unwrap().header_read_timeout_ms, 10_000);
+        assert_eq!(GatewayArgs::try_parse_from(["gateway", "--header-read-timeout-ms", "75000"]).unwrap().header_read_timeout_ms, 75_000);
+        // No client could send a head in time: every request refused.
+        let err = GatewayArgs::try_parse_from(["gateway", "--header-read-timeout-ms", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--header-read-timeout-ms"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ async fn main() -> Result<()> {
         produce_timeout_ms = args.produce_timeout_ms,
         max_body_bytes = args.max_body_bytes,
         body_read_timeout_ms = args.body_read_timeout_ms,
+        header_read_timeout_ms = args.header_read_timeout_ms,
         max_amount = args.max_amount,
         max_waiters = args.max_waiters,
         recent_decisions = args.recent_decisions,
@@ -116,7 +117,7 @@ async fn main() -> Result<()> {
         pending_notices: telemetry::logs::Throttle::per_second(),
     });
     let app = router(state, telemetry::ops::router(registry, readiness));
-    telemetry::ops::serve(args.listen, app, telemetry::ops::shutdown_signal()).await.with_context(|| format!("serving on {}", args.listen))?;
+    telemetry::ops::serve(args.listen, app, telemetry::ops::shutdown_signal(), Duration::from_millis(args.header_read_timeout_ms)).await.with_context(|| format!("serving on {}", args.listen))?;
 
     tracing::info!("gateway stopping");
     stop.store(true, Ordering::Relaxed);

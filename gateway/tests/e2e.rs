@@ -241,13 +241,28 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
     assert_eq!(json["error"], "body not received within 300 ms");
     gw.spec.assert_answer(&Method::POST, "/v1/predict", StatusCode::REQUEST_TIMEOUT, &headers, &json);
 
-    // A gateway with another amount limit documents the limit it enforces.
-    let strict = stack.gateway(&["--max-amount", "500"]);
+    // A gateway with another amount limit documents the limit it enforces (and one with a
+    // shorter head deadline closes idle connections sooner: below).
+    let strict = stack.gateway(&["--max-amount", "500", "--header-read-timeout-ms", "600"]);
     strict.wait_ready().await;
     let (_, spec) = strict.raw(Method::GET, "/openapi.json", None, vec![]).await;
     assert_eq!(spec["components"]["schemas"]["PredictRequest"]["properties"]["amount"]["maximum"], 500);
     let (status, refused) = strict.predict(&json!({"transaction_id": "t", "user_id": 1, "amount": 500.5, "payment_method": "card"})).await;
     assert_eq!((status, &refused["details"][0]["reason"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("must be at most 500")));
+
+    // A connection that sends nothing is closed at the head deadline the gateway was given.
+    let addr = strict.base.trim_start_matches("http://").to_string();
+    let took = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let started = std::time::Instant::now();
+        let _ = stream.read_to_end(&mut Vec::new());
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(5), "closed after {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,22 +64,24 @@ async fn ready(State(s): State<OpsState>) -> Response {
     }
 }
 
-/// How long a client may take to send a request's head (request line and headers): a
-/// connection that trickles it is closed, so slow or stuck clients cannot pile up connections.
-/// The deadline runs from when the server waits for a head, so it also closes a connection
-/// that sends nothing — opened and silent, or kept alive after its last request.
+/// How long a client may take to send a request's head (request line and headers), unless a
+/// service sets its own: a connection that trickles it is closed, so slow or stuck clients
+/// cannot pile up connections. The deadline runs from when the server waits for a head, so it
+/// also closes a connection that sends nothing — opened and silent, or kept alive after its
+/// last request.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `addr` until `shutdown` resolves; then stops accepting, lets the requests
-/// in flight finish and closes idle connections.
+/// in flight finish and closes idle connections. `header_timeout`: see [`HEADER_READ_TIMEOUT`].
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    header_timeout: Duration,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "http listening");
-    serve_on(listener, router, shutdown, HEADER_READ_TIMEOUT).await;
+    serve_on(listener, router, shutdown, header_timeout).await;
     Ok(())
 }
 
@@ -145,7 +147,7 @@ pub async fn shutdown_signal() {
 pub fn serve_until_stopped(runtime: &tokio::runtime::Runtime, addr: SocketAddr, router: Router, stop: Arc<AtomicBool>, on_signal: &'static str) {
     let http_stop = stop.clone();
     runtime.spawn(async move {
-        if let Err(e) = serve(addr, router, stopped(http_stop)).await {
+        if let Err(e) = serve(addr, router, stopped(http_stop), HEADER_READ_TIMEOUT).await {
             tracing::error!(error = %e, %addr, "ops http server failed");
         }
     });
