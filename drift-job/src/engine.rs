@@ -72,8 +72,43 @@ impl Engine {
         let (joined, evicted) = self.join.decision(&d.transaction_id, outcome, now_ms);
         self.unmatched(evicted, 1);
         if let Some(j) = joined {
-            self.record(j);
+            self.record(j, true);
         }
+    }
+
+    /// A decision re-read at start-up (the job's state is in memory; the process before it
+    /// counted this decision): it rejoins the label join, and the drift window of `now_ms` when
+    /// it was written (`written_ms`, Kafka's timestamp) within that window — so a restart neither
+    /// forgets decisions waiting for labels nor starts the open window empty. Counts nothing;
+    /// answers whether the join, full, let its oldest entry go for it.
+    pub fn recall_decision(&mut self, d: &Decision, written_ms: i64, now_ms: i64) -> bool {
+        if !self.seen.first(&d.transaction_id) {
+            return false;
+        }
+        let Some(reference) = self.references.get(&d.model_version) else { return false };
+        let (start, end) = window_of(now_ms, self.cfg.window_ms);
+        if (start..end).contains(&written_ms) {
+            let window = self.windows.entry(d.model_version.clone()).or_insert_with(|| PsiWindow::new(reference, start, end));
+            window.observe(reference, d);
+        }
+        let (usd, _) = scorer::fx::to_usd(d.amount, &d.currency);
+        let outcome = Outcome { model_version: d.model_version.clone(), verdict: d.decision, amount_usd: usd, decided_at_ms: d.decided_at };
+        let (joined, evicted) = self.join.decision(&d.transaction_id, outcome, written_ms);
+        if let Some(j) = joined {
+            self.record(j, false);
+        }
+        evicted.is_some()
+    }
+
+    /// A label re-read at start-up, written at `written_ms`: it rejoins the label join, and a
+    /// label whose decision was recalled too goes back into the quality window. Counts nothing;
+    /// answers whether the join, full, let its oldest entry go for it.
+    pub fn recall_label(&mut self, l: &Label, written_ms: i64) -> bool {
+        let (joined, evicted) = self.join.label(&l.transaction_id, l.is_fraud, l.labelled_at, written_ms);
+        if let Some(j) = joined {
+            self.record(j, false);
+        }
+        evicted.is_some()
     }
 
     /// Decisions waiting for their label, and labels waiting for their decision.
@@ -85,7 +120,7 @@ impl Engine {
         let (joined, evicted) = self.join.label(&l.transaction_id, l.is_fraud, l.labelled_at, now_ms);
         self.unmatched(evicted, 1);
         if let Some(j) = joined {
-            self.record(j);
+            self.record(j, true);
         }
     }
 
@@ -95,15 +130,19 @@ impl Engine {
         }
     }
 
-    fn record(&mut self, j: Joined) {
+    /// A decision joined with its label: into its model's quality window and gauges, and, when
+    /// `count` (not a recall of what an earlier process counted), into the counters.
+    fn record(&mut self, j: Joined, count: bool) {
         let m = &self.metrics;
-        m.labels_joined.inc();
-        m.label_delay.observe(((j.labelled_at_ms - j.outcome.decided_at_ms).max(0) as f64) / 1e3);
         let version = j.outcome.model_version.as_str();
-        match (j.outcome.verdict, j.is_fraud) {
-            (Verdict::Block, false) => m.false_positive_blocked_usd.with_label_values(&[version]).inc_by(j.outcome.amount_usd),
-            (Verdict::Approve, true) => m.fraud_missed_usd.with_label_values(&[version]).inc_by(j.outcome.amount_usd),
-            _ => {}
+        if count {
+            m.labels_joined.inc();
+            m.label_delay.observe(((j.labelled_at_ms - j.outcome.decided_at_ms).max(0) as f64) / 1e3);
+            match (j.outcome.verdict, j.is_fraud) {
+                (Verdict::Block, false) => m.false_positive_blocked_usd.with_label_values(&[version]).inc_by(j.outcome.amount_usd),
+                (Verdict::Approve, true) => m.fraud_missed_usd.with_label_values(&[version]).inc_by(j.outcome.amount_usd),
+                _ => {}
+            }
         }
         let window = self.quality.entry(version.to_string()).or_insert_with(|| QualityWindow::new(self.cfg.quality_window));
         window.push(j.outcome.verdict, j.is_fraud);
@@ -157,25 +196,75 @@ mod tests {
     use schemas::{PaymentMethod, Transaction};
     use scorer::{ModelCard, Scorer, UserLookup};
 
-    #[test]
-    fn a_second_decision_for_a_transaction_is_counted_and_left_out_of_drift_and_quality() {
+    /// An engine over the bundled card (windows of a minute, everything reported) and its metrics.
+    fn engine() -> (Engine, DriftMetrics, Scorer) {
+        engine_with(100)
+    }
+
+    fn engine_with(join_max_entries: usize) -> (Engine, DriftMetrics, Scorer) {
         let card = ModelCard::load(&ModelCard::bundled_path()).unwrap();
-        let version = card.model_version.clone();
-        let metrics = DriftMetrics::new(&prometheus::Registry::new(), std::slice::from_ref(&version));
-        let cfg = EngineConfig { window_ms: 60_000, min_samples: 1, join_max_entries: 100, join_ttl_ms: 3_600_000, quality_window: 100, dedupe_ids: 100 };
-        let mut engine = Engine::new(cfg, vec![Reference::from_card(&card)], metrics.clone());
-        let mut core = Scorer::from_card(card, 1).unwrap();
+        let metrics = DriftMetrics::new(&prometheus::Registry::new(), std::slice::from_ref(&card.model_version));
+        let cfg = EngineConfig { window_ms: 60_000, min_samples: 1, join_max_entries, join_ttl_ms: 3_600_000, quality_window: 100, dedupe_ids: 100 };
+        let engine = Engine::new(cfg, vec![Reference::from_card(&card)], metrics.clone());
+        (engine, metrics, Scorer::from_card(card, 1).unwrap())
+    }
+
+    fn decide(core: &mut Scorer, id: &str, amount: f64) -> Decision {
         let tx = Transaction {
-            transaction_id: "t-1".into(),
+            transaction_id: id.into(),
             user_id: "u".into(),
-            amount: 42.0,
+            amount,
             currency: "USD".into(),
             payment_method: PaymentMethod::Card,
             merchant_id: None,
             country: None,
             timestamp: 1_764_000_000_000,
         };
-        let decision = core.decide_batch(vec![(tx, UserLookup::Missing)], std::time::Instant::now()).unwrap().remove(0);
+        core.decide_batch(vec![(tx, UserLookup::Missing)], std::time::Instant::now()).unwrap().remove(0)
+    }
+
+    #[test]
+    fn recalled_records_rebuild_the_join_quality_and_open_window_without_counting_again() {
+        let (mut engine, metrics, mut core) = engine();
+        let version = core.model_version().to_string();
+        let now = 1_764_000_030_000; // half a minute into its window
+        // Decided before the restart: one in an earlier window and labelled then, one in the open
+        // window and labelled then, one in the open window and not labelled yet.
+        let (old, open, waiting) = (decide(&mut core, "old", 20.0), decide(&mut core, "open", 30.0), decide(&mut core, "waiting", 40.0));
+        assert!(!engine.recall_decision(&old, now - 60_000, now));
+        assert!(!engine.recall_decision(&open, now - 10_000, now));
+        assert!(!engine.recall_decision(&waiting, now - 5_000, now));
+        assert!(!engine.recall_decision(&open, now - 4_000, now)); // a repeat, as after a scorer crash
+        for id in ["old", "open"] {
+            engine.recall_label(&Label { transaction_id: id.into(), is_fraud: false, labelled_at: now - 1_000 }, now - 1_000);
+        }
+        // Rebuilt: the quality window holds the two labelled decisions, one waits for its label.
+        assert_eq!(metrics.labelled.with_label_values(&[version.as_str()]).get(), 2);
+        assert_eq!(engine.join_pending(), (1, 0));
+        // Counted by the process before: nothing counted again.
+        assert_eq!((metrics.labels_joined.get(), metrics.duplicates.get()), (0, 0));
+        assert_eq!(metrics.decisions.with_label_values(&[version.as_str(), "known"]).get(), 0);
+
+        // The label that comes after the restart finds its decision and is counted.
+        engine.on_label(&Label { transaction_id: "waiting".into(), is_fraud: true, labelled_at: now }, now);
+        assert_eq!(metrics.labels_joined.get(), 1);
+        assert_eq!(metrics.labelled.with_label_values(&[version.as_str()]).get(), 3);
+        // The open window holds the decisions written in it (not the earlier window's), once.
+        let reports = engine.tick(now + 60_000);
+        assert!(!reports.is_empty());
+        assert!(reports.iter().all(|r| r.samples == 2), "{reports:?}");
+
+        // A recall that holds more than the join keeps says so.
+        let (mut small, _, _) = engine_with(1);
+        assert!(!small.recall_decision(&old, now - 2_000, now));
+        assert!(small.recall_decision(&waiting, now - 1_000, now), "the join keeps one entry");
+    }
+
+    #[test]
+    fn a_second_decision_for_a_transaction_is_counted_and_left_out_of_drift_and_quality() {
+        let (mut engine, metrics, mut core) = engine();
+        let version = core.model_version().to_string();
+        let decision = decide(&mut core, "t-1", 42.0);
         let now = 1_764_000_000_000;
 
         engine.on_decision(&decision, now);

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use drift_job::metrics::DriftMetrics;
 use drift_job::window::Reference;
 use schemas::{Decision, Label, topics};
 use scorer::config::MonitoredCards;
+use scorer::replay::{Bounds, Reader};
 use telemetry::ops::Readiness;
 
 #[derive(Debug, Parser)]
@@ -37,6 +40,13 @@ struct Args {
     /// How long a decision or label waits for its partner, in seconds.
     #[arg(long, env = "LABEL_JOIN_TTL_SECONDS", default_value_t = 7 * 86_400)]
     join_ttl_seconds: u64,
+    /// On start, re-read this many seconds of decisions and labels (by record time) to rebuild
+    /// the label join, the quality windows and the open drift window, which live in memory: a
+    /// label that comes after a restart still finds a decision made up to this long before it.
+    /// Nothing re-read is counted again. 0: start with empty state. On a broker that cannot look
+    /// offsets up by time (the embedded test broker) the topics are read from their start.
+    #[arg(long, env = "DRIFT_RECALL_SECONDS", default_value_t = 3_600)]
+    recall_seconds: u64,
     /// Labelled decisions per model version that quality is computed over.
     #[arg(long, env = "QUALITY_WINDOW", default_value_t = 10_000)]
     quality_window: usize,
@@ -79,6 +89,7 @@ fn main() -> Result<()> {
         min_samples = args.min_samples,
         join_max_entries = args.join_max_entries,
         join_ttl_seconds = args.join_ttl_seconds,
+        recall_seconds = args.recall_seconds,
         quality_window = args.quality_window,
         dedupe_ids = args.dedupe_ids,
         session_timeout_ms = args.session_timeout_ms,
@@ -145,6 +156,9 @@ fn main() -> Result<()> {
     );
     let consumer: BaseConsumer<LoggingContext> =
         consumer_cfg.create_with_context(LoggingContext::watching(stalls)).context("creating the Kafka consumer")?;
+    // Where the recall stopped in each partition: the group's committed offsets are older, and
+    // what the recall read must not be counted twice.
+    let recalled = recall(&args, &mut engine);
     consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
     let producer: ThreadedProducer<LoggingContext> =
         producer_cfg.create_with_context(LoggingContext::default()).context("creating the Kafka producer")?;
@@ -164,6 +178,7 @@ fn main() -> Result<()> {
                     tracing::warn!(error = %e, suppressed, "consume error");
                 }
             }
+            Some(Ok(msg)) if recalled.get(&(msg.topic() == args.labels_topic, msg.partition())).is_some_and(|&end| msg.offset() < end) => {}
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
                 let now = schemas::now_millis();
@@ -214,4 +229,61 @@ fn main() -> Result<()> {
     let _ = producer.flush(Duration::from_secs(5));
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(())
+}
+
+/// How long the recall waits for a partition that sends neither a record nor its end.
+const RECALL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Re-reads the last `--recall-seconds` of decisions, then of labels, into the engine (see
+/// [`Engine::recall_decision`]); answers where the read stopped in each partition, keyed by
+/// (is the labels topic, partition). A recall that fails is logged and the job starts with what
+/// it has.
+fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), i64> {
+    let mut ends = HashMap::new();
+    if args.recall_seconds == 0 {
+        return ends;
+    }
+    let started = Instant::now();
+    let now = schemas::now_millis();
+    let reader = Reader { brokers: args.brokers.clone(), kafka_overrides: args.kafka_config.clone(), idle_timeout: RECALL_IDLE_TIMEOUT, progress: false };
+    let bounds = Bounds::Time { start_ms: Some(now - (args.recall_seconds * 1000) as i64), end_ms: now };
+    let (mut counts, mut evicted) = ([0u64; 2], 0u64);
+    for (labels, topic) in [(false, &args.decisions_topic), (true, &args.labels_topic)] {
+        let read = reader.read(topic, &bounds, |msg| {
+            let written = msg.timestamp().to_millis().unwrap_or(now);
+            let payload = msg.payload().unwrap_or_default();
+            let outcome = if labels {
+                schemas::decode::<Label>(payload).map(|l| engine.recall_label(&l, written))
+            } else {
+                schemas::decode::<Decision>(payload).map(|d| engine.recall_decision(&d, written, now))
+            };
+            if let Ok(evicting) = outcome {
+                counts[usize::from(labels)] += 1;
+                evicted += u64::from(evicting);
+            }
+            ControlFlow::Continue(())
+        });
+        match read {
+            Ok(partitions) => ends.extend(partitions.iter().map(|p| ((labels, p.partition), p.end_offset))),
+            Err(e) => {
+                tracing::warn!(error = %e, %topic, "cannot re-read recent records; starting with what was read so far");
+                break;
+            }
+        }
+    }
+    let (decisions_waiting, labels_waiting) = engine.join_pending();
+    if evicted > 0 {
+        tracing::warn!(evicted, join_max_entries = args.join_max_entries, "the recall held more than the label join keeps: its oldest decisions or labels were let go (LABEL_JOIN_MAX_ENTRIES, DRIFT_RECALL_SECONDS)");
+    }
+    tracing::info!(
+        decisions = counts[0],
+        labels = counts[1],
+        decisions_waiting,
+        labels_waiting,
+        evicted,
+        took_ms = started.elapsed().as_millis() as u64,
+        "recalled the last {} s of decisions and labels",
+        args.recall_seconds
+    );
+    ends
 }

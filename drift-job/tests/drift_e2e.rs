@@ -206,3 +206,79 @@ fn a_drift_job_whose_fetches_come_back_empty_says_its_partitions_are_stalled() {
     let metrics = testkit::scrape(port);
     assert!(testkit::sample(&metrics, "kafka_consumer_stalled_partitions") >= 1.0, "{metrics}");
 }
+
+/// Waits until the drift job's `name` sample reaches `want`; answers the scrape that showed it.
+fn wait_for_sample(port: u16, name: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = testkit::scrape(port);
+        if testkit::sample(&text, name) >= want {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{name} did not reach {want}:\n{}", text.lines().filter(|l| l.contains("label") || l.contains("model_performance_samples")).collect::<Vec<_>>().join("\n"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The job keeps its join and quality windows in memory. Restarted, it re-reads recent decisions
+/// and labels: labels that come after the restart still find decisions made before it, the
+/// quality window is whole again at once, and nothing the job before it counted is counted again.
+#[test]
+fn a_restarted_drift_job_joins_labels_for_decisions_made_before_it_restarted() {
+    let (broker, redis) = testkit::servers(2, USERS, SEED);
+    let group = unique("scorer");
+    let mut scorer = Service::start(
+        "scorer",
+        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
+            .map(String::from),
+        &[],
+    );
+    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    let drift_group = unique("drift");
+    let start_drift = |port: u16| {
+        let mut drift = Service::start(
+            "drift-job",
+            &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{port}"), "--group-id", &drift_group, "--session-timeout-ms", "6000"].map(String::from),
+            &[],
+        );
+        drift.wait_for_log("drift-job ready", Duration::from_secs(30));
+        drift
+    };
+    let first_port = free_port();
+    let mut first = start_drift(first_port);
+
+    // 300 payments decided while the first job runs; the first 100 labelled then.
+    let p = TestProducer::new(&broker.bootstrap());
+    let mut g = Generator::new(SEED, Drift::None, unique("restart"));
+    let payments: Vec<_> = (0..300).map(|i| g.payment(&Generator::user(SEED, i), schemas::now_millis())).collect();
+    p.send_transactions(topics::TRANSACTIONS, payments.iter().map(|pay| &pay.transaction));
+    p.flush();
+    read(&broker.bootstrap(), topics::DECISIONS, payments.len(), Duration::from_secs(60), Duration::ZERO);
+    let label = |pay: &fraudctl::synth::SynthPayment| Label { transaction_id: pay.transaction.transaction_id.clone(), is_fraud: pay.is_fraud, labelled_at: schemas::now_millis() };
+    let sink = LabelSink::new(&broker.bootstrap()).unwrap();
+    sink.send(&payments[..100].iter().map(label).collect::<Vec<_>>()).unwrap();
+    sink.flush().unwrap();
+    wait_for_sample(first_port, "labels_joined_total", 100.0);
+    // Its offsets are committed every few seconds: let them be, as for a job that ran a while.
+    std::thread::sleep(Duration::from_secs(6));
+    first.signal("TERM");
+    assert_eq!(first.wait(Duration::from_secs(20)), Some(0), "{}", first.logs());
+
+    let port = free_port();
+    let mut second = start_drift(port);
+    let fields = second.log_fields("recalled the last", Duration::from_secs(1));
+    assert_eq!((fields["decisions"].as_u64(), fields["labels"].as_u64(), fields["decisions_waiting"].as_u64()), (Some(300), Some(100), Some(200)), "{}", second.logs());
+    // The quality window is back; the joins of the job before are not counted again.
+    let text = testkit::scrape(port);
+    assert!(series(&text, "model_performance_samples", "").first().is_some_and(|(_, v)| *v == 100.0), "{text}");
+    assert_eq!(testkit::sample(&text, "labels_joined_total"), 0.0);
+
+    // Labels for the other 200, after the restart: each finds its decision.
+    sink.send(&payments[100..].iter().map(label).collect::<Vec<_>>()).unwrap();
+    sink.flush().unwrap();
+    let text = wait_for_sample(port, "labels_joined_total", 200.0);
+    assert_eq!(testkit::sample(&text, "labels_joined_total"), 200.0, "each label joined once");
+    assert!(series(&text, "model_performance_samples", "").first().is_some_and(|(_, v)| *v == 300.0), "{text}");
+    assert_eq!(testkit::sample(&text, "duplicate_decisions_total"), 0.0, "the recalled decisions were not read again");
+    drop(scorer);
+}
