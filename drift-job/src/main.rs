@@ -157,8 +157,9 @@ fn main() -> Result<()> {
     let consumer: BaseConsumer<LoggingContext> =
         consumer_cfg.create_with_context(LoggingContext::watching(stalls)).context("creating the Kafka consumer")?;
     // Where the recall stopped in each partition: the group's committed offsets are older, and
-    // what the recall read must not be counted twice.
-    let recalled = recall(&args, &mut engine);
+    // what the recall read must not be counted twice. A new group starts at the partitions' end,
+    // past what was written since the recall: the first record read there sends it back.
+    let mut recalled: HashMap<(bool, i32), Resume> = recall(&args, &mut engine).into_iter().map(|(k, end)| (k, Resume { end, sent_back: false })).collect();
     consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
     let producer: ThreadedProducer<LoggingContext> =
         producer_cfg.create_with_context(LoggingContext::default()).context("creating the Kafka producer")?;
@@ -178,7 +179,7 @@ fn main() -> Result<()> {
                     tracing::warn!(error = %e, suppressed, "consume error");
                 }
             }
-            Some(Ok(msg)) if recalled.get(&(msg.topic() == args.labels_topic, msg.partition())).is_some_and(|&end| msg.offset() < end) => {}
+            Some(Ok(msg)) if !after_recall(&consumer, &mut recalled, (msg.topic() == args.labels_topic, msg.partition()), &msg) => {}
             Some(Ok(msg)) => {
                 let payload = msg.payload().unwrap_or_default();
                 let now = schemas::now_millis();
@@ -286,4 +287,35 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), i64> {
         args.recall_seconds
     );
     ends
+}
+
+/// Where live reading of a partition resumes after the recall.
+struct Resume {
+    /// One past the last record the recall read there.
+    end: i64,
+    /// Whether the consumer was sent back to `end` once already.
+    sent_back: bool,
+}
+
+/// Whether `msg`, read live, comes after what the recall read of its partition (`key`: is the
+/// labels topic, partition). Records the recall read are not: the group's committed offsets are
+/// older than the recall's end. A first record past the end (a new group starts at the
+/// partitions' end, past what was written since the recall) sends the consumer back to it once;
+/// a record past it after that is the next one there (the offsets between hold transaction
+/// markers, which are never delivered). Once a partition is past its end it reads as the group's.
+fn after_recall(consumer: &BaseConsumer<LoggingContext>, recalled: &mut HashMap<(bool, i32), Resume>, key: (bool, i32), msg: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    let Some(resume) = recalled.get_mut(&key) else { return true };
+    let offset = msg.offset();
+    if offset < resume.end {
+        return false;
+    }
+    if offset > resume.end && !resume.sent_back {
+        resume.sent_back = true;
+        match consumer.seek(msg.topic(), msg.partition(), rdkafka::Offset::Offset(resume.end), Duration::from_secs(5)) {
+            Ok(()) => return false,
+            Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(), from = resume.end, to = offset, "cannot go back to where the recall stopped; the records between are not read"),
+        }
+    }
+    recalled.remove(&key);
+    true
 }

@@ -282,3 +282,63 @@ fn a_restarted_drift_job_joins_labels_for_decisions_made_before_it_restarted() {
     assert_eq!(testkit::sample(&text, "duplicate_decisions_total"), 0.0, "the recalled decisions were not read again");
     drop(scorer);
 }
+
+/// A job with a group of its own starts reading live where its recall stopped, not at the
+/// partitions' end: the decisions the scorer writes while the job starts (in transactions, whose
+/// markers take offsets of their own) are each read once, by the recall or live.
+#[test]
+fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
+    let (broker, redis) = testkit::servers(2, USERS, SEED);
+    let group = unique("scorer");
+    let mut scorer = Service::start(
+        "scorer",
+        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
+            .map(String::from),
+        &[],
+    );
+    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    // Payments at ~150/s from before the job starts until after it is ready.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (bootstrap, stop) = (broker.bootstrap(), stop.clone());
+        std::thread::spawn(move || {
+            let p = TestProducer::new(&bootstrap);
+            let mut g = Generator::new(SEED, Drift::None, unique("starting"));
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let pay = g.payment(&Generator::user(SEED, sent % USERS), schemas::now_millis());
+                p.send_transactions(topics::TRANSACTIONS, [&pay.transaction]);
+                p.flush();
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    // Some decided before the job starts (the recall's), more while it starts and after.
+    read(&broker.bootstrap(), topics::DECISIONS, 1, Duration::from_secs(60), Duration::ZERO);
+    let port = free_port();
+    let mut drift = Service::start(
+        "drift-job",
+        &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{port}"), "--group-id", &unique("drift"), "--session-timeout-ms", "6000"].map(String::from),
+        &[],
+    );
+    drift.wait_for_log("drift-job ready", Duration::from_secs(30));
+    let recalled = drift.log_fields("recalled the last", Duration::from_secs(1))["decisions"].as_u64().unwrap();
+    assert!(recalled > 0, "{}", drift.logs());
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = writer.join().unwrap();
+    read(&broker.bootstrap(), topics::DECISIONS, sent as usize, Duration::from_secs(60), Duration::ZERO);
+
+    let live = |text: &str| series(text, "drift_decisions_total", "status=\"known\"").iter().map(|(_, v)| *v as u64).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = testkit::scrape(port);
+    while recalled + live(&text) < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        text = testkit::scrape(port);
+    }
+    assert_eq!(recalled + live(&text), sent, "{recalled} recalled, {} read live, of {sent} decided", live(&text));
+    assert_eq!(testkit::sample(&text, "duplicate_decisions_total"), 0.0, "none read twice");
+    drop(scorer);
+}
