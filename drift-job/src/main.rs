@@ -16,7 +16,7 @@ use drift_job::metrics::DriftMetrics;
 use drift_job::window::Reference;
 use schemas::{Decision, Label, topics};
 use scorer::config::MonitoredCards;
-use scorer::replay::{Bounds, Reader};
+use scorer::replay::{Bounds, PartitionRead, Reader};
 use telemetry::ops::Readiness;
 
 #[derive(Debug, Parser)]
@@ -159,7 +159,7 @@ fn main() -> Result<()> {
     // Where the recall stopped in each partition: the group's committed offsets are older, and
     // what the recall read must not be counted twice. A new group starts at the partitions' end,
     // past what was written since the recall: the first record read there sends it back.
-    let mut recalled: HashMap<(bool, i32), Resume> = recall(&args, &mut engine).into_iter().map(|(k, end)| (k, Resume { end, sent_back: false })).collect();
+    let mut recalled = recall(&args, &mut engine);
     consumer.subscribe(&[&args.decisions_topic, &args.labels_topic]).context("subscribing")?;
     let producer: ThreadedProducer<LoggingContext> =
         producer_cfg.create_with_context(LoggingContext::default()).context("creating the Kafka producer")?;
@@ -236,10 +236,10 @@ fn main() -> Result<()> {
 const RECALL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Re-reads the last `--recall-seconds` of decisions, then of labels, into the engine (see
-/// [`Engine::recall_decision`]); answers where the read stopped in each partition, keyed by
+/// [`Engine::recall_decision`]); answers where live reading resumes in each partition, keyed by
 /// (is the labels topic, partition). A recall that fails is logged and the job starts with what
 /// it has.
-fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), i64> {
+fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), Resume> {
     let mut ends = HashMap::new();
     if args.recall_seconds == 0 {
         return ends;
@@ -265,7 +265,7 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), i64> {
             ControlFlow::Continue(())
         });
         match read {
-            Ok(partitions) => ends.extend(partitions.iter().map(|p| ((labels, p.partition), p.end_offset))),
+            Ok(partitions) => ends.extend(partitions.iter().map(|p| ((labels, p.partition), Resume::after(p)))),
             Err(e) => {
                 tracing::warn!(error = %e, %topic, "cannot re-read recent records; starting with what was read so far");
                 break;
@@ -290,11 +290,22 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), i64> {
 }
 
 /// Where live reading of a partition resumes after the recall.
+#[derive(Debug, PartialEq)]
 struct Resume {
-    /// One past the last record the recall read there.
+    /// One past the last record the recall read there; never negative (a negative offset is
+    /// librdkafka's for "the end").
     end: i64,
     /// Whether the consumer was sent back to `end` once already.
     sent_back: bool,
+}
+
+impl Resume {
+    /// After what the recall read of a partition: one past its last record, or where the read
+    /// began when it found none there (an empty partition: from its start).
+    fn after(read: &PartitionRead) -> Self {
+        let end = if read.end_offset >= 0 { read.end_offset } else { read.start_offset.max(0) };
+        Resume { end, sent_back: false }
+    }
 }
 
 /// Whether `msg`, read live, comes after what the recall read of its partition (`key`: is the
@@ -318,4 +329,20 @@ fn after_recall(consumer: &BaseConsumer<LoggingContext>, recalled: &mut HashMap<
     }
     recalled.remove(&key);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_reading_resumes_past_what_the_recall_read_and_never_at_a_negative_offset() {
+        let read = |start_offset, end_offset, records| PartitionRead { partition: 0, start_offset, end_offset, records };
+        assert_eq!(Resume::after(&read(10, 42, 32)).end, 42);
+        // A record written past the range was the first one there: resume at it.
+        assert_eq!(Resume::after(&read(42, 42, 0)).end, 42);
+        // An empty partition read from its start (its end was reached before any record).
+        assert_eq!(Resume::after(&read(0, -1, 0)).end, 0);
+        assert_eq!(Resume::after(&read(-1, -1, 0)).end, 0);
+    }
 }

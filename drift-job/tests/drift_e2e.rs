@@ -285,7 +285,8 @@ fn a_restarted_drift_job_joins_labels_for_decisions_made_before_it_restarted() {
 
 /// A job with a group of its own starts reading live where its recall stopped, not at the
 /// partitions' end: the decisions the scorer writes while the job starts (in transactions, whose
-/// markers take offsets of their own) are each read once, by the recall or live.
+/// markers take offsets of their own) are each read once, by the recall or live, and so are the
+/// labels that come later into partitions that were empty then.
 #[test]
 fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
     let (broker, redis) = testkit::servers(2, USERS, SEED);
@@ -304,12 +305,12 @@ fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
         std::thread::spawn(move || {
             let p = TestProducer::new(&bootstrap);
             let mut g = Generator::new(SEED, Drift::None, unique("starting"));
-            let mut sent = 0u64;
+            let mut sent = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let pay = g.payment(&Generator::user(SEED, sent % USERS), schemas::now_millis());
+                let pay = g.payment(&Generator::user(SEED, sent.len() as u64 % USERS), schemas::now_millis());
                 p.send_transactions(topics::TRANSACTIONS, [&pay.transaction]);
                 p.flush();
-                sent += 1;
+                sent.push(pay);
                 std::thread::sleep(Duration::from_millis(5));
             }
             sent
@@ -328,8 +329,9 @@ fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
     assert!(recalled > 0, "{}", drift.logs());
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = writer.join().unwrap();
-    read(&broker.bootstrap(), topics::DECISIONS, sent as usize, Duration::from_secs(60), Duration::ZERO);
+    let payments = writer.join().unwrap();
+    let sent = payments.len() as u64;
+    read(&broker.bootstrap(), topics::DECISIONS, payments.len(), Duration::from_secs(60), Duration::ZERO);
 
     let live = |text: &str| series(text, "drift_decisions_total", "status=\"known\"").iter().map(|(_, v)| *v as u64).sum::<u64>();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -340,5 +342,13 @@ fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
     }
     assert_eq!(recalled + live(&text), sent, "{recalled} recalled, {} read live, of {sent} decided", live(&text));
     assert_eq!(testkit::sample(&text, "duplicate_decisions_total"), 0.0, "none read twice");
+
+    // `labels` was empty when the job started: its first labels are read from the start.
+    let sink = LabelSink::new(&broker.bootstrap()).unwrap();
+    let labels: Vec<Label> = payments.iter().take(50).map(|pay| Label { transaction_id: pay.transaction.transaction_id.clone(), is_fraud: pay.is_fraud, labelled_at: schemas::now_millis() }).collect();
+    sink.send(&labels).unwrap();
+    sink.flush().unwrap();
+    let text = wait_for_sample(port, "labels_joined_total", 50.0);
+    assert_eq!(testkit::sample(&text, "labels_joined_total"), 50.0);
     drop(scorer);
 }
