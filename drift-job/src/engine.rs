@@ -67,9 +67,7 @@ impl Engine {
         {
             tracing::warn!(model_version = %d.model_version, transaction_id = %d.transaction_id, suppressed, "decision's features do not match its model card; not counted for drift");
         }
-        let (usd, _) = scorer::fx::to_usd(d.amount, &d.currency);
-        let outcome = Outcome { model_version: d.model_version.clone(), verdict: d.decision, amount_usd: usd, decided_at_ms: d.decided_at };
-        let (joined, evicted) = self.join.decision(&d.transaction_id, outcome, now_ms);
+        let (joined, evicted) = self.join.decision(&d.transaction_id, outcome_of(d), now_ms);
         self.unmatched(evicted, 1);
         if let Some(j) = joined {
             self.record(j, true);
@@ -91,9 +89,7 @@ impl Engine {
             let window = self.windows.entry(d.model_version.clone()).or_insert_with(|| PsiWindow::new(reference, start, end));
             window.observe(reference, d);
         }
-        let (usd, _) = scorer::fx::to_usd(d.amount, &d.currency);
-        let outcome = Outcome { model_version: d.model_version.clone(), verdict: d.decision, amount_usd: usd, decided_at_ms: d.decided_at };
-        let (joined, evicted) = self.join.decision(&d.transaction_id, outcome, written_ms);
+        let (joined, evicted) = self.join.decision(&d.transaction_id, outcome_of(d), written_ms);
         if let Some(j) = joined {
             self.record(j, false);
         }
@@ -188,6 +184,12 @@ impl Engine {
         }
         out
     }
+}
+
+/// What the label join keeps of a decision until its label comes.
+fn outcome_of(d: &Decision) -> Outcome {
+    let (usd, _) = scorer::fx::to_usd(d.amount, &d.currency);
+    Outcome { model_version: d.model_version.clone(), verdict: d.decision, amount_usd: usd, decided_at_ms: d.decided_at }
 }
 
 #[cfg(test)]
