@@ -247,11 +247,16 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), Resume> {
     let started = Instant::now();
     let now = schemas::now_millis();
     let reader = Reader { brokers: args.brokers.clone(), kafka_overrides: args.kafka_config.clone(), idle_timeout: RECALL_IDLE_TIMEOUT, progress: false };
-    let bounds = Bounds::Time { start_ms: Some(now - (args.recall_seconds * 1000) as i64), end_ms: now };
+    let start_ms = now - (args.recall_seconds * 1000) as i64;
+    let bounds = Bounds::Time { start_ms: Some(start_ms), end_ms: now };
     let (mut counts, mut evicted) = ([0u64; 2], 0u64);
     for (labels, topic) in [(false, &args.decisions_topic), (true, &args.labels_topic)] {
         let read = reader.read(topic, &bounds, |msg| {
             let written = msg.timestamp().to_millis().unwrap_or(now);
+            if written < start_ms {
+                // Before the window: a broker that cannot look offsets up by time starts earlier.
+                return ControlFlow::Continue(());
+            }
             let payload = msg.payload().unwrap_or_default();
             let outcome = if labels {
                 schemas::decode::<Label>(payload).map(|l| engine.recall_label(&l, written))

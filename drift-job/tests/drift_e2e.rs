@@ -352,3 +352,26 @@ fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
     assert_eq!(testkit::sample(&text, "labels_joined_total"), 50.0);
     drop(scorer);
 }
+
+/// The recall re-reads its window only, on a broker that looks offsets up by time from the
+/// partitions' start (the embedded one) too: labels older than the window stay out.
+#[test]
+fn the_recall_passes_over_records_older_than_its_window() {
+    let (broker, _redis) = testkit::servers(1, 10, SEED);
+    let sink = LabelSink::new(&broker.bootstrap()).unwrap();
+    let old: Vec<Label> = (0..5).map(|i| Label { transaction_id: format!("old-{i}"), is_fraud: false, labelled_at: schemas::now_millis() }).collect();
+    sink.send(&old).unwrap();
+    sink.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let recalled = |seconds: &str| {
+        let mut drift = Service::start(
+            "drift-job",
+            &["--brokers", &broker.bootstrap(), "--listen", &format!("127.0.0.1:{}", free_port()), "--group-id", &unique("drift"), "--recall-seconds", seconds].map(String::from),
+            &[],
+        );
+        drift.wait_for_log("drift-job ready", Duration::from_secs(30));
+        drift.log_fields("recalled the last", Duration::from_secs(1))["labels"].as_u64()
+    };
+    assert_eq!(recalled("1"), Some(0), "written 3 s before the job started");
+    assert_eq!(recalled("60"), Some(5));
+}
