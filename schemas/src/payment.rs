@@ -46,10 +46,21 @@ impl Transaction {
     /// A hash of its `Payment`, taken without building one (the scorer does this per record):
     /// equal for a retry, different (but for a 64-bit collision) for another payment.
     pub fn payment_hash(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        (&self.user_id, self.amount.to_bits(), &self.currency, self.payment_method).hash(&mut h);
-        h.finish()
+        payment_hash(&self.user_id, self.amount, &self.currency, self.payment_method)
     }
+}
+
+impl Decision {
+    /// The [`Transaction::payment_hash`] of the payment it decided.
+    pub fn payment_hash(&self) -> u64 {
+        payment_hash(&self.user_id, self.amount, &self.currency, self.payment_method)
+    }
+}
+
+fn payment_hash(user_id: &str, amount: f64, currency: &str, method: PaymentMethod) -> u64 {
+    let mut h = DefaultHasher::new();
+    (user_id, amount.to_bits(), currency, method).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -74,5 +85,30 @@ mod tests {
             assert_eq!(Payment::of(&base).differences(&Payment::of(&v)), differs.into_iter().collect::<Vec<_>>());
             assert_eq!(base.payment_hash() != v.payment_hash(), differs.is_some(), "{differs:?}");
         }
+    }
+
+    #[test]
+    fn a_decision_hashes_the_payment_it_decided_as_the_transaction_does() {
+        let t = tx();
+        let d = Decision {
+            transaction_id: t.transaction_id.clone(),
+            user_id: t.user_id.clone(),
+            decision: crate::Verdict::Approve,
+            fraud_probability: 0.1,
+            risk_level: crate::RiskLevel::Low,
+            model_version: "1".into(),
+            features: vec![],
+            top_features: vec![],
+            degraded: false,
+            user_features_found: true,
+            amount: t.amount,
+            currency: t.currency.clone(),
+            payment_method: t.payment_method,
+            transaction_timestamp: t.timestamp,
+            decided_at: t.timestamp,
+            processing_latency_ms: 1.0,
+        };
+        assert_eq!(d.payment_hash(), t.payment_hash());
+        assert_ne!(Decision { amount: t.amount + 1.0, ..d }.payment_hash(), t.payment_hash());
     }
 }

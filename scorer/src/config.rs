@@ -47,6 +47,12 @@ pub struct ScorerArgs {
     /// so that a record of one it decided already gets no second business event.
     #[arg(long, env = "SCORER_REPEAT_WINDOW", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..=20_000_000))]
     pub repeat_window: u32,
+    /// On start, re-read this many seconds of `decisions` (by record time) into the repeat
+    /// window, so that a restarted scorer still knows the transactions decided shortly before: a
+    /// retry of one gets its decision but no second business event. 0: start with an empty
+    /// window.
+    #[arg(long, env = "SCORER_REPEAT_RECALL_SECONDS", default_value_t = 300)]
+    pub repeat_recall_seconds: u64,
     /// Warn when a partition's records wait this long, in seconds, without the scorer fetching or
     /// taking any of them (checked at each librdkafka statistics report, every 5 s).
     #[arg(long, env = "KAFKA_STALL_AFTER_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]

@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         model_intra_threads = args.model.model_intra_threads,
         max_batch = args.max_batch,
         repeat_window = args.repeat_window,
+        repeat_recall_seconds = args.repeat_recall_seconds,
         max_amount = args.model.max_amount,
         review_above_amount = args.model.review_above_amount,
         session_timeout_ms = args.session_timeout_ms,
@@ -91,6 +92,7 @@ fn main() -> Result<()> {
     cfg.work = args.work;
     cfg.max_batch = args.max_batch as usize;
     cfg.repeat_window = args.repeat_window as usize;
+    cfg.repeat_recall = Duration::from_secs(args.repeat_recall_seconds);
     cfg.session_timeout_ms = args.session_timeout_ms;
     cfg.limits = TransactionLimits { max_amount: args.model.max_amount };
     cfg.kafka_overrides = args.kafka.kafka_config;

@@ -72,6 +72,8 @@ pub struct PipelineConfig {
     pub max_batch: usize,
     /// How many decided transactions are remembered to spot repeats.
     pub repeat_window: usize,
+    /// How much of `decisions` is re-read on start to fill the repeat window.
+    pub repeat_recall: Duration,
     pub poll_timeout: Duration,
     pub session_timeout_ms: u32,
     pub limits: TransactionLimits,
@@ -97,6 +99,7 @@ impl PipelineConfig {
             max_batch: 500,
             // At 2,000 transactions/s, 100 s.
             repeat_window: 200_000,
+            repeat_recall: Duration::from_secs(300),
             poll_timeout: Duration::from_millis(100),
             session_timeout_ms: 10_000,
             limits: TransactionLimits::default(),
@@ -189,6 +192,32 @@ type Fingerprint = (u64, u64);
 fn fingerprint(keys: &std::hash::RandomState, tx: &Transaction) -> Fingerprint {
     use std::hash::BuildHasher;
     (keys.hash_one(&tx.transaction_id), tx.payment_hash())
+}
+
+/// Fills the repeat window from the last `cfg.repeat_recall` of `decisions` (every partition:
+/// whichever this scorer is given, a repeat of a transaction decided there is known). A recall
+/// that fails is logged and the scorer starts with what it read.
+fn recall_decided(cfg: &PipelineConfig, keys: &std::hash::RandomState, decided: &mut schemas::RecentMap<u64, u64, PrehashedState>) {
+    use std::hash::BuildHasher;
+    let started = Instant::now();
+    let now = schemas::now_millis();
+    let start_ms = now - i64::try_from(cfg.repeat_recall.as_millis()).unwrap_or(i64::MAX).min(now);
+    let reader = crate::replay::Reader { brokers: cfg.brokers.clone(), kafka_overrides: cfg.kafka_overrides.clone(), idle_timeout: Duration::from_secs(15), progress: false };
+    let mut read = 0u64;
+    let outcome = reader.read(&cfg.decisions_topic, &crate::replay::Bounds::Time { start_ms: Some(start_ms), end_ms: now }, |msg| {
+        // A broker that cannot look offsets up by time starts before the window.
+        if msg.timestamp().to_millis().is_none_or(|ms| ms >= start_ms)
+            && let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default())
+        {
+            decided.insert_first(keys.hash_one(&d.transaction_id), d.payment_hash());
+            read += 1;
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    if let Err(e) = outcome {
+        tracing::warn!(error = %e, topic = %cfg.decisions_topic, "cannot re-read recent decisions; the repeat window starts with what was read");
+    }
+    tracing::info!(decisions = read, remembered = decided.len(), took_ms = started.elapsed().as_millis() as u64, "recalled the last {} s of decisions into the repeat window", cfg.repeat_recall.as_secs());
 }
 
 /// Transaction ids' fingerprints and their payments' (`fingerprint`), hashed as they are.
@@ -339,12 +368,18 @@ impl Pipeline {
                 .init_transactions(Duration::from_secs(30))
                 .context("initialising Kafka transactions (is transactional.id unique per scorer?)")?;
         }
+        // After `init_transactions`: a predecessor's open transaction is settled, so the recall
+        // (read committed) neither waits for it nor misses what it committed.
+        let fingerprint_keys = std::hash::RandomState::new();
+        let mut decided = schemas::RecentMap::with_hasher(cfg.repeat_window, PrehashedState::default());
+        if cfg.work == Work::Score && !cfg.repeat_recall.is_zero() {
+            recall_decided(&cfg, &fingerprint_keys, &mut decided);
+        }
         consumer.subscribe(&[&cfg.input_topic]).context("subscribing to the transactions topic")?;
         let (consumer, producer) = (Arc::new(consumer), Arc::new(producer));
         let committer = Committer::start(Arc::clone(&producer), Arc::clone(&consumer), gate)?;
-        let decided = schemas::RecentMap::with_hasher(cfg.repeat_window, PrehashedState::default());
         Ok(Self {
-            fingerprint_keys: std::hash::RandomState::new(),
+            fingerprint_keys,
             store_warnings: telemetry::logs::Throttle::per_second(),
             record_warnings: telemetry::logs::Throttle::per_second(),
             dlq_warnings: telemetry::logs::Throttle::per_second(),

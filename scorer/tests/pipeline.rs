@@ -222,6 +222,36 @@ fn poison_records_are_dead_lettered_with_reasons_and_scoring_continues() {
     }
 }
 
+/// A restarted scorer re-reads recent decisions into its repeat window: a transaction decided
+/// before the restart and sent again after it gets a decision but no second business event.
+#[test]
+fn a_restarted_scorer_still_knows_the_transactions_it_decided_before() {
+    let stack = Stack::start(2);
+    let txs: Vec<Transaction> = payments(40, "restart-repeats").into_iter().map(|(t, _)| t).collect();
+    let p = stack.producer();
+    let mut first = stack.scorer("a", &[]);
+    p.send_transactions(topics::TRANSACTIONS, &txs);
+    p.flush();
+    stack.read(topics::BUSINESS_EVENTS, txs.len(), 60);
+    first.signal("TERM");
+    assert_eq!(first.wait(Duration::from_secs(30)), Some(0), "{}", first.logs());
+
+    let port = free_port();
+    let mut second = stack.scorer_on(port, "a", &[]);
+    second.wait_for_log("scorer ready", Duration::from_secs(30));
+    let fields = second.log_fields("into the repeat window", Duration::from_secs(1));
+    assert_eq!(fields["decisions"].as_u64(), Some(txs.len() as u64), "{}", second.logs());
+    // The same payments again, and one new.
+    let new = payments(1, "restart-new").remove(0).0;
+    p.send_transactions(topics::TRANSACTIONS, txs.iter().chain([&new]));
+    p.flush();
+    assert_eq!(decisions(&stack.read(topics::DECISIONS, 2 * txs.len() + 1, 60)).len(), 2 * txs.len() + 1, "a decision for every record");
+    let events: Vec<BusinessEvent> = stack.read(topics::BUSINESS_EVENTS, txs.len() + 1, 60).iter().map(Received::decode).collect();
+    assert_eq!(events.len(), txs.len() + 1, "one business event per transaction");
+    let text = testkit::scrape(port);
+    assert_eq!(testkit::sample(&text, r#"scorer_repeated_transactions_total{payment="same"}"#), txs.len() as f64, "{text}");
+}
+
 /// A second record for a decided transaction — in the same batch, the next, or after its
 /// decision committed — is decided again (whoever published it may be waiting) but gets no second
 /// business event; repeats are counted by whether the payment is the same.
