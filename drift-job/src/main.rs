@@ -16,7 +16,7 @@ use drift_job::metrics::DriftMetrics;
 use drift_job::window::Reference;
 use schemas::{Decision, Label, topics};
 use scorer::config::MonitoredCards;
-use scorer::replay::{Bounds, PartitionRead, Reader};
+use scorer::replay::{PartitionRead, Reader};
 use telemetry::ops::Readiness;
 
 #[derive(Debug, Parser)]
@@ -248,15 +248,10 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), Resume> {
     let now = schemas::now_millis();
     let reader = Reader { brokers: args.brokers.clone(), kafka_overrides: args.kafka_config.clone(), idle_timeout: RECALL_IDLE_TIMEOUT, progress: false };
     let start_ms = now - (args.recall_seconds * 1000) as i64;
-    let bounds = Bounds::Time { start_ms: Some(start_ms), end_ms: now };
     let (mut counts, mut evicted) = ([0u64; 2], 0u64);
     for (labels, topic) in [(false, &args.decisions_topic), (true, &args.labels_topic)] {
-        let read = reader.read(topic, &bounds, |msg| {
+        let read = reader.read_since(topic, Some(start_ms), now, |msg| {
             let written = msg.timestamp().to_millis().unwrap_or(now);
-            if written < start_ms {
-                // Before the window: a broker that cannot look offsets up by time starts earlier.
-                return ControlFlow::Continue(());
-            }
             let payload = msg.payload().unwrap_or_default();
             let outcome = if labels {
                 schemas::decode::<Label>(payload).map(|l| engine.recall_label(&l, written))

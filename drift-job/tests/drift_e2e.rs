@@ -39,6 +39,19 @@ fn psi_by_feature(text: &str) -> HashMap<String, f64> {
 }
 
 
+/// A scorer of its own group on `broker`, reading features from `redis`, once it is ready.
+fn scorer(broker: &testkit::Broker, redis: &testkit::RedisServer) -> Service {
+    let group = unique("scorer");
+    let mut scorer = Service::start(
+        "scorer",
+        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
+            .map(String::from),
+        &[],
+    );
+    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    scorer
+}
+
 /// Sleeps until just after the next window boundary, so one phase fills one window.
 fn wait_for_window_start() {
     let len = WINDOW_S * 1000;
@@ -64,14 +77,7 @@ fn wait_for_report(port: u16, after_ms: i64) -> String {
 #[test]
 fn shifted_traffic_raises_psi_for_that_feature_only_and_labels_move_quality() {
     let (broker, redis) = testkit::servers(2, USERS, SEED);
-    let group = unique("scorer");
-    let mut scorer = Service::start(
-        "scorer",
-        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
-            .map(String::from),
-        &[],
-    );
-    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    let scorer = scorer(&broker, &redis);
     let drift_port = free_port();
     let mut drift = Service::start(
         "drift-job",
@@ -226,14 +232,7 @@ fn wait_for_sample(port: u16, name: &str, want: f64) -> String {
 #[test]
 fn a_restarted_drift_job_joins_labels_for_decisions_made_before_it_restarted() {
     let (broker, redis) = testkit::servers(2, USERS, SEED);
-    let group = unique("scorer");
-    let mut scorer = Service::start(
-        "scorer",
-        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
-            .map(String::from),
-        &[],
-    );
-    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    let scorer = scorer(&broker, &redis);
     let drift_group = unique("drift");
     let start_drift = |port: u16| {
         let mut drift = Service::start(
@@ -290,14 +289,7 @@ fn a_restarted_drift_job_joins_labels_for_decisions_made_before_it_restarted() {
 #[test]
 fn a_new_drift_job_reads_every_decision_written_while_it_starts() {
     let (broker, redis) = testkit::servers(2, USERS, SEED);
-    let group = unique("scorer");
-    let mut scorer = Service::start(
-        "scorer",
-        &["--brokers", &broker.bootstrap(), "--redis-url", &redis.url(), "--group-id", &group, "--transactional-id", &group, "--listen", &format!("127.0.0.1:{}", free_port())]
-            .map(String::from),
-        &[],
-    );
-    scorer.wait_for_log("scorer ready", Duration::from_secs(30));
+    let scorer = scorer(&broker, &redis);
     // Payments at ~150/s from before the job starts until after it is ready.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {

@@ -13,7 +13,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message};
-use scorer::replay::{Bounds, Reader, ReplayError};
+use scorer::replay::{Reader, ReplayError};
 use telemetry::kafka::{KafkaLogs, LoggingContext};
 
 static OVERRIDES: OnceLock<Vec<(String, String)>> = OnceLock::new();
@@ -55,11 +55,9 @@ pub fn read_written(
     to_ms: i64,
     mut each: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
 ) -> Result<(), ReplayError> {
-    reader.read(topic, &Bounds::Time { start_ms: from_ms, end_ms: to_ms }, |msg| {
-        // The read starts where the broker says `from_ms` is (its first record, on a broker that
-        // cannot look offsets up by time) and runs a little past `to_ms`: the range is exact here.
-        let written = msg.timestamp().to_millis();
-        if written.is_some_and(|ms| from_ms.is_some_and(|from| ms < from) || ms >= to_ms) {
+    reader.read_since(topic, from_ms, to_ms, |msg| {
+        // The read runs a little past `to_ms`: the range is exact here.
+        if msg.timestamp().to_millis().is_some_and(|ms| ms >= to_ms) {
             return ControlFlow::Continue(());
         }
         each(msg)

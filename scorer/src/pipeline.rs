@@ -204,11 +204,8 @@ fn recall_decided(cfg: &PipelineConfig, keys: &std::hash::RandomState, decided: 
     let start_ms = now - i64::try_from(cfg.repeat_recall.as_millis()).unwrap_or(i64::MAX).min(now);
     let reader = crate::replay::Reader { brokers: cfg.brokers.clone(), kafka_overrides: cfg.kafka_overrides.clone(), idle_timeout: Duration::from_secs(15), progress: false };
     let mut read = 0u64;
-    let outcome = reader.read(&cfg.decisions_topic, &crate::replay::Bounds::Time { start_ms: Some(start_ms), end_ms: now }, |msg| {
-        // A broker that cannot look offsets up by time starts before the window.
-        if msg.timestamp().to_millis().is_none_or(|ms| ms >= start_ms)
-            && let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default())
-        {
+    let outcome = reader.read_since(&cfg.decisions_topic, Some(start_ms), now, |msg| {
+        if let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default()) {
             decided.insert_first(keys.hash_one(&d.transaction_id), d.payment_hash());
             read += 1;
         }

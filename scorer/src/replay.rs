@@ -996,6 +996,25 @@ impl Reader {
         cfg.create_with_context(LoggingContext::default())
     }
 
+    /// Reads `topic` as [`Reader::read`] does from `start_ms` (its first record when `None`) to
+    /// `end_ms`, passing over records written before `start_ms`: a broker that cannot look
+    /// offsets up by time (the embedded one) starts at the partitions' start. Records written
+    /// past `end_ms` within the read's grace are passed on (the caller tells).
+    pub fn read_since(
+        &self,
+        topic: &str,
+        start_ms: Option<i64>,
+        end_ms: i64,
+        mut each: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+    ) -> Result<Vec<PartitionRead>, ReplayError> {
+        self.read(topic, &Bounds::Time { start_ms, end_ms }, |msg| {
+            if msg.timestamp().to_millis().is_some_and(|ms| start_ms.is_some_and(|start| ms < start)) {
+                return ControlFlow::Continue(());
+            }
+            each(msg)
+        })
+    }
+
     /// Reads every partition of `topic` within `bounds`, calling `each` for every record in
     /// them; `each` breaks off the whole read.
     pub fn read(
