@@ -247,7 +247,7 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), Resume> {
     let started = Instant::now();
     let now = schemas::now_millis();
     let reader = Reader { brokers: args.brokers.clone(), kafka_overrides: args.kafka_config.clone(), idle_timeout: RECALL_IDLE_TIMEOUT, progress: false };
-    let start_ms = now - (args.recall_seconds * 1000) as i64;
+    let start_ms = now.saturating_sub(i64::try_from(args.recall_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
     let (mut counts, mut evicted) = ([0u64; 2], 0u64);
     for (labels, topic) in [(false, &args.decisions_topic), (true, &args.labels_topic)] {
         let read = reader.read_since(topic, Some(start_ms), now, |msg| {
