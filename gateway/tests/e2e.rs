@@ -218,15 +218,9 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
     // A body that stops arriving is answered 408 once the body read timeout passes, as the spec
     // documents, instead of holding the request for as long as the client likes.
     let addr = gw.base.trim_start_matches("http://").to_string();
-    let raw = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (raw, _) = tokio::task::spawn_blocking(move || {
         let head = "POST /v1/predict HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
-        stream.write_all(format!("{head}{{\"amount\": ").as_bytes()).unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
+        testkit::raw_exchange(&addr, format!("{head}{{\"amount\": ").as_bytes(), Duration::from_secs(5))
     })
     .await
     .unwrap();
@@ -252,16 +246,7 @@ async fn bad_requests_get_json_errors_naming_the_fields() {
 
     // A connection that sends nothing is closed at the head deadline the gateway was given.
     let addr = strict.base.trim_start_matches("http://").to_string();
-    let took = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        let started = std::time::Instant::now();
-        let _ = stream.read_to_end(&mut Vec::new());
-        started.elapsed()
-    })
-    .await
-    .unwrap();
+    let (_, took) = tokio::task::spawn_blocking(move || testkit::raw_exchange(&addr, b"", Duration::from_secs(8))).await.unwrap();
     assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(5), "closed after {took:?}");
 }
 

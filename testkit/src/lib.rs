@@ -233,6 +233,20 @@ pub fn scrape(port: u16) -> String {
     body.to_string()
 }
 
+/// Sends `bytes` on a fresh connection to `addr` (`host:port`) and reads until the server closes
+/// it or `timeout` passes: what came back, and how long after sending. For what an HTTP client
+/// would not send (a head or body that stops, nothing at all).
+pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+}
+
 /// The value of the sample written `name_and_labels` (e.g. `errors_total{kind="decode"}`) in a
 /// `/metrics` text; 0 when it is absent.
 pub fn sample(text: &str, name_and_labels: &str) -> f64 {
