@@ -143,6 +143,9 @@ pub enum FeatureSource {
     Store,
     /// The baseline card's defaults: the store has no features for the user.
     DefaultsUserUnknown,
+    /// The baseline card's defaults: the store holds something for the user that cannot be read
+    /// as features (a key of another type).
+    DefaultsUserUnreadable,
     /// The baseline card's defaults: the store did not answer (or none was given).
     DefaultsStoreUnavailable,
 }
@@ -212,6 +215,7 @@ impl FeatureSource {
             FeatureSource::Recorded => "recorded",
             FeatureSource::Store => "store",
             FeatureSource::DefaultsUserUnknown => "defaults_user_unknown",
+            FeatureSource::DefaultsUserUnreadable => "defaults_user_unreadable",
             FeatureSource::DefaultsStoreUnavailable => "defaults_store_unavailable",
         }
     }
@@ -307,6 +311,7 @@ pub struct FeatureCounts {
     pub recorded_degraded: u64,
     pub store: u64,
     pub defaults_user_unknown: u64,
+    pub defaults_user_unreadable: u64,
     pub defaults_store_unavailable: u64,
 }
 
@@ -460,6 +465,7 @@ impl Report {
             FeatureSource::Recorded => self.features.recorded += 1,
             FeatureSource::Store => self.features.store += 1,
             FeatureSource::DefaultsUserUnknown => self.features.defaults_user_unknown += 1,
+            FeatureSource::DefaultsUserUnreadable => self.features.defaults_user_unreadable += 1,
             FeatureSource::DefaultsStoreUnavailable => self.features.defaults_store_unavailable += 1,
         }
         if o.source == FeatureSource::Recorded && o.recorded_degraded {
@@ -567,12 +573,13 @@ impl Report {
         }
         let f = &self.features;
         out += &format!(
-            "Features: {} as recorded with their decision ({} of them degraded then), {} from the feature store now, {} on the card's defaults ({} users unknown to the store, {} with the store unavailable)\n",
+            "Features: {} as recorded with their decision ({} of them degraded then), {} from the feature store now, {} on the card's defaults ({} users unknown to the store, {} with unreadable stored features, {} with the store unavailable)\n",
             f.recorded,
             f.recorded_degraded,
             f.store,
-            f.defaults_user_unknown + f.defaults_store_unavailable,
+            f.defaults_user_unknown + f.defaults_user_unreadable + f.defaults_store_unavailable,
             f.defaults_user_unknown,
+            f.defaults_user_unreadable,
             f.defaults_store_unavailable,
         );
         let p = &self.reproduced;
@@ -880,7 +887,9 @@ impl Backtest {
         let mut sources = vec![FeatureSource::Recorded; chunk.len()];
         let mut rows = vec![0f32; chunk.len() * N_FEATURES];
         let unrecorded: Vec<usize> = (0..chunk.len()).filter(|&i| chunk[i].recorded.as_ref().and_then(|r| r.features).is_none()).collect();
-        let lookups = match (&mut self.store, unrecorded.is_empty()) {
+        // The store answered but could not read some users' features: those lookups are
+        // `Unavailable` too, and are told apart by the store having answered.
+        let (lookups, store_answered) = match (&mut self.store, unrecorded.is_empty()) {
             (Some(store), false) => {
                 let fetched = store.fetch(unrecorded.iter().map(|&i| chunk[i].tx.user_id.as_str()));
                 if let Some(error) = &fetched.error {
@@ -889,15 +898,16 @@ impl Backtest {
                 if let Some(first) = &fetched.unreadable_detail {
                     tracing::warn!(transactions = fetched.unreadable, first = %first, "users' stored features unreadable: scoring these on the card's defaults");
                 }
-                fetched.lookups
+                (fetched.lookups, fetched.error.is_none())
             }
-            _ => vec![UserLookup::Unavailable; unrecorded.len()],
+            _ => (vec![UserLookup::Unavailable; unrecorded.len()], false),
         };
         let defaults = self.baseline.default_user_features();
         for (&i, lookup) in unrecorded.iter().zip(&lookups) {
             let (user, source) = match lookup {
                 UserLookup::Found(u) => (u, FeatureSource::Store),
                 UserLookup::Missing => (defaults, FeatureSource::DefaultsUserUnknown),
+                UserLookup::Unavailable if store_answered => (defaults, FeatureSource::DefaultsUserUnreadable),
                 UserLookup::Unavailable => (defaults, FeatureSource::DefaultsStoreUnavailable),
             };
             sources[i] = source;

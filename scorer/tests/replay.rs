@@ -134,9 +134,13 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     assert_eq!(recorded.len(), 150);
 
     // Not decided: 8 payments of known users (features from the store now), 2 of users the store
-    // does not know (the card's defaults).
+    // does not know and 1 of a user whose key holds no hash (the card's defaults).
     let mut unscored = payments(&format!("{run}-late"), 8, 0, PAID_MS);
     unscored.extend(payments(&format!("{run}-unknown"), 2, USERS + 5, PAID_MS));
+    unscored.extend(payments(&format!("{run}-unreadable"), 1, USERS + 9, PAID_MS));
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let unreadable_key = format!("features:user:{}", unscored[10].0.user_id);
+    redis::cmd("SET").arg(&unreadable_key).arg("not a hash").exec(&mut conn).unwrap();
     let before_unscored = now_rfc3339();
     std::thread::sleep(Duration::from_millis(50));
     producer.send_transactions(topics::TRANSACTIONS, unscored.iter().map(|(t, _)| t));
@@ -164,7 +168,11 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
         expect(t, d.fraud_probability, d.decision, (i < 80).then_some(*is_fraud), "recorded");
     }
     for (i, (t, _)) in unscored.iter().enumerate() {
-        let (lookup, from) = if i < 8 { (UserLookup::Found(Generator::user(SEED, i as u64).features), "store") } else { (UserLookup::Missing, "defaults_user_unknown") };
+        let (lookup, from) = match i {
+            0..8 => (UserLookup::Found(Generator::user(SEED, i as u64).features), "store"),
+            8..10 => (UserLookup::Missing, "defaults_user_unknown"),
+            _ => (UserLookup::Unavailable, "defaults_user_unreadable"),
+        };
         let d = core.decide(t.clone(), lookup).unwrap();
         expect(t, d.fraud_probability, d.decision, None, from);
     }
@@ -185,7 +193,7 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|v| (v["transaction_id"].as_str().unwrap().to_string(), v))
         .collect();
-    assert_eq!(lines.len(), 130);
+    assert_eq!(lines.len(), 131);
     for e in &expected {
         let line = &lines[&e.transaction_id];
         assert_eq!(line["features_from"], e.features_from, "{line}");
@@ -197,16 +205,21 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
         }
     }
 
-    assert_eq!(u(&r["transactions"]), 130, "{text}");
+    assert_eq!(u(&r["transactions"]), 131, "{text}");
     let read = &r["read"];
     assert_eq!((u(&read["repeated"]), u(&read["undecodable"]), u(&read["invalid"])), (1, 1, 0), "{read}");
     // This broker finds the range's first offsets by time; one that cannot has the range's
     // records read from the first record and counted outside the range.
-    assert_eq!(u(&read["transaction_records"]) - u(&read["outside_range"]), 120 + 1 + 1 + 10, "{read}");
+    assert_eq!(u(&read["transaction_records"]) - u(&read["outside_range"]), 120 + 1 + 1 + 11, "{read}");
     let parts = r["range"]["partitions"].as_array().unwrap();
     assert_eq!(parts.iter().map(|p| u(&p["records"])).sum::<u64>(), u(&read["transaction_records"]));
     let f = &r["features"];
-    assert_eq!((u(&f["recorded"]), u(&f["store"]), u(&f["defaults_user_unknown"]), u(&f["defaults_store_unavailable"])), (120, 8, 2, 0), "{f}");
+    assert_eq!(
+        (u(&f["recorded"]), u(&f["store"]), u(&f["defaults_user_unknown"]), u(&f["defaults_user_unreadable"]), u(&f["defaults_store_unavailable"])),
+        (120, 8, 2, 1, 0),
+        "{f}"
+    );
+    assert!(text.contains("3 on the card's defaults (2 users unknown to the store, 1 with unreadable stored features, 0 with the store unavailable)"), "{text}");
     let rep = &r["reproduced"];
     assert_eq!((u(&rep["recorded_by_baseline"]), u(&rep["matching"]), u(&rep["recorded_by_others"])), (120, 120, 0), "{rep}");
     assert!(text.contains("Reproduced: 120 of 120 decisions recorded by 1.0.0"), "{text}");
@@ -247,7 +260,7 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     let (until, text) = report_of(&out, &until_path);
     assert_eq!((u(&until["transactions"]), u(&until["features"]["recorded"])), (120, 120), "{text}");
     assert_eq!(u(&until["read"]["transaction_records"]) - u(&until["read"]["outside_range"]), 122, "{text}");
-    assert!(u(&until["read"]["outside_range"]) >= 10, "{text}");
+    assert!(u(&until["read"]["outside_range"]) >= 11, "{text}");
 
     // Half of the range by transaction id: exactly the transactions `sampled` picks, each as the
     // whole range's replay had it; the rest counted as left out.
@@ -265,14 +278,14 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     let mut got: Vec<&str> = sampled_lines.keys().map(String::as_str).collect();
     got.sort_unstable();
     assert_eq!(got, want);
-    assert!((40..=90).contains(&want.len()), "about half of 130: {}", want.len());
+    assert!((40..=90).contains(&want.len()), "about half of 131: {}", want.len());
     for (id, line) in &sampled_lines {
         assert_eq!(line, &lines[id], "as the whole range's replay had it");
     }
     assert_eq!((u(&half["transactions"]), half["sample"].as_f64()), (want.len() as u64, Some(0.5)), "{text}");
     // The record sent twice is counted by the sample or as a repeat, as its id falls.
     let twice = u64::from(!scorer::replay::sampled(&recent[0].0.transaction_id, 0.5));
-    assert_eq!(u(&half["read"]["not_sampled"]), 130 - want.len() as u64 + twice, "{text}");
+    assert_eq!(u(&half["read"]["not_sampled"]), 131 - want.len() as u64 + twice, "{text}");
     assert_eq!(u(&half["read"]["repeated"]), 1 - twice, "{text}");
     assert!(text.contains("sampled: 50% of the range's transactions"), "{text}");
 
@@ -280,7 +293,7 @@ fn a_range_is_replayed_on_recorded_features_and_compared_on_labels() {
     let same_path = dir.join("same.json");
     let out = replay(&brokers, &redis.url(), &["--candidate-card", ModelCard::bundled_path().to_str().unwrap(), "--report", same_path.to_str().unwrap()]);
     let (same, text) = report_of(&out, &same_path);
-    assert_eq!((u(&same["transactions"]), u(&same["changed"]), u(&same["read"]["outside_range"])), (160, 0, 0), "{text}");
+    assert_eq!((u(&same["transactions"]), u(&same["changed"]), u(&same["read"]["outside_range"])), (161, 0, 0), "{text}");
     assert_eq!(u(&same["reproduced"]["matching"]), 150);
 
     std::fs::remove_dir_all(&dir).unwrap();
