@@ -315,9 +315,8 @@ fn preload(brokers: &str, topic: &str, n: usize, users: u64, stop: &AtomicBool) 
 
 /// Samples the scorers' /metrics until together they processed `n` records; measures between 5 %
 /// and 95 % of them, past group joining (every process has records) and before the tail. Rates,
-/// CPU, memory and spans are sums over the processes. CPU comes from /proc (10 ms resolution):
-/// `process_cpu_seconds_total` counts whole seconds, too coarse for runs of a few seconds. The
-/// embedded `broker`'s CPU is read over the same span.
+/// CPU, memory and spans are sums over the processes. CPU comes from /proc (10 ms resolution)
+/// at the moment of each sample, for the scorers and the embedded `broker` alike.
 async fn measure(instances: &mut [(u16, Process)], broker: Option<&Process>, n: u64, stop: &AtomicBool) -> Result<Measured> {
     let http = reqwest::Client::new();
     let (lo, hi) = (n / 20, n - n / 20);

@@ -31,9 +31,62 @@ pub fn registry() -> Registry {
     let registry = Registry::new();
     #[cfg(target_os = "linux")]
     {
-        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let _ = registry.register(Box::new(process::ProcessMetrics::new()));
     }
     registry
+}
+
+#[cfg(target_os = "linux")]
+mod process {
+    use prometheus::core::{Collector, Desc};
+    use prometheus::process_collector::ProcessCollector;
+    use prometheus::proto::MetricFamily;
+    use prometheus::{Counter, Opts};
+
+    const CPU: &str = "process_cpu_seconds_total";
+
+    /// The `prometheus` crate's process metrics, except that `process_cpu_seconds_total` is in
+    /// seconds to the kernel's tick (10 ms) as other Prometheus clients give it, not in whole
+    /// seconds: the crate's counter moves once per second of CPU, so a rate over a minute moves
+    /// in steps of 1/60 of a core, and a service using 1 % of one reads 0 most minutes.
+    pub struct ProcessMetrics {
+        inner: ProcessCollector,
+        cpu: Counter,
+    }
+
+    impl ProcessMetrics {
+        pub fn new() -> Self {
+            let cpu = Counter::with_opts(Opts::new(CPU, "Total user and system CPU time spent in seconds.")).expect("valid metric");
+            Self { inner: ProcessCollector::for_self(), cpu }
+        }
+    }
+
+    /// The process's user and system CPU time so far, all threads.
+    pub fn cpu_seconds() -> Option<f64> {
+        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+        Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+    }
+
+    impl Collector for ProcessMetrics {
+        fn desc(&self) -> Vec<&Desc> {
+            // The inner collector describes `process_cpu_seconds_total` by the same name and help.
+            self.inner.desc()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let mut families = self.inner.collect();
+            families.retain(|f| f.name() != CPU);
+            if let Some(total) = cpu_seconds() {
+                // Concurrent scrapes may both see the old value: the later one adds nothing.
+                let delta = total - self.cpu.get();
+                if delta > 0.0 {
+                    self.cpu.inc_by(delta);
+                }
+                families.extend(self.cpu.collect());
+            }
+            families
+        }
+    }
 }
 
 /// The registry in Prometheus text format.
@@ -250,6 +303,41 @@ mod tests {
             .collect();
         lines.sort();
         lines
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_time_is_exported_to_the_tick_not_in_whole_seconds() {
+        let registry = registry();
+        let cpu = || {
+            let families = registry.gather();
+            let f = families.iter().find(|f| f.name() == "process_cpu_seconds_total").expect("exported");
+            assert_eq!(f.get_field_type(), MetricType::COUNTER);
+            f.get_metric()[0].get_counter().get_value()
+        };
+        // Busy until the process's CPU time has grown and is not a whole number of seconds, so
+        // that a counter of whole seconds cannot fall between the readings around the scrape.
+        let start = process::cpu_seconds().unwrap();
+        let mut x = 0u64;
+        let before = loop {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            let now = process::cpu_seconds().unwrap();
+            if now - start >= 0.05 && (0.05..0.95).contains(&now.fract()) {
+                break now;
+            }
+        };
+        let scraped = cpu();
+        let after = process::cpu_seconds().unwrap();
+        assert!(before <= scraped && scraped <= after, "{before} <= {scraped} <= {after}");
+        // A counter: a later scrape never goes back.
+        assert!(cpu() >= scraped);
+        // The other process metrics are still there, once each.
+        let names: Vec<String> = registry.gather().iter().map(|f| f.name().to_string()).collect();
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
+            assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name} in {names:?}");
+        }
     }
 
     #[test]
