@@ -16,7 +16,7 @@ use drift_job::metrics::DriftMetrics;
 use drift_job::window::Reference;
 use schemas::{Decision, Label, topics};
 use scorer::config::MonitoredCards;
-use scorer::replay::{PartitionRead, Reader};
+use scorer::replay::{PartitionRead, Reader, recall_start};
 use telemetry::ops::Readiness;
 
 #[derive(Debug, Parser)]
@@ -232,9 +232,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// How long the recall waits for a partition that sends neither a record nor its end.
-const RECALL_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Re-reads the last `--recall-seconds` of decisions, then of labels, into the engine (see
 /// [`Engine::recall_decision`]); answers where live reading resumes in each partition, keyed by
 /// (is the labels topic, partition). A recall that fails is logged and the job starts with what
@@ -246,8 +243,8 @@ fn recall(args: &Args, engine: &mut Engine) -> HashMap<(bool, i32), Resume> {
     }
     let started = Instant::now();
     let now = schemas::now_millis();
-    let reader = Reader { brokers: args.brokers.clone(), kafka_overrides: args.kafka_config.clone(), idle_timeout: RECALL_IDLE_TIMEOUT, progress: false };
-    let start_ms = now.saturating_sub(i64::try_from(args.recall_seconds.saturating_mul(1000)).unwrap_or(i64::MAX));
+    let reader = Reader::for_recall(&args.brokers, &args.kafka_config);
+    let start_ms = recall_start(now, Duration::from_secs(args.recall_seconds));
     let (mut counts, mut evicted) = ([0u64; 2], 0u64);
     for (labels, topic) in [(false, &args.decisions_topic), (true, &args.labels_topic)] {
         let read = reader.read_since(topic, Some(start_ms), now, |msg| {

@@ -201,10 +201,9 @@ fn recall_decided(cfg: &PipelineConfig, keys: &std::hash::RandomState, decided: 
     use std::hash::BuildHasher;
     let started = Instant::now();
     let now = schemas::now_millis();
-    let start_ms = now - i64::try_from(cfg.repeat_recall.as_millis()).unwrap_or(i64::MAX).min(now);
-    let reader = crate::replay::Reader { brokers: cfg.brokers.clone(), kafka_overrides: cfg.kafka_overrides.clone(), idle_timeout: Duration::from_secs(15), progress: false };
+    let reader = crate::replay::Reader::for_recall(&cfg.brokers, &cfg.kafka_overrides);
     let mut read = 0u64;
-    let outcome = reader.read_since(&cfg.decisions_topic, Some(start_ms), now, |msg| {
+    let outcome = reader.read_since(&cfg.decisions_topic, Some(crate::replay::recall_start(now, cfg.repeat_recall)), now, |msg| {
         if let Ok(d) = schemas::decode::<Decision>(msg.payload().unwrap_or_default()) {
             decided.insert_first(keys.hash_one(&d.transaction_id), d.payment_hash());
             read += 1;

@@ -950,7 +950,19 @@ fn recorded_features(d: &Decision) -> Option<[f32; N_FEATURES]> {
     Some(std::array::from_fn(|i| d.features[i].value as f32))
 }
 
+/// Where a service's start-up recall of the last `window` before `now_ms` starts, by record time:
+/// never before the epoch, however long the window.
+pub fn recall_start(now_ms: i64, window: Duration) -> i64 {
+    now_ms - i64::try_from(window.as_millis()).unwrap_or(i64::MAX).min(now_ms)
+}
+
 impl Reader {
+    /// The reader of a service's start-up recall of its own recent records: no progress line,
+    /// and a partition that sends nothing for 15 s is taken as read.
+    pub fn for_recall(brokers: &str, kafka_overrides: &[(String, String)]) -> Self {
+        Reader { brokers: brokers.to_string(), kafka_overrides: kafka_overrides.to_vec(), idle_timeout: Duration::from_secs(15), progress: false }
+    }
+
     /// Each partition of `topic` and where a read from `start_ms` (record time; the first record
     /// when `None`) begins there; partitions without a record at or after it are left out.
     fn time_offsets(&self, consumer: &BaseConsumer<LoggingContext>, topic: &str, start_ms: Option<i64>) -> Result<Vec<(i32, Offset)>, ReplayError> {
@@ -1142,6 +1154,13 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_recall_starts_its_window_before_now_and_never_before_the_epoch() {
+        assert_eq!(recall_start(1_000_000, Duration::from_secs(300)), 700_000);
+        assert_eq!(recall_start(1_000_000, Duration::ZERO), 1_000_000);
+        assert_eq!(recall_start(1_000_000, Duration::from_secs(u64::MAX)), 0);
+    }
     use super::*;
     use schemas::PaymentMethod;
 
